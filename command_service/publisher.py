@@ -1,0 +1,59 @@
+"""Publishing prepared events: protobuf value, key, headers, wait for the ack."""
+
+from __future__ import annotations
+
+from mysocial.config import Settings
+from mysocial.errors import Unavailable
+from mysocial.kafka.producer import AsyncProducer, Delivered, DeliveryError, producer_config
+from mysocial.log import get_logger
+from mysocial.tokens import ConsistencyToken
+
+from command_service.commands import PreparedEvent
+
+log = get_logger("command.publisher")
+
+EVENT_TYPE_HEADER = "event-type"
+CORRELATION_ID_HEADER = "correlation-id"
+
+
+class Publisher:
+    """Appends events to their topics; an RPC returns only after the broker's ack."""
+
+    def __init__(self, settings: Settings, producer: AsyncProducer | None = None) -> None:
+        self._settings = settings
+        self._producer = producer or AsyncProducer(producer_config(settings.bootstrap))
+
+    async def publish(self, prepared: PreparedEvent, correlation_id: str, timeout: float) -> Delivered:
+        """Write the event and wait for acks=all; Unavailable if Kafka does not ack in time."""
+        headers = [
+            (EVENT_TYPE_HEADER, prepared.event_type.encode()),
+            (CORRELATION_ID_HEADER, correlation_id.encode()),
+        ]
+        try:
+            delivered = await self._producer.send(
+                self._settings.topic(prepared.topic),
+                prepared.key.encode(),
+                prepared.event.SerializeToString(),
+                headers,
+                timeout=timeout,
+            )
+        except DeliveryError as exc:
+            log.warning("publish_failed", topic=prepared.topic, error=str(exc))
+            raise Unavailable(
+                "Kafka did not acknowledge the command in time, so it is not confirmed; "
+                "retry it with the same request_id (retries are idempotent)",
+                reason="EVENT_STORE_UNAVAILABLE",
+            ) from None
+        log.debug(
+            "event_published", event_type=prepared.event_type, partition=delivered.partition,
+            offset=delivered.offset,
+        )
+        return delivered
+
+    def close(self, timeout: float) -> int:
+        """Flush what is still queued; returns the number of records not delivered."""
+        return self._producer.close(timeout)
+
+
+def consistency_token(delivered: Delivered, post_id: str) -> str:
+    return ConsistencyToken(delivered.topic, delivered.partition, delivered.offset, post_id).encode()

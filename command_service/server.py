@@ -1,0 +1,137 @@
+"""Command service process: one grpc.aio server per worker process, all on one port.
+
+Workers share the listening port with SO_REUSEPORT so the kernel spreads connections
+over the cores; each worker has its own producer. SIGTERM: health goes NOT_SERVING,
+the server stops accepting and drains in-flight calls, the producer is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from mysocial import log as logconf
+from mysocial.config import DEV_JWT_SECRET, Settings, split_addr
+from mysocial.rpc import RunningServer, start_server, wait_for_signal
+from mysocial.v1 import command_service_pb2, command_service_pb2_grpc
+
+from command_service.publisher import Publisher
+from command_service.servicer import CommandServicer
+
+log = logconf.get_logger("command.server")
+
+SERVICE_NAME = command_service_pb2.DESCRIPTOR.services_by_name["CommandService"].full_name
+
+
+@dataclass
+class CommandServer:
+    """A running command service (one worker)."""
+
+    running: RunningServer
+    publisher: Publisher
+    settings: Settings
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    @classmethod
+    async def start(cls, settings: Settings, addr: str | None = None) -> CommandServer:
+        """Start serving on addr (default: settings.command_addr; port 0 = any free port)."""
+        if not settings.jwt_secret:
+            log.warning("dev_jwt_secret_in_use", secret=DEV_JWT_SECRET,
+                        hint="set MYSOCIAL_JWT_SECRET in production")
+        publisher = Publisher(settings)
+        servicer = CommandServicer(settings, publisher)
+        running = await start_server(
+            addr or settings.command_addr,
+            lambda s: command_service_pb2_grpc.add_CommandServiceServicer_to_server(servicer, s),
+            [SERVICE_NAME],
+        )
+        log.info("command_service_listening", port=running.port, pid=os.getpid())
+        return cls(running, publisher, settings)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight RPCs finish, then flush the producer."""
+        await self.running.set_serving([SERVICE_NAME], False)
+        await self.running.server.stop(self.settings.grace_period_s if grace is None else grace)
+        undelivered = await asyncio.to_thread(self.publisher.close, self.settings.grace_period_s)
+        log.info("command_service_stopped", undelivered=undelivered)
+
+
+async def _worker_main(settings: Settings, addr: str) -> None:
+    server = await CommandServer.start(settings, addr)
+    sig = await wait_for_signal()
+    log.info("shutdown_requested", signal=signal.Signals(sig).name)
+    await server.stop()
+
+
+def _worker(settings: Settings, addr: str) -> None:
+    logconf.configure(settings.log_level, settings.log_format, "command_service")
+    asyncio.run(_worker_main(settings, addr))
+
+
+def _reserve_port(addr: str) -> tuple[str, socket.socket | None]:
+    """With port 0 and several workers, pick one concrete port all workers share."""
+    host, port = split_addr(addr, "MYSOCIAL_COMMAND_ADDR")
+    if port != 0:
+        return addr, None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, 0))
+    return f"{host}:{sock.getsockname()[1]}", sock
+
+
+def run(settings: Settings) -> int:
+    """Run the configured number of worker processes until SIGTERM/SIGINT."""
+    logconf.configure(settings.log_level, settings.log_format, "command_service")
+    workers = settings.effective_command_workers
+    if workers == 1:
+        _worker(settings, settings.command_addr)
+        return 0
+    addr, reserved = _reserve_port(settings.command_addr)
+    ctx = multiprocessing.get_context("spawn")  # gRPC must not be forked after init
+    procs = [ctx.Process(target=_worker, args=(settings, addr), daemon=False) for _ in range(workers)]
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for p in procs:
+        p.start()
+    log.info("command_service_workers_started", workers=workers, addr=addr)
+    if reserved is not None:
+        reserved.close()
+    exit_code = 0
+    while not stopping:
+        for i, p in enumerate(procs):
+            if not p.is_alive() and not stopping:
+                log.error("worker_exited_restarting", exitcode=p.exitcode)
+                time.sleep(0.5)
+                procs[i] = ctx.Process(target=_worker, args=(settings, addr), daemon=False)
+                procs[i].start()
+        time.sleep(0.2)
+    for p in procs:
+        p.join(settings.grace_period_s + 15)
+        if p.is_alive():
+            p.kill()
+            exit_code = 1
+        elif p.exitcode not in (0, None):
+            exit_code = p.exitcode
+    return exit_code
+
+
+def main() -> None:
+    sys.exit(run(Settings.from_env()))

@@ -1,0 +1,111 @@
+"""The CommandService servicer: authenticate, call the domain function, publish.
+
+It only translates between gRPC and plain Python (commands.py holds the rules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import grpc
+import structlog
+
+from mysocial.auth import actor_from_metadata
+from mysocial.config import Settings
+from mysocial.rpc import correlation_id_of, time_left, unary
+from mysocial.v1 import command_service_pb2 as cmd
+from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
+
+from command_service import commands
+from command_service.commands import Limits, PreparedEvent
+from command_service.publisher import Publisher, consistency_token
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CommandServicer(cmd_grpc.CommandServiceServicer):
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: Publisher,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._settings = settings
+        self._publisher = publisher
+        self._clock = clock
+        self._limits = Limits(settings.max_caption_chars, settings.max_comment_chars)
+        self._secret = settings.effective_jwt_secret
+
+    def _actor(self, context: grpc.aio.ServicerContext) -> str:
+        actor = actor_from_metadata(context.invocation_metadata(), self._secret)
+        structlog.contextvars.bind_contextvars(user_id=actor)
+        return actor
+
+    async def _publish(self, prepared: PreparedEvent, context: grpc.aio.ServicerContext) -> str:
+        delivered = await self._publisher.publish(
+            prepared,
+            correlation_id_of(context),
+            time_left(context, self._settings.produce_timeout_s),
+        )
+        return consistency_token(delivered, prepared.post_id)
+
+    @unary
+    async def CreatePost(
+        self, request: cmd.CreatePostRequest, context: grpc.aio.ServicerContext
+    ) -> cmd.CreatePostResponse:
+        actor = self._actor(context)
+        prepared = commands.create_post(actor, request, self._clock(), self._limits)
+        token = await self._publish(prepared, context)
+        return cmd.CreatePostResponse(post_id=prepared.post_id, consistency_token=token)
+
+    @unary
+    async def DeletePost(
+        self, request: cmd.DeletePostRequest, context: grpc.aio.ServicerContext
+    ) -> cmd.DeletePostResponse:
+        actor = self._actor(context)
+        prepared = commands.delete_post(actor, request, self._clock())
+        token = await self._publish(prepared, context)
+        return cmd.DeletePostResponse(post_id=prepared.post_id, consistency_token=token)
+
+    @unary
+    async def LikePost(
+        self, request: cmd.LikePostRequest, context: grpc.aio.ServicerContext
+    ) -> cmd.LikePostResponse:
+        actor = self._actor(context)
+        prepared = commands.like_post(actor, request, self._clock())
+        token = await self._publish(prepared, context)
+        return cmd.LikePostResponse(post_id=prepared.post_id, consistency_token=token)
+
+    @unary
+    async def UnlikePost(
+        self, request: cmd.UnlikePostRequest, context: grpc.aio.ServicerContext
+    ) -> cmd.UnlikePostResponse:
+        actor = self._actor(context)
+        prepared = commands.unlike_post(actor, request, self._clock())
+        token = await self._publish(prepared, context)
+        return cmd.UnlikePostResponse(post_id=prepared.post_id, consistency_token=token)
+
+    @unary
+    async def AddComment(
+        self, request: cmd.AddCommentRequest, context: grpc.aio.ServicerContext
+    ) -> cmd.AddCommentResponse:
+        actor = self._actor(context)
+        prepared = commands.add_comment(actor, request, self._clock(), self._limits)
+        token = await self._publish(prepared, context)
+        return cmd.AddCommentResponse(
+            comment_id=prepared.comment_id, post_id=prepared.post_id, consistency_token=token
+        )
+
+    @unary
+    async def DeleteComment(
+        self, request: cmd.DeleteCommentRequest, context: grpc.aio.ServicerContext
+    ) -> cmd.DeleteCommentResponse:
+        actor = self._actor(context)
+        prepared = commands.delete_comment(actor, request, self._clock())
+        token = await self._publish(prepared, context)
+        return cmd.DeleteCommentResponse(
+            post_id=prepared.post_id, comment_id=prepared.comment_id, consistency_token=token
+        )

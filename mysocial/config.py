@@ -1,0 +1,208 @@
+"""Settings: the one place that reads environment variables.
+
+Every process builds one frozen :class:`Settings` at start-up and passes it down, so
+a value cannot change under a running service and tests can build their own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEV_JWT_SECRET = "mysocial-dev-secret-do-not-use-in-production"
+DAY_MS = 24 * 60 * 60 * 1000
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Documentation of one environment variable (rendered in the README)."""
+
+    env: str
+    default: str
+    doc: str
+
+
+def _setting(env: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration, with documented defaults (see README "Settings")."""
+
+    kafka_bootstrap_servers: str = _setting(
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "",
+        "Kafka cluster to use. Empty: `make run`/`make test` start the embedded broker "
+        "and use it; set: nothing local is started.",
+    )
+    kafka_port: int = _setting(
+        "MYSOCIAL_KAFKA_PORT", 9092, "Port of the embedded broker (controller uses port+1)."
+    )
+    kafka_data_dir: str = _setting(
+        "MYSOCIAL_KAFKA_DATA_DIR",
+        str(PROJECT_ROOT / ".cache" / "kafka-data"),
+        "Log directory of the embedded broker.",
+    )
+    topic_namespace: str = _setting(
+        "MYSOCIAL_TOPIC_NAMESPACE",
+        "",
+        "Prefix for every topic and consumer group (e.g. 'staging.'); empty in production "
+        "so the topics carry their contract names.",
+    )
+    replication_factor: int = _setting(
+        "MYSOCIAL_REPLICATION_FACTOR", 1, "Replication factor of topics the project creates."
+    )
+    posts_partitions: int = _setting("MYSOCIAL_POSTS_PARTITIONS", 32, "Partitions of `posts`.")
+    likes_partitions: int = _setting(
+        "MYSOCIAL_LIKES_PARTITIONS",
+        48,
+        "Partitions of `likes`, `comments`, `posts_with_counts` and the processor's "
+        "internal topics (they must be co-partitioned).",
+    )
+    engagement_retention_ms: int = _setting(
+        "MYSOCIAL_ENGAGEMENT_RETENTION_MS", 7 * DAY_MS, "retention.ms of `likes` and `comments`."
+    )
+    command_addr: str = _setting(
+        "MYSOCIAL_COMMAND_ADDR", "127.0.0.1:50051", "Listen address of the command service."
+    )
+    query_addr: str = _setting(
+        "MYSOCIAL_QUERY_ADDR", "127.0.0.1:50052", "Listen address of the query service."
+    )
+    command_workers: int = _setting(
+        "MYSOCIAL_COMMAND_WORKERS",
+        0,
+        "Command service processes sharing the port (SO_REUSEPORT); 0 = number of cores.",
+    )
+    jwt_secret: str = _setting(
+        "MYSOCIAL_JWT_SECRET",
+        "",
+        "HS256 secret of bearer tokens (`sub` = user id, `exp` enforced). Empty: a "
+        "development secret is used and a warning is logged.",
+    )
+    token_ttl_s: int = _setting(
+        "MYSOCIAL_TOKEN_TTL_S", 24 * 3600, "Lifetime of tokens minted by `mysocial token`."
+    )
+    max_caption_chars: int = _setting(
+        "MYSOCIAL_MAX_CAPTION_CHARS", 2200, "Longest caption accepted (Unicode code points)."
+    )
+    max_comment_chars: int = _setting(
+        "MYSOCIAL_MAX_COMMENT_CHARS", 1000, "Longest comment accepted (Unicode code points)."
+    )
+    produce_timeout_s: float = _setting(
+        "MYSOCIAL_PRODUCE_TIMEOUT_S",
+        10.0,
+        "Longest a command waits for the broker's acknowledgement (the call's deadline "
+        "applies first); past it the call fails with UNAVAILABLE.",
+    )
+    grace_period_s: float = _setting(
+        "MYSOCIAL_GRACE_PERIOD_S", 10.0, "SIGTERM: how long in-flight RPCs may take to finish."
+    )
+    log_format: str = _setting(
+        "MYSOCIAL_LOG_FORMAT", "console", "`console` (readable) or `json` (one object per line)."
+    )
+    log_level: str = _setting("MYSOCIAL_LOG_LEVEL", "info", "debug, info, warning or error.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables, falling back to the defaults."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(name, raw, f.default)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject values that would only fail later, with the variable's name."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"{f.metadata['env']} must not be negative, got {value}")
+        for name in ("posts_partitions", "likes_partitions", "replication_factor"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_env_name(name)} must be at least 1")
+        if self.log_format not in ("console", "json"):
+            raise ConfigError(f"MYSOCIAL_LOG_FORMAT must be console or json, not {self.log_format!r}")
+        for name in ("command_addr", "query_addr"):
+            split_addr(getattr(self, name), _env_name(name))
+
+    def with_(self, **changes: Any) -> Settings:
+        """Return a copy with some values changed (tests, sub-processes)."""
+        out = replace(self, **changes)
+        out.validate()
+        return out
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables reproducing these settings in a child process."""
+        return {f.metadata["env"]: str(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def bootstrap(self) -> str:
+        """Bootstrap servers: the configured cluster or the embedded broker."""
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when the project itself must run the broker."""
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def effective_jwt_secret(self) -> str:
+        return self.jwt_secret or DEV_JWT_SECRET
+
+    @property
+    def effective_command_workers(self) -> int:
+        return self.command_workers or (os.cpu_count() or 1)
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a contract name such as ``posts``."""
+        return f"{self.topic_namespace}{name}"
+
+
+def _env_name(attr: str) -> str:
+    for f in fields(Settings):
+        if f.name == attr:
+            return str(f.metadata["env"])
+    raise KeyError(attr)
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid {type(default).__name__}") from exc
+    return raw
+
+
+def split_addr(addr: str, what: str = "address") -> tuple[str, int]:
+    """Split ``host:port``; raises ConfigError naming the setting when malformed."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{what} must look like host:port, got {addr!r}")
+    return host, int(port)
+
+
+def documented_settings() -> list[Setting]:
+    """Every setting with its default and meaning, for docs and `mysocial settings`."""
+    return [
+        Setting(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(Settings)
+    ]

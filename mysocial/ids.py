@@ -1,0 +1,47 @@
+"""Identifiers: validation of what clients send, derivation of what the system mints.
+
+Post and comment ids are canonical UUID strings. With an idempotency key they are
+UUIDv5 of (kind, actor, request_id), so a retried command yields the same id and the
+processor counts it once; without one they are random (UUIDv4).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+# Namespace of every derived id; changing it would change the ids of retried commands.
+ID_NAMESPACE = uuid.UUID("6f1c2b1e-6a0d-4d59-9b73-5d1a8e6f7c21")
+
+USER_ID_MAX = 64
+REQUEST_ID_MAX = 128
+_USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_MEDIA_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def is_user_id(value: str) -> bool:
+    """1-64 characters: letters, digits and _ . @ - (not starting with punctuation)."""
+    return 0 < len(value) <= USER_ID_MAX and _USER_ID.fullmatch(value) is not None
+
+
+def is_entity_id(value: str) -> bool:
+    """A post or comment id: a lowercase canonical UUID."""
+    return len(value) == 36 and _UUID.fullmatch(value) is not None
+
+
+def is_media_id(value: str) -> bool:
+    """A media id: the SHA-256 of the stored bytes, 64 lowercase hex digits."""
+    return len(value) == 64 and _MEDIA_ID.fullmatch(value) is not None
+
+
+def is_request_id(value: str) -> bool:
+    """An idempotency key: 1-128 printable ASCII characters."""
+    return 0 < len(value) <= REQUEST_ID_MAX and value.isascii() and value.isprintable()
+
+
+def derive_id(kind: str, actor: str, request_id: str) -> str:
+    """Deterministic id for (kind, actor, request_id), or a random one without request_id."""
+    if not request_id:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(ID_NAMESPACE, f"{kind}\x00{actor}\x00{request_id}"))

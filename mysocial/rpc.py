@@ -1,0 +1,210 @@
+"""gRPC plumbing shared by both services.
+
+- `unary` / `stream` wrap servicer methods: they bind a correlation id to every log
+  line of the call, turn ServiceError into its status (with google.rpc details), and
+  turn anything unexpected into INTERNAL without leaking a traceback.
+- `start_server` builds a grpc.aio server with health and reflection and returns the
+  bound port (port 0 picks a free one, as tests do).
+- `run_until_signal` implements graceful shutdown: SIGTERM only sets a flag; the
+  caller's main then stops accepting, drains in-flight calls and flushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from mysocial.errors import ServiceError
+from mysocial.log import CORRELATION_HEADER, clean_correlation_id, get_logger
+
+log = get_logger("rpc")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Self = TypeVar("Self")
+
+ERROR_DOMAIN = "mysocial.v1"
+
+
+def correlation_id_of(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CORRELATION_HEADER:
+            return clean_correlation_id(value if isinstance(value, str) else value.decode())
+    return clean_correlation_id(None)
+
+
+def _status_for(exc: ServiceError) -> status_pb2.Status:
+    details = []
+    if exc.field:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        details.append(packed)
+    if exc.reason:
+        info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN)
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        details.append(packed)
+    return status_pb2.Status(code=exc.code.value[0], message=exc.message, details=details)
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, rpc_name: str) -> None:
+    if isinstance(exc, ServiceError):
+        log.info("rpc_rejected", code=exc.code.name, reason=exc.message)
+        await context.abort_with_status(rpc_status.to_status(_status_for(exc)))
+    log.exception("rpc_failed", rpc=rpc_name)
+    cid = structlog.contextvars.get_contextvars().get("correlation_id", "")
+    await context.abort_with_status(
+        rpc_status.to_status(
+            status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (correlation id {cid})")
+        )
+    )
+
+
+def _bind(context: grpc.aio.ServicerContext, rpc_name: str) -> str:
+    cid = correlation_id_of(context)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(correlation_id=cid, rpc=rpc_name)
+    context.set_trailing_metadata(((CORRELATION_HEADER, cid),))
+    return cid
+
+
+def unary(
+    fn: Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    """Wrap a unary (or client-streaming) handler: correlation id, error mapping."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        _bind(context, name)
+        try:
+            return await fn(self, request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc, name)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def stream(
+    fn: Callable[[Self, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]:
+    """Wrap a server-streaming handler the same way."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext) -> AsyncIterator[Resp]:
+        _bind(context, name)
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
+            raise
+        except Exception as exc:
+            await _abort(context, exc, name)
+
+    return wrapper
+
+
+def time_left(context: grpc.aio.ServicerContext, default: float, margin: float = 0.05) -> float:
+    """Seconds this call may still use: its deadline minus a margin, capped by default.
+
+    The margin lets the server answer with its own precise status (e.g. UNAVAILABLE)
+    before the client's deadline turns it into a bare DEADLINE_EXCEEDED.
+    """
+    remaining = context.time_remaining()
+    if remaining is None:
+        return default
+    return max(0.0, min(default, remaining - max(margin, remaining * 0.05)))
+
+
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 1),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_concurrent_streams", 10_000),
+]
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def set_serving(self, services: Iterable[str], serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *services):
+            await self.health.set(name, status)
+
+
+async def start_server(
+    addr: str,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Iterable[str],
+    *,
+    serving: bool = True,
+    options: list[tuple[str, Any]] | None = None,
+) -> RunningServer:
+    """Start a grpc.aio server with health and reflection; returns it with its port."""
+    server = grpc.aio.server(options=options or SERVER_OPTIONS)
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(addr)
+    if port == 0:
+        raise OSError(f"could not bind {addr}")
+    await server.start()
+    running = RunningServer(server, port, health_servicer)
+    await running.set_serving(names, serving)
+    return running
+
+
+async def wait_for_signal(signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """Return the first of the given signals received; handlers only set a flag."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[int] = loop.create_future()
+    sigs = list(signals)
+    for sig in sigs:
+        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s))
+    try:
+        return await received
+    finally:
+        for sig in sigs:
+            loop.remove_signal_handler(sig)
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000.0
