@@ -94,12 +94,16 @@ def _text(value: str, field: str, limit: int, *, required: bool) -> str:
     return text
 
 
-def _event_id(command: str, actor: str, request_id: str, entity: str) -> str:
+def event_id_for(command: str, actor: str, request_id: str, entity: str) -> str:
+    """Event id of a command: deterministic with a request_id, so retries repeat it."""
     return ids.derive_id(f"event:{command}:{entity}", actor, request_id)
 
 
 def create_post(
-    actor: str, req: cmd.CreatePostRequest, now: datetime, limits: Limits,
+    actor: str,
+    req: cmd.CreatePostRequest,
+    now: datetime,
+    limits: Limits,
     media: list[res.Media] | None = None,
 ) -> PreparedEvent:
     """PostCreated on `posts`, keyed by the author so an author's posts stay ordered.
@@ -111,7 +115,7 @@ def create_post(
     caption = _text(req.caption, "caption", limits.max_caption_chars, required=False)
     if len(req.media_ids) > limits.max_media:
         raise InvalidArgument(
-            f"a post takes at most {limits.max_media} media ids, got {len(req.media_ids)}",
+            f"media_ids has {len(req.media_ids)} entries; a post takes at most {limits.max_media}",
             field="media_ids",
         )
     seen: set[str] = set()
@@ -124,7 +128,7 @@ def create_post(
             raise InvalidArgument(f"media_ids[{i}] is repeated", field=f"media_ids[{i}]")
         seen.add(media_id)
     post_id = ids.derive_id("post", actor, request_id)
-    event = _envelope(actor, now, _event_id("create", actor, request_id, post_id))
+    event = _envelope(actor, now, event_id_for("create", actor, request_id, post_id))
     described = media if media is not None else [res.Media(media_id=m) for m in req.media_ids]
     event.post_created.CopyFrom(ev.PostCreated(post_id=post_id, caption=caption, media=described))
     return PreparedEvent(topics.POSTS, actor, event, post_id)
@@ -134,7 +138,7 @@ def delete_post(actor: str, req: cmd.DeletePostRequest, now: datetime) -> Prepar
     """PostDeleted on `posts`, keyed by the author (the actor must be the author)."""
     request_id = _request_id(req.request_id)
     post_id = _post_id(req.post_id)
-    event = _envelope(actor, now, _event_id("delete", actor, request_id, post_id))
+    event = _envelope(actor, now, event_id_for("delete", actor, request_id, post_id))
     event.post_deleted.post_id = post_id
     return PreparedEvent(topics.POSTS, actor, event, post_id)
 
@@ -143,7 +147,7 @@ def like_post(actor: str, req: cmd.LikePostRequest, now: datetime) -> PreparedEv
     """PostLiked on `likes`, keyed by post id so a post's likes stay ordered."""
     request_id = _request_id(req.request_id)
     post_id = _post_id(req.post_id)
-    event = _envelope(actor, now, _event_id("like", actor, request_id, post_id))
+    event = _envelope(actor, now, event_id_for("like", actor, request_id, post_id))
     event.post_liked.post_id = post_id
     return PreparedEvent(topics.LIKES, post_id, event, post_id)
 
@@ -152,7 +156,7 @@ def unlike_post(actor: str, req: cmd.UnlikePostRequest, now: datetime) -> Prepar
     """PostUnliked on `likes`, keyed by post id."""
     request_id = _request_id(req.request_id)
     post_id = _post_id(req.post_id)
-    event = _envelope(actor, now, _event_id("unlike", actor, request_id, post_id))
+    event = _envelope(actor, now, event_id_for("unlike", actor, request_id, post_id))
     event.post_unliked.post_id = post_id
     return PreparedEvent(topics.LIKES, post_id, event, post_id)
 
@@ -165,7 +169,7 @@ def add_comment(
     post_id = _post_id(req.post_id)
     text = _text(req.text, "text", limits.max_comment_chars, required=True)
     comment_id = ids.derive_id(f"comment:{post_id}", actor, request_id)
-    event = _envelope(actor, now, _event_id("comment", actor, request_id, comment_id))
+    event = _envelope(actor, now, event_id_for("comment", actor, request_id, comment_id))
     event.comment_added.CopyFrom(ev.CommentAdded(post_id=post_id, comment_id=comment_id, text=text))
     return PreparedEvent(topics.COMMENTS, post_id, event, post_id, comment_id)
 
@@ -175,6 +179,6 @@ def delete_comment(actor: str, req: cmd.DeleteCommentRequest, now: datetime) -> 
     request_id = _request_id(req.request_id)
     post_id = _post_id(req.post_id)
     comment_id = _post_id(req.comment_id, "comment_id")
-    event = _envelope(actor, now, _event_id("uncomment", actor, request_id, comment_id))
+    event = _envelope(actor, now, event_id_for("uncomment", actor, request_id, comment_id))
     event.comment_deleted.CopyFrom(ev.CommentDeleted(post_id=post_id, comment_id=comment_id))
     return PreparedEvent(topics.COMMENTS, post_id, event, post_id, comment_id)

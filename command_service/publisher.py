@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from command_service.commands import PreparedEvent
 from mysocial.config import Settings
 from mysocial.errors import Unavailable
 from mysocial.kafka.producer import AsyncProducer, Delivered, DeliveryError, producer_config
 from mysocial.log import get_logger
 from mysocial.tokens import ConsistencyToken
-
-from command_service.commands import PreparedEvent
 
 log = get_logger("command.publisher")
 
@@ -23,7 +22,9 @@ class Publisher:
         self._settings = settings
         self._producer = producer or AsyncProducer(producer_config(settings.bootstrap))
 
-    async def publish(self, prepared: PreparedEvent, correlation_id: str, timeout: float) -> Delivered:
+    async def publish(
+        self, prepared: PreparedEvent, correlation_id: str, timeout: float
+    ) -> Delivered:
         """Write the event and wait for acks=all; Unavailable if Kafka does not ack in time."""
         headers = [
             (EVENT_TYPE_HEADER, prepared.event_type.encode()),
@@ -45,7 +46,9 @@ class Publisher:
                 reason="EVENT_STORE_UNAVAILABLE",
             ) from None
         log.debug(
-            "event_published", event_type=prepared.event_type, partition=delivered.partition,
+            "event_published",
+            event_type=prepared.event_type,
+            partition=delivered.partition,
             offset=delivered.offset,
         )
         return delivered
@@ -56,4 +59,6 @@ class Publisher:
 
 
 def consistency_token(delivered: Delivered, post_id: str) -> str:
-    return ConsistencyToken(delivered.topic, delivered.partition, delivered.offset, post_id).encode()
+    return ConsistencyToken(
+        delivered.topic, delivered.partition, delivered.offset, post_id
+    ).encode()

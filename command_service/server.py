@@ -16,13 +16,12 @@ import sys
 import time
 from dataclasses import dataclass
 
+from command_service.publisher import Publisher
+from command_service.servicer import CommandServicer
 from mysocial import log as logconf
 from mysocial.config import DEV_JWT_SECRET, Settings, split_addr
 from mysocial.rpc import RunningServer, start_server, wait_for_signal
 from mysocial.v1 import command_service_pb2, command_service_pb2_grpc
-
-from command_service.publisher import Publisher
-from command_service.servicer import CommandServicer
 
 log = logconf.get_logger("command.server")
 
@@ -45,8 +44,11 @@ class CommandServer:
     async def start(cls, settings: Settings, addr: str | None = None) -> CommandServer:
         """Start serving on addr (default: settings.command_addr; port 0 = any free port)."""
         if not settings.jwt_secret:
-            log.warning("dev_jwt_secret_in_use", secret=DEV_JWT_SECRET,
-                        hint="set MYSOCIAL_JWT_SECRET in production")
+            log.warning(
+                "dev_jwt_secret_in_use",
+                secret=DEV_JWT_SECRET,
+                hint="set MYSOCIAL_JWT_SECRET in production",
+            )
         publisher = Publisher(settings)
         servicer = CommandServicer(settings, publisher)
         running = await start_server(
@@ -97,7 +99,9 @@ def run(settings: Settings) -> int:
         return 0
     addr, reserved = _reserve_port(settings.command_addr)
     ctx = multiprocessing.get_context("spawn")  # gRPC must not be forked after init
-    procs = [ctx.Process(target=_worker, args=(settings, addr), daemon=False) for _ in range(workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(settings, addr), daemon=False) for _ in range(workers)
+    ]
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:

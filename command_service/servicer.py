@@ -7,19 +7,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import structlog
 
-from mysocial.auth import actor_from_metadata
-from mysocial.config import Settings
-from mysocial.rpc import correlation_id_of, time_left, unary
-from mysocial.v1 import command_service_pb2 as cmd
-from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
-
 from command_service import commands
 from command_service.commands import Limits, PreparedEvent
 from command_service.publisher import Publisher, consistency_token
+from mysocial.auth import actor_from_metadata
+from mysocial.config import Settings
+from mysocial.rpc import Ctx, correlation_id_of, time_left, unary
+from mysocial.v1 import command_service_pb2 as cmd
+from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 
 
 def utc_now() -> datetime:
@@ -39,12 +39,12 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
         self._limits = Limits(settings.max_caption_chars, settings.max_comment_chars)
         self._secret = settings.effective_jwt_secret
 
-    def _actor(self, context: grpc.aio.ServicerContext) -> str:
+    def _actor(self, context: Ctx) -> str:
         actor = actor_from_metadata(context.invocation_metadata(), self._secret)
         structlog.contextvars.bind_contextvars(user_id=actor)
         return actor
 
-    async def _publish(self, prepared: PreparedEvent, context: grpc.aio.ServicerContext) -> str:
+    async def _publish(self, prepared: PreparedEvent, context: Ctx) -> str:
         delivered = await self._publisher.publish(
             prepared,
             correlation_id_of(context),
@@ -54,7 +54,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
 
     @unary
     async def CreatePost(
-        self, request: cmd.CreatePostRequest, context: grpc.aio.ServicerContext
+        self, request: cmd.CreatePostRequest, context: Ctx
     ) -> cmd.CreatePostResponse:
         actor = self._actor(context)
         prepared = commands.create_post(actor, request, self._clock(), self._limits)
@@ -63,7 +63,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
 
     @unary
     async def DeletePost(
-        self, request: cmd.DeletePostRequest, context: grpc.aio.ServicerContext
+        self, request: cmd.DeletePostRequest, context: Ctx
     ) -> cmd.DeletePostResponse:
         actor = self._actor(context)
         prepared = commands.delete_post(actor, request, self._clock())
@@ -71,9 +71,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
         return cmd.DeletePostResponse(post_id=prepared.post_id, consistency_token=token)
 
     @unary
-    async def LikePost(
-        self, request: cmd.LikePostRequest, context: grpc.aio.ServicerContext
-    ) -> cmd.LikePostResponse:
+    async def LikePost(self, request: cmd.LikePostRequest, context: Ctx) -> cmd.LikePostResponse:
         actor = self._actor(context)
         prepared = commands.like_post(actor, request, self._clock())
         token = await self._publish(prepared, context)
@@ -81,7 +79,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
 
     @unary
     async def UnlikePost(
-        self, request: cmd.UnlikePostRequest, context: grpc.aio.ServicerContext
+        self, request: cmd.UnlikePostRequest, context: Ctx
     ) -> cmd.UnlikePostResponse:
         actor = self._actor(context)
         prepared = commands.unlike_post(actor, request, self._clock())
@@ -90,7 +88,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
 
     @unary
     async def AddComment(
-        self, request: cmd.AddCommentRequest, context: grpc.aio.ServicerContext
+        self, request: cmd.AddCommentRequest, context: Ctx
     ) -> cmd.AddCommentResponse:
         actor = self._actor(context)
         prepared = commands.add_comment(actor, request, self._clock(), self._limits)
@@ -101,7 +99,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
 
     @unary
     async def DeleteComment(
-        self, request: cmd.DeleteCommentRequest, context: grpc.aio.ServicerContext
+        self, request: cmd.DeleteCommentRequest, context: Ctx
     ) -> cmd.DeleteCommentResponse:
         actor = self._actor(context)
         prepared = commands.delete_comment(actor, request, self._clock())
@@ -109,3 +107,8 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
         return cmd.DeleteCommentResponse(
             post_id=prepared.post_id, comment_id=prepared.comment_id, consistency_token=token
         )
+
+    async def UploadImage(self, request_iterator: Any, context: Ctx) -> cmd.UploadImageResponse:
+        """Image uploads are delivered by the images issue (#7); until then UNIMPLEMENTED."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "UploadImage is not available yet")
+        raise AssertionError("unreachable")

@@ -28,7 +28,9 @@ def mint_token(user_id: str, secret: str, ttl_s: int = 24 * 3600, now: float | N
 def verify_token(token: str, secret: str) -> str:
     """Return the token's user id; raise Unauthenticated saying what is wrong."""
     try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]})
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]}
+        )
     except jwt.ExpiredSignatureError:
         raise Unauthenticated("bearer token expired") from None
     except jwt.InvalidSignatureError:

@@ -136,7 +136,9 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_env_name(name)} must be at least 1")
         if self.log_format not in ("console", "json"):
-            raise ConfigError(f"MYSOCIAL_LOG_FORMAT must be console or json, not {self.log_format!r}")
+            raise ConfigError(
+                f"MYSOCIAL_LOG_FORMAT must be console or json, not {self.log_format!r}"
+            )
         for name in ("command_addr", "query_addr"):
             split_addr(getattr(self, name), _env_name(name))
 
@@ -203,6 +205,33 @@ def split_addr(addr: str, what: str = "address") -> tuple[str, int]:
 
 def documented_settings() -> list[Setting]:
     """Every setting with its default and meaning, for docs and `mysocial settings`."""
-    return [
-        Setting(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(Settings)
-    ]
+    return [Setting(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(Settings)]
+
+
+README_BEGIN = "<!-- settings:begin -->"
+README_END = "<!-- settings:end -->"
+
+
+def settings_markdown() -> str:
+    """The README's settings table (kept in sync by `python -m mysocial.config`)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in documented_settings():
+        default = s.default.replace(str(PROJECT_ROOT), ".") if s.default else "(empty)"
+        rows.append(f"| `{s.env}` | `{default}` | {s.doc} |")
+    return "\n".join(rows)
+
+
+def sync_readme(path: Path = PROJECT_ROOT / "README.md") -> bool:
+    """Rewrite the README's settings table; returns True if it changed."""
+    text = path.read_text()
+    head, _, rest = text.partition(README_BEGIN)
+    _, _, tail = rest.partition(README_END)
+    new = f"{head}{README_BEGIN}\n{settings_markdown()}\n{README_END}{tail}"
+    if new != text:
+        path.write_text(new)
+        return True
+    return False
+
+
+if __name__ == "__main__":
+    print("README updated" if sync_readme() else "README already up to date")

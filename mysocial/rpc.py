@@ -38,8 +38,10 @@ Self = TypeVar("Self")
 
 ERROR_DOMAIN = "mysocial.v1"
 
+Ctx = grpc.aio.ServicerContext[Any, Any]
 
-def correlation_id_of(context: grpc.aio.ServicerContext) -> str:
+
+def correlation_id_of(context: Ctx) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == CORRELATION_HEADER:
             return clean_correlation_id(value if isinstance(value, str) else value.decode())
@@ -51,7 +53,9 @@ def _status_for(exc: ServiceError) -> status_pb2.Status:
     if exc.field:
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=exc.field, description=exc.message
+                )
             ]
         )
         packed = any_pb2.Any()
@@ -65,7 +69,7 @@ def _status_for(exc: ServiceError) -> status_pb2.Status:
     return status_pb2.Status(code=exc.code.value[0], message=exc.message, details=details)
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, rpc_name: str) -> None:
+async def _abort(context: Ctx, exc: BaseException, rpc_name: str) -> None:
     if isinstance(exc, ServiceError):
         log.info("rpc_rejected", code=exc.code.name, reason=exc.message)
         await context.abort_with_status(rpc_status.to_status(_status_for(exc)))
@@ -73,12 +77,14 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, rpc_name
     cid = structlog.contextvars.get_contextvars().get("correlation_id", "")
     await context.abort_with_status(
         rpc_status.to_status(
-            status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (correlation id {cid})")
+            status_pb2.Status(
+                code=code_pb2.INTERNAL, message=f"internal error (correlation id {cid})"
+            )
         )
     )
 
 
-def _bind(context: grpc.aio.ServicerContext, rpc_name: str) -> str:
+def _bind(context: Ctx, rpc_name: str) -> str:
     cid = correlation_id_of(context)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(correlation_id=cid, rpc=rpc_name)
@@ -87,13 +93,13 @@ def _bind(context: grpc.aio.ServicerContext, rpc_name: str) -> str:
 
 
 def unary(
-    fn: Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
-) -> Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    fn: Callable[[Self, Req, Ctx], Awaitable[Resp]],
+) -> Callable[[Self, Req, Ctx], Awaitable[Resp]]:
     """Wrap a unary (or client-streaming) handler: correlation id, error mapping."""
     name = fn.__name__
 
     @functools.wraps(fn)
-    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+    async def wrapper(self: Self, request: Req, context: Ctx) -> Resp:
         _bind(context, name)
         try:
             return await fn(self, request, context)
@@ -107,13 +113,13 @@ def unary(
 
 
 def stream(
-    fn: Callable[[Self, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]],
-) -> Callable[[Self, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]:
+    fn: Callable[[Self, Req, Ctx], AsyncIterator[Resp]],
+) -> Callable[[Self, Req, Ctx], AsyncIterator[Resp]]:
     """Wrap a server-streaming handler the same way."""
     name = fn.__name__
 
     @functools.wraps(fn)
-    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext) -> AsyncIterator[Resp]:
+    async def wrapper(self: Self, request: Req, context: Ctx) -> AsyncIterator[Resp]:
         _bind(context, name)
         try:
             async for item in fn(self, request, context):
@@ -126,7 +132,7 @@ def stream(
     return wrapper
 
 
-def time_left(context: grpc.aio.ServicerContext, default: float, margin: float = 0.05) -> float:
+def time_left(context: Ctx, default: float, margin: float = 0.05) -> float:
     """Seconds this call may still use: its deadline minus a margin, capped by default.
 
     The margin lets the server answer with its own precise status (e.g. UNAVAILABLE)
@@ -180,7 +186,11 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = list(service_names)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     port = server.add_insecure_port(addr)
@@ -197,8 +207,13 @@ async def wait_for_signal(signals: Iterable[int] = (signal.SIGTERM, signal.SIGIN
     loop = asyncio.get_running_loop()
     received: asyncio.Future[int] = loop.create_future()
     sigs = list(signals)
+
+    def on_signal(sig: int) -> None:
+        if not received.done():
+            received.set_result(sig)
+
     for sig in sigs:
-        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s))
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         return await received
     finally:

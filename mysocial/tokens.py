@@ -12,6 +12,7 @@ import binascii
 from dataclasses import dataclass
 
 from mysocial.errors import InvalidArgument
+from mysocial.ids import is_entity_id
 
 _VERSION = "1"
 
@@ -24,7 +25,9 @@ class ConsistencyToken:
     post_id: str
 
     def encode(self) -> str:
-        raw = "\x1f".join((_VERSION, self.topic, str(self.partition), str(self.offset), self.post_id))
+        raw = "\x1f".join(
+            (_VERSION, self.topic, str(self.partition), str(self.offset), self.post_id)
+        )
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
@@ -33,8 +36,13 @@ class ConsistencyToken:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
             version, topic, partition, offset, post_id = raw.split("\x1f")
-            if version != _VERSION:
+            token_ = cls(topic, int(partition), int(offset), post_id)
+            if version != _VERSION or token_.partition < 0 or token_.offset < 0 or not topic:
                 raise ValueError(version)
-            return cls(topic, int(partition), int(offset), post_id)
+            if not is_entity_id(post_id):
+                raise ValueError(post_id)
+            return token_
         except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise InvalidArgument("consistency_token is malformed", field="consistency_token") from None
+            raise InvalidArgument(
+                "consistency_token is malformed", field="consistency_token"
+            ) from None

@@ -11,6 +11,7 @@ is pinned in kafka/pom.xml. A second start reuses the cache and needs no network
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import shutil
@@ -22,9 +23,8 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-from confluent_kafka.admin import AdminClient
-
 from mysocial.config import PROJECT_ROOT, Settings
+from mysocial.kafka import admin_client
 
 POM = PROJECT_ROOT / "kafka" / "pom.xml"
 LOG4J_CONFIG = PROJECT_ROOT / "kafka" / "log4j2.properties"
@@ -71,7 +71,9 @@ def fetch(quiet: bool = True) -> Path:
         cmd.insert(2, "-q")
     result = subprocess.run(cmd, capture_output=quiet, text=True, check=False)
     if result.returncode != 0:
-        raise BrokerError(f"fetching Kafka {kafka_version()} failed:\n{result.stdout}{result.stderr}")
+        raise BrokerError(
+            f"fetching Kafka {kafka_version()} failed:\n{result.stdout}{result.stderr}"
+        )
     if not any(p.name.startswith("kafka_2.13-") for p in tmp.glob("*.jar")):
         raise BrokerError(f"Maven finished but {tmp} holds no kafka_2.13 jar")
     shutil.rmtree(target, ignore_errors=True)
@@ -119,10 +121,12 @@ def server_properties(port: int, data_dir: Path) -> str:
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
-def wait_until_serving(bootstrap: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until_serving(
+    bootstrap: str, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until the broker answers a metadata request; raise BrokerError on timeout."""
     deadline = time.monotonic() + timeout
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _null_logger()})
+    admin = admin_client(bootstrap, logger=_null_logger())
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -137,9 +141,8 @@ def wait_until_serving(bootstrap: str, timeout: float, proc: subprocess.Popen[by
     raise BrokerError(f"broker at {bootstrap} not serving after {timeout:.0f}s: {last}")
 
 
-def _null_logger() -> object:
-    import logging
-
+def _null_logger() -> logging.Logger:
+    """Connection-refused noise is expected while the broker starts: discard it."""
     logger = logging.getLogger("mysocial.kafka.bootstrap-probe")
     logger.addHandler(logging.NullHandler())
     logger.propagate = False
@@ -175,8 +178,17 @@ class EmbeddedBroker:
             return
         cluster_id = _kraft_cluster_id()
         result = subprocess.run(
-            [_java(), "-cp", self._classpath(), "kafka.tools.StorageTool", "format",
-             "-t", cluster_id, "-c", str(config)],
+            [
+                _java(),
+                "-cp",
+                self._classpath(),
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(config),
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -200,7 +212,7 @@ class EmbeddedBroker:
         self._format_if_needed(config)
         cmd = [
             _java(),
-            f"-Xms256m",
+            "-Xms256m",
             f"-Xmx{self.heap}",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
@@ -213,7 +225,9 @@ class EmbeddedBroker:
         ]
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         finally:
             log.close()
         try:
@@ -286,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     broker.start()
-    print(f"Kafka {kafka_version()} serving on {broker.bootstrap} (log: {broker.log_file})", flush=True)
+    print(
+        f"Kafka {kafka_version()} serving on {broker.bootstrap} (log: {broker.log_file})",
+        flush=True,
+    )
     while not stop and broker.proc is not None and broker.proc.poll() is None:
         time.sleep(0.2)
     broker.stop()

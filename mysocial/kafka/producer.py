@@ -9,6 +9,7 @@ handler can await its own event's delivery while thousands of others are in flig
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from mysocial.kafka import client_logger
 from mysocial.log import get_logger
 
 log = get_logger("kafka.producer")
@@ -51,6 +53,7 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
         "compression.type": "lz4",
         "message.timeout.ms": 30000,
         "socket.keepalive.enable": True,
+        "logger": client_logger(),
     }
     config.update(overrides)
     return config
@@ -59,7 +62,9 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
 class AsyncProducer:
     """Produce from asyncio code and await the broker's acknowledgement."""
 
-    def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any], loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self._config = dict(config)
         self._config["error_cb"] = self._on_error
@@ -87,10 +92,9 @@ class AsyncProducer:
         with self._lock:
             batch, self._pending = self._pending, []
         if batch:
-            try:
+            # RuntimeError: loop closed during shutdown, nobody awaits any more.
+            with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(_resolve_all, batch)
-            except RuntimeError:  # loop closed during shutdown: nobody awaits any more
-                pass
 
     async def send(
         self, topic: str, key: bytes, value: bytes, headers: Headers = (), timeout: float = 10.0
@@ -123,7 +127,9 @@ class AsyncProducer:
             except KafkaException as exc:
                 raise DeliveryError(str(exc)) from exc
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - self._loop.time()))
+            return await asyncio.wait_for(
+                asyncio.shield(fut), max(0.0, deadline - self._loop.time())
+            )
         except TimeoutError:
             raise DeliveryError(f"no acknowledgement from Kafka within {timeout:.1f}s") from None
 

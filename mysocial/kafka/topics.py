@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from mysocial.config import Settings
+from mysocial.kafka import admin_client
 
 # Contract names (DESIGN.md, "Topics").
 POSTS = "posts"
@@ -66,8 +68,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(
             t(POSTS),
             settings.posts_partitions,
-            {"cleanup.policy": "delete", "retention.ms": str(FOREVER),
-             "message.timestamp.type": "LogAppendTime"},
+            {
+                "cleanup.policy": "delete",
+                "retention.ms": str(FOREVER),
+                "message.timestamp.type": "LogAppendTime",
+            },
         ),
         TopicSpec(t(LIKES), n, dict(engagement)),
         TopicSpec(t(COMMENTS), n, dict(engagement)),
@@ -76,13 +81,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t(POSTS_BY_ID), n, {"cleanup.policy": "delete", "retention.ms": str(FOREVER)}),
         TopicSpec(t(PROCESSOR_CHANGELOG), n, dict(compact)),
         TopicSpec(t(TRENDING_CANDIDATES), 1, dict(compact)),
-        TopicSpec(t(DEAD_LETTER), 1, {"cleanup.policy": "delete", "retention.ms": str(THIRTY_DAYS_MS)}),
+        TopicSpec(
+            t(DEAD_LETTER), 1, {"cleanup.policy": "delete", "retention.ms": str(THIRTY_DAYS_MS)}
+        ),
     ]
 
 
-def ensure_topics(
-    admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0
-) -> list[str]:
+def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0) -> list[str]:
     """Create missing topics and verify existing ones; returns the names created.
 
     Raises TopicMismatchError when an existing topic has another partition count or
@@ -124,7 +129,27 @@ def ensure_topics(
             if exc.args and getattr(exc.args[0], "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
                 continue
             raise
+    _wait_for_leaders(admin, [s.name for s in missing], timeout)
     return created
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Block until every partition of the new topics has a leader (usable at once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(timeout=timeout).topics
+        waiting = [
+            n
+            for n in names
+            if n not in md
+            or md[n].error is not None
+            or any(p.leader < 0 for p in md[n].partitions.values())
+        ]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics without partition leaders after {timeout}s: {waiting}")
+        time.sleep(0.05)
 
 
 def _check_cleanup(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> list[str]:
@@ -134,16 +159,15 @@ def _check_cleanup(admin: AdminClient, specs: list[TopicSpec], timeout: float) -
     for resource, fut in admin.describe_configs(resources, request_timeout=timeout).items():
         entries = fut.result(timeout)
         policy = entries["cleanup.policy"].value if "cleanup.policy" in entries else "delete"
-        if policy != wanted[resource.name]:
-            problems.append(
-                f"topic {resource.name} has cleanup.policy={policy}, expected {wanted[resource.name]}"
-            )
+        expected = wanted[resource.name]
+        if policy != expected:
+            problems.append(f"topic {resource.name}: cleanup.policy={policy}, expected {expected}")
     return problems
 
 
 def provision(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Ensure every topic of this deployment exists with the right layout."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin = admin_client(settings.bootstrap)
     return ensure_topics(admin, topic_specs(settings), timeout)
 
 

@@ -1,0 +1,71 @@
+# MySocial backend. The two commands a new user needs:
+#   make run    the whole system (embedded Kafka broker, processor, services)
+#   make test   every check: ruff, mypy, buf lint, unit and integration tests
+# Everything else is installed on demand into ignored folders (.venv, .cache,
+# node_modules); versions are pinned (constraints.txt, package-lock.json,
+# kafka/pom.xml, GRPCURL_VERSION below).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := .cache/bin
+GRPCURL_VERSION := v1.9.3
+GHZ_VERSION := v0.121.0
+PROTOS := $(wildcard protos/mysocial/v1/*.proto)
+PYTEST_ARGS ?=
+
+.PHONY: run test check lint typecheck buf-lint unit deps gen tools broker-fetch bench bench-smoke clean
+
+run: deps gen broker-fetch
+	$(BIN)/python -m mysocial.run
+
+test: check
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: deps gen tools broker-fetch lint typecheck buf-lint
+
+deps: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade -c constraints.txt pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+gen: mysocial/v1/.generated
+
+mysocial/v1/.generated: $(PROTOS) $(VENV)/.installed
+	@rm -rf mysocial/v1 && mkdir -p mysocial/v1
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
+	  --python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTOS)
+	@touch mysocial/v1/__init__.py $@
+
+tools: node_modules/.installed $(TOOLS)/grpcurl
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(TOOLS)/grpcurl:
+	GOBIN="$(abspath $(TOOLS))" GOFLAGS=-mod=mod go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
+$(TOOLS)/ghz:
+	GOBIN="$(abspath $(TOOLS))" go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+broker-fetch: deps
+	$(BIN)/python -m mysocial.kafka.broker fetch >/dev/null
+
+lint: deps gen
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: deps gen
+	$(BIN)/mypy .
+
+buf-lint: node_modules/.installed
+	npx --no-install buf lint
+
+clean:
+	rm -rf $(VENV) mysocial/v1 node_modules .mypy_cache .ruff_cache .pytest_cache
