@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 TOOLS := .cache/bin
 GRPCURL_VERSION := v1.9.3
 GHZ_VERSION := v0.121.0
-PROTOS := $(wildcard protos/mysocial/v1/*.proto)
+PROTOS := $(wildcard protos/mysocial/v1/*.proto protos/mysocial/internal/v1/*.proto)
 PYTEST_ARGS ?=
 
 .PHONY: run test check lint typecheck buf-lint unit deps gen tools broker-fetch bench bench-smoke clean
@@ -37,10 +37,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 gen: mysocial/v1/.generated
 
 mysocial/v1/.generated: $(PROTOS) $(VENV)/.installed
-	@rm -rf mysocial/v1 && mkdir -p mysocial/v1
+	@rm -rf mysocial/v1 mysocial/internal && mkdir -p mysocial/v1 mysocial/internal/v1
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
 	  --python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTOS)
-	@touch mysocial/v1/__init__.py $@
+	@touch mysocial/v1/__init__.py mysocial/internal/__init__.py mysocial/internal/v1/__init__.py $@
 
 tools: node_modules/.installed $(TOOLS)/grpcurl
 
@@ -68,4 +68,4 @@ buf-lint: node_modules/.installed
 	npx --no-install buf lint
 
 clean:
-	rm -rf $(VENV) mysocial/v1 node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) mysocial/v1 mysocial/internal node_modules .mypy_cache .ruff_cache .pytest_cache

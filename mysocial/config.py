@@ -106,6 +106,68 @@ class Settings:
     grace_period_s: float = _setting(
         "MYSOCIAL_GRACE_PERIOD_S", 10.0, "SIGTERM: how long in-flight RPCs may take to finish."
     )
+    processor_instance_id: str = _setting(
+        "MYSOCIAL_PROCESSOR_INSTANCE_ID",
+        "0",
+        "Stable identity of a processor instance: its transactional.id and state folder "
+        "derive from it. Give each concurrently running instance its own; a restarted "
+        "instance must reuse its id so its unfinished transaction is aborted at once.",
+    )
+    processor_state_dir: str = _setting(
+        "MYSOCIAL_PROCESSOR_STATE_DIR",
+        str(PROJECT_ROOT / ".cache" / "processor-state"),
+        "Where processor instances keep their local RocksDB (a cache of the changelogs).",
+    )
+    processor_commit_interval_ms: int = _setting(
+        "MYSOCIAL_PROCESSOR_COMMIT_INTERVAL_MS",
+        100,
+        "How often the processor commits its transaction: lower = fresher counts, "
+        "higher = more coalescing and throughput.",
+    )
+    processor_batch_size: int = _setting(
+        "MYSOCIAL_PROCESSOR_BATCH_SIZE", 10000, "Most records the processor takes per consume()."
+    )
+    processor_cache_mb: int = _setting(
+        "MYSOCIAL_PROCESSOR_CACHE_MB", 64, "RocksDB block cache of a processor instance."
+    )
+    processor_session_timeout_ms: int = _setting(
+        "MYSOCIAL_PROCESSOR_SESSION_TIMEOUT_MS",
+        10000,
+        "Consumer group session timeout: how soon a dead instance's partitions move.",
+    )
+    processor_transaction_timeout_ms: int = _setting(
+        "MYSOCIAL_PROCESSOR_TRANSACTION_TIMEOUT_MS",
+        30000,
+        "Broker aborts a processor transaction left open this long (e.g. by a killed "
+        "instance that never comes back).",
+    )
+    trending_half_life_s: float = _setting(
+        "MYSOCIAL_TRENDING_HALF_LIFE_S", 3600.0, "Half-life of an engagement's weight in the score."
+    )
+    trending_like_weight: float = _setting(
+        "MYSOCIAL_TRENDING_LIKE_WEIGHT", 1.0, "Weight of a user who likes a post."
+    )
+    trending_comment_weight: float = _setting(
+        "MYSOCIAL_TRENDING_COMMENT_WEIGHT",
+        3.0,
+        "Weight of a user who has a live comment on a post (instead of the like weight).",
+    )
+    trending_min_users: int = _setting(
+        "MYSOCIAL_TRENDING_MIN_USERS",
+        3,
+        "Distinct users (author excluded) a post needs before it can trend.",
+    )
+    trending_horizon_s: float = _setting(
+        "MYSOCIAL_TRENDING_HORIZON_S",
+        48 * 3600.0,
+        "A post whose newest counted engagement is older than this leaves trending.",
+    )
+    trending_top_k: int = _setting("MYSOCIAL_TRENDING_TOP_K", 50, "Length of the ranking.")
+    trending_interval_ms: int = _setting(
+        "MYSOCIAL_TRENDING_INTERVAL_MS",
+        1000,
+        "How often the ranking is recomputed (scores decay even without events).",
+    )
     log_format: str = _setting(
         "MYSOCIAL_LOG_FORMAT", "console", "`console` (readable) or `json` (one object per line)."
     )

@@ -184,8 +184,8 @@ class EmbeddedBroker:
                 self._classpath(),
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                # "=" form: a random id may start with "-" and read as an option.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(config),
             ],

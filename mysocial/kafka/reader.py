@@ -1,0 +1,209 @@
+"""Reading whole topics and measuring consumer-group lag (audit, tests, benchmarks)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from mysocial.kafka import client_logger
+
+_RETRIABLE = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    timestamp_ms: int
+
+
+def to_record(msg: Any) -> Record:
+    """A consumed confluent-kafka Message as a plain Record."""
+    headers = {str(k): bytes(v) for k, v in (msg.headers() or [])}
+    return Record(
+        msg.topic(),
+        msg.partition(),
+        msg.offset(),
+        msg.key(),
+        msg.value(),
+        headers,
+        msg.timestamp()[1],
+    )
+
+
+def _consumer(bootstrap: str, isolation: str = "read_committed", **extra: Any) -> Consumer:
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"mysocial.reader.{uuid.uuid4().hex}",
+        "enable.auto.commit": False,
+        "isolation.level": isolation,
+        "enable.partition.eof": True,
+        "logger": client_logger(),
+    }
+    config.update(extra)
+    return Consumer(config)
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float) -> tuple[int, int]:
+    """(low, high) watermarks, retrying while a new partition's leader settles."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _RETRIABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def partitions_of(consumer: Consumer, topic: str, timeout: float) -> list[int]:
+    md = consumer.list_topics(topic, timeout=timeout)
+    meta = md.topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise KafkaException(
+            meta.error if meta is not None else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)
+        )
+    return sorted(meta.partitions)
+
+
+def iter_topic(
+    bootstrap: str, topic: str, timeout: float = 60.0, isolation: str = "read_committed"
+) -> Iterator[Record]:
+    """Every visible record of topic from the beginning to its end at call time."""
+    consumer = _consumer(bootstrap, isolation)
+    try:
+        ends = {
+            p: watermarks(consumer, topic, p, timeout)[1]
+            for p in partitions_of(consumer, topic, timeout)
+        }
+        todo = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
+        deadline = time.monotonic() + timeout
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} partitions {sorted(todo)} to the end")
+            for msg in consumer.consume(10000, 0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        todo.discard(msg.partition() or 0)
+                        continue
+                    raise KafkaException(err)
+                rec = to_record(msg)
+                if rec.offset >= ends[rec.partition]:
+                    todo.discard(rec.partition)
+                    continue
+                yield rec
+                if rec.offset + 1 >= ends[rec.partition]:
+                    todo.discard(rec.partition)
+    finally:
+        consumer.close()
+
+
+def read_topic(
+    bootstrap: str, topic: str, timeout: float = 60.0, isolation: str = "read_committed"
+) -> list[Record]:
+    return list(iter_topic(bootstrap, topic, timeout, isolation))
+
+
+def latest_by_key(bootstrap: str, topic: str, timeout: float = 60.0) -> dict[bytes, bytes | None]:
+    """The table view of a compacted topic: last value per key (None = tombstone)."""
+    table: dict[bytes, bytes | None] = {}
+    for rec in iter_topic(bootstrap, topic, timeout):
+        if rec.key is not None:
+            table[rec.key] = rec.value
+    return table
+
+
+def last_visible_offsets(
+    bootstrap: str, topic: str, timeout: float = 30.0, transactional: bool = True
+) -> dict[int, int]:
+    """Per partition, the offset just past the last committed data record (0 if none).
+
+    On transactional topics the high watermark also counts commit markers, so a
+    consumer that is fully caught up has committed this offset, not the watermark.
+    Non-transactional topics have no markers: their high watermark is the answer.
+    """
+    consumer = _consumer(bootstrap, "read_committed", **{"fetch.wait.max.ms": 10})
+    try:
+        marks = {
+            p: watermarks(consumer, topic, p, timeout)
+            for p in partitions_of(consumer, topic, timeout)
+        }
+        if not transactional:
+            return {p: high for p, (_, high) in marks.items()}
+        out = {p: 0 for p in marks}
+        window = 64
+        todo = {p for p, (low, high) in marks.items() if high > low}
+        deadline = time.monotonic() + timeout
+        while todo:
+            starts = {p: max(marks[p][0], marks[p][1] - window) for p in todo}
+            consumer.assign([TopicPartition(topic, p, starts[p]) for p in todo])
+            last = {p: -1 for p in todo}
+            pending = set(todo)
+            while pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not find the end of {topic}")
+                for msg in consumer.consume(1000, 0.2):
+                    err = msg.error()
+                    part = msg.partition() or 0
+                    if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(part)
+                    elif err is None:
+                        last[part] = max(last[part], msg.offset() or 0)
+            consumer.unassign()
+            for p in list(todo):
+                if last[p] >= 0:
+                    out[p] = last[p] + 1
+                    todo.discard(p)
+                elif starts[p] == marks[p][0]:
+                    todo.discard(p)  # only markers / aborted records: nothing visible
+            window *= 8
+        return out
+    finally:
+        consumer.close()
+
+
+def group_lag(
+    bootstrap: str,
+    group: str,
+    topics_: list[str],
+    transactional: frozenset[str] = frozenset(),
+    timeout: float = 30.0,
+) -> int:
+    """Records the group still has to consume on topics_.
+
+    Topics in `transactional` are written in transactions: their end is the last
+    visible record, not the high watermark (which counts commit markers).
+    """
+    consumer = _consumer(bootstrap, **{"group.id": group})
+    try:
+        total = 0
+        for topic in topics_:
+            ends = last_visible_offsets(bootstrap, topic, timeout, topic in transactional)
+            committed = consumer.committed(
+                [TopicPartition(topic, p) for p in ends], timeout=timeout
+            )
+            for tp in committed:
+                position = max(tp.offset, 0)
+                total += max(0, ends[tp.partition] - position)
+        return total
+    finally:
+        consumer.close()

@@ -1,0 +1,171 @@
+"""`python -m processor audit`: recompute the truth from the inputs and diff the outputs.
+
+Reads posts, likes and comments from the beginning (read_committed), recomputes every
+post's counts (processor/truth.py) and compares them with the table view of
+posts_with_counts; with trending on, recomputes the ranking at the published
+ranking's computed_at and compares that too. Exit code 0 only when they agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+from mysocial.config import Settings
+from mysocial.kafka import topics
+from mysocial.kafka.reader import group_lag, latest_by_key, read_topic
+from mysocial.v1 import events_pb2 as ev
+from mysocial.v1 import resources_pb2 as res
+from processor import truth as truth_mod
+from processor.engine import GROUP, trending_config
+
+SCORE_TOLERANCE = 1e-6
+
+
+@dataclass
+class AuditReport:
+    posts_checked: int = 0
+    live_posts: int = 0
+    mismatches: list[str] = field(default_factory=list)
+    invalid_events: int = 0
+    trending_checked: bool = False
+    trending_entries: int = 0
+    trending_mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and not self.trending_mismatches
+
+
+def wait_caught_up(settings: Settings, timeout: float) -> bool:
+    """Wait until the processor group has consumed everything currently in its inputs."""
+    names = [
+        topics.POSTS,
+        topics.LIKES,
+        topics.COMMENTS,
+        topics.POSTS_BY_ID,
+        topics.TRENDING_CANDIDATES,
+    ]
+    written_by_processor = frozenset(
+        settings.topic(n) for n in (topics.POSTS_BY_ID, topics.TRENDING_CANDIDATES)
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        lag = group_lag(
+            settings.bootstrap,
+            settings.topic(GROUP),
+            [settings.topic(n) for n in names],
+            written_by_processor,
+        )
+        if lag == 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def audit(settings: Settings, check_trending: bool = True) -> AuditReport:
+    report = AuditReport()
+    bootstrap = settings.bootstrap
+    t = settings.topic
+    truth = truth_mod.compute(
+        read_topic(bootstrap, t(topics.POSTS)),
+        read_topic(bootstrap, t(topics.LIKES)),
+        read_topic(bootstrap, t(topics.COMMENTS)),
+        settings.posts_partitions,
+        settings.likes_partitions,
+    )
+    report.invalid_events = truth.invalid
+    table = latest_by_key(bootstrap, t(topics.POSTS_WITH_COUNTS))
+    live = truth.live()
+    report.live_posts = len(live)
+    keys = {k.decode() for k in table} | set(truth.posts)
+    report.posts_checked = len(keys)
+    for post_id in sorted(keys):
+        expected = live.get(post_id)
+        raw = table.get(post_id.encode())
+        if expected is None:
+            if raw is not None:
+                why = "deleted" if post_id in truth.posts else "unknown"
+                report.mismatches.append(f"{post_id}: {why} post present in posts_with_counts")
+            continue
+        if raw is None:
+            report.mismatches.append(f"{post_id}: live post missing from posts_with_counts")
+            continue
+        got = ev.PostWithCounts()
+        got.ParseFromString(raw)
+        p = got.post
+        want = (expected.author, expected.caption, expected.like_count, expected.comment_count)
+        have = (p.author_id, p.caption, p.like_count, p.comment_count)
+        if want != have:
+            report.mismatches.append(
+                f"{post_id}: expected author/caption chars/likes/comments "
+                f"{want[0]!r}/{len(want[1])}/{want[2]}/{want[3]}, "
+                f"got {have[0]!r}/{len(have[1])}/{have[2]}/{have[3]}"
+            )
+    if check_trending:
+        _audit_trending(settings, truth, report)
+    return report
+
+
+def _audit_trending(settings: Settings, truth: truth_mod.Truth, report: AuditReport) -> None:
+    table = latest_by_key(settings.bootstrap, settings.topic(topics.TRENDING_POSTS))
+    raw = table.get(b"global")
+    cfg = trending_config(settings)
+    if raw is None:
+        expected_now = truth_mod.trending_ranking(cfg, truth, int(time.time() * 1000))
+        if expected_now:
+            report.trending_mismatches.append("no ranking published, but posts qualify")
+        report.trending_checked = True
+        return
+    ranking = res.TrendingRanking()
+    ranking.ParseFromString(raw)
+    at_ms = ranking.computed_at.seconds * 1000 + ranking.computed_at.nanos // 1_000_000
+    expected = truth_mod.trending_ranking(cfg, truth, at_ms)
+    report.trending_checked = True
+    report.trending_entries = len(ranking.entries)
+    got = [(e.post_id, e.score) for e in ranking.entries]
+    if len(got) != len(expected):
+        report.trending_mismatches.append(
+            f"ranking at {at_ms} has {len(got)} entries, expected {len(expected)}"
+        )
+    for i, ((gid, gscore), (eid, escore)) in enumerate(zip(got, expected, strict=False), start=1):
+        if not math.isclose(gscore, escore, rel_tol=SCORE_TOLERANCE):
+            report.trending_mismatches.append(
+                f"rank {i}: score {gscore:.9g} for {gid}, expected {escore:.9g} for {eid}"
+            )
+        elif gid != eid:
+            report.trending_mismatches.append(f"rank {i}: {gid}, expected {eid} (equal scores)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m processor audit", description=__doc__)
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="first wait up to this many seconds for the processor to catch up",
+    )
+    parser.add_argument("--no-trending", action="store_true", help="only audit posts_with_counts")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    if args.wait and not wait_caught_up(settings, args.wait):
+        print(f"processor did not catch up within {args.wait}s", file=sys.stderr)
+        return 3
+    report = audit(settings, check_trending=not args.no_trending)
+    for line in report.mismatches[:50] + report.trending_mismatches[:50]:
+        print(f"MISMATCH {line}")
+    print(
+        f"posts checked: {report.posts_checked} (live {report.live_posts}), "
+        f"mismatches: {len(report.mismatches)}, invalid events skipped: {report.invalid_events}"
+    )
+    if report.trending_checked:
+        print(
+            f"trending entries checked: {report.trending_entries}, "
+            f"mismatches: {len(report.trending_mismatches)}"
+        )
+    print("OK" if report.ok else "FAILED")
+    return 0 if report.ok else 1

@@ -1,0 +1,591 @@
+"""The processor's consume-transform-produce loop, exactly once.
+
+One consumer (group `mysocial.processor`, read_committed, range assignor so that
+partition p of likes, comments and the repartition topic go to the same instance)
+and one transactional producer. Every commit interval, in one Kafka transaction:
+
+- posts records re-keyed by post id into `mysocial.posts-by-id`,
+- the changed state keys into `mysocial.processor-changelog` (partition p),
+- one `posts_with_counts` record per changed post (partition p),
+- trending candidates and rankings (processor/ranking.py),
+- dead letters, and the consumed offsets (send_offsets_to_transaction).
+
+State reaches the local RocksDB only after the commit succeeded. On an abortable
+error the transaction is aborted, uncommitted state dropped and the consumer
+rewound to the committed offsets. Fenced or fatal errors end the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from mysocial.config import Settings
+from mysocial.kafka import client_logger, topics
+from mysocial.kafka.partitioning import partition_for
+from mysocial.log import get_logger
+from mysocial.v1 import events_pb2 as ev
+from processor.ranking import Ranking
+from processor.state import LIVE, PendingOverflow, TaskState
+from processor.store import LocalStore, TaskStore
+from processor.trending import TrendingConfig
+from processor.validation import InvalidEvent, check, event_time_ms
+
+log = get_logger("processor")
+
+GROUP = "mysocial.processor"
+SRC_PARTITION = "src-partition"
+SRC_OFFSET = "src-offset"
+LOCAL_STATE_MAX_AGE_S = 12 * 3600  # well inside the changelog's delete.retention.ms
+
+
+class FatalProcessorError(RuntimeError):
+    """The instance must stop (fenced by a newer instance, or a fatal Kafka error)."""
+
+
+def trending_config(settings: Settings) -> TrendingConfig:
+    return TrendingConfig(
+        half_life_s=settings.trending_half_life_s,
+        like_weight=settings.trending_like_weight,
+        comment_weight=settings.trending_comment_weight,
+        min_distinct_users=settings.trending_min_users,
+        horizon_s=settings.trending_horizon_s,
+        top_k=settings.trending_top_k,
+        recompute_interval_s=settings.trending_interval_ms / 1000.0,
+    )
+
+
+@dataclass
+class Task:
+    partition: int
+    store: TaskStore
+    state: TaskState
+
+
+@dataclass
+class Counters:
+    consumed: int = 0
+    outputs: int = 0
+    dead_letters: int = 0
+    commits: int = 0
+    aborts: int = 0
+    last_log: float = field(default_factory=time.monotonic)
+    last_consumed: int = 0
+
+
+class Processor:
+    """One processor instance (run it as many times as you want to scale out)."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        t = settings.topic
+        self.topic_posts = t(topics.POSTS)
+        self.topic_by_id = t(topics.POSTS_BY_ID)
+        self.topic_likes = t(topics.LIKES)
+        self.topic_comments = t(topics.COMMENTS)
+        self.topic_changelog = t(topics.PROCESSOR_CHANGELOG)
+        self.topic_output = t(topics.POSTS_WITH_COUNTS)
+        self.topic_dead = t(topics.DEAD_LETTER)
+        self.contract = {
+            self.topic_posts: topics.POSTS,
+            self.topic_by_id: topics.POSTS_BY_ID,
+            self.topic_likes: topics.LIKES,
+            self.topic_comments: topics.COMMENTS,
+        }
+        self.partitions = settings.likes_partitions
+        self.trending = trending_config(settings)
+        self.ranking = Ranking(settings, self.trending)
+        self.contract[self.ranking.topic_candidates] = topics.TRENDING_CANDIDATES
+        state_path = (
+            Path(settings.processor_state_dir)
+            / f"{settings.topic_namespace}{settings.processor_instance_id}"
+        )
+        self.store = LocalStore(state_path, cache_mb=settings.processor_cache_mb)
+        self.tasks: dict[int, Task] = {}
+        self.positions: dict[tuple[str, int], int] = {}
+        self.changelog_next: dict[int, int] = {}
+        self.in_txn = False
+        self.txn_started = 0.0
+        self.running = True
+        self.counters = Counters()
+        bootstrap = settings.bootstrap
+        group = t(GROUP)
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "range",
+                "session.timeout.ms": settings.processor_session_timeout_ms,
+                "heartbeat.interval.ms": max(500, settings.processor_session_timeout_ms // 5),
+                "max.poll.interval.ms": 600000,
+                "fetch.wait.max.ms": 50,
+                "logger": client_logger(),
+            }
+        )
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "transactional.id": f"{t(GROUP)}.{settings.processor_instance_id}",
+                "transaction.timeout.ms": settings.processor_transaction_timeout_ms,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "batch.num.messages": 10000,
+                "queue.buffering.max.messages": 2_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+                "compression.type": "lz4",
+                "partitioner": "murmur2_random",
+                "logger": client_logger(),
+            }
+        )
+        self.restore_consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"{group}.restore",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 10,
+                "logger": client_logger(),
+            }
+        )
+
+    # -- lifecycle -----------------------------------------------------------------
+    def stop(self, *_: Any) -> None:
+        """Signal handler: only flips a flag; the loop finishes its transaction."""
+        self.running = False
+
+    def run(self) -> int:
+        """Process until stop(); returns the process exit code."""
+        try:
+            self.producer.init_transactions(30)
+            self.consumer.subscribe(
+                [
+                    self.topic_posts,
+                    self.topic_by_id,
+                    self.topic_likes,
+                    self.topic_comments,
+                    self.ranking.topic_candidates,
+                ],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            log.info(
+                "processor_started",
+                instance=self.settings.processor_instance_id,
+                group=self.settings.topic(GROUP),
+            )
+            interval = self.settings.processor_commit_interval_ms / 1000.0
+            while self.running:
+                timeout = (
+                    interval
+                    if not self.in_txn
+                    else max(0.0, self.txn_started + interval - time.monotonic())
+                )
+                timeout = min(timeout, self.ranking.seconds_to_tick(self.clock()))
+                msgs = self.consumer.consume(self.settings.processor_batch_size, timeout)
+                if msgs:
+                    self._process(msgs)
+                self.producer.poll(0)
+                if self.ranking.due(self.clock()):
+                    self._begin()
+                    self.ranking.tick(self.producer, self.clock(), self.tasks)
+                if self.in_txn and time.monotonic() >= self.txn_started + interval:
+                    self._commit()
+                self._log_stats()
+            if self.in_txn:
+                self._commit()
+            return 0
+        except FatalProcessorError as exc:
+            log.error(
+                "processor_stopping_fatal",
+                error=str(exc),
+                hint="restart the instance; its partitions continue from the last commit",
+            )
+            return 1
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        for consumer in (self.consumer, self.restore_consumer):
+            with contextlib.suppress(KafkaException, RuntimeError):
+                consumer.close()
+        self.producer.flush(5)
+        self.store.close()
+        log.info("processor_stopped")
+
+    # -- processing ---------------------------------------------------------------
+    def _begin(self) -> None:
+        if not self.in_txn:
+            self._call(self.producer.begin_transaction)
+            self.in_txn = True
+            self.txn_started = time.monotonic()
+
+    def _process(self, msgs: list[Message]) -> None:
+        self._begin()
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise FatalProcessorError(str(err))
+                log.warning("consume_error", error=str(err))
+                continue
+            topic = msg.topic()
+            assert topic is not None
+            partition = msg.partition()
+            offset = msg.offset()
+            assert partition is not None and offset is not None
+            self.positions[(topic, partition)] = offset + 1
+            self.counters.consumed += 1
+            source = self.contract[topic]
+            if source == topics.POSTS:
+                self._repartition(msg, partition, offset)
+            elif source == topics.TRENDING_CANDIDATES:
+                self.ranking.on_candidates(msg)
+            else:
+                self._apply(msg, source, partition, offset)
+
+    def _apply(self, msg: Message, source: str, partition: int, offset: int) -> None:
+        try:
+            checked = check(source, msg.key(), msg.value(), partition, self.partitions)
+        except InvalidEvent as exc:
+            self._dead_letter(msg, str(exc))
+            return
+        task = self.tasks.get(partition)
+        if task is None:  # not ours any more (revoked inside this batch)
+            return
+        accepted = msg.timestamp()[1]
+        if source == topics.POSTS_BY_ID:
+            headers = dict(msg.headers() or [])
+            src_offset = int(headers.get(SRC_OFFSET) or b"-1")
+        else:
+            src_offset = offset
+        try:
+            task.state.apply(
+                source, src_offset, checked.event, event_time_ms(checked.event, accepted)
+            )
+        except PendingOverflow as exc:
+            self._dead_letter(msg, str(exc))
+
+    def _repartition(self, msg: Message, partition: int, offset: int) -> None:
+        try:
+            checked = check(topics.POSTS, msg.key(), msg.value(), partition, self.partitions)
+        except InvalidEvent as exc:
+            self._dead_letter(msg, str(exc))
+            return
+        key = checked.post_id.encode()
+        self._produce(
+            self.topic_by_id,
+            key,
+            msg.value(),
+            partition_for(key, self.partitions),
+            headers=[(SRC_PARTITION, str(partition).encode()), (SRC_OFFSET, str(offset).encode())],
+            timestamp=msg.timestamp()[1],
+        )
+
+    def _dead_letter(self, msg: Message, reason: str) -> None:
+        self.counters.dead_letters += 1
+        log.warning(
+            "dead_letter",
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            reason=reason,
+        )
+        self._produce(
+            self.topic_dead,
+            msg.key(),
+            msg.value(),
+            0,
+            headers=[
+                ("source-topic", (msg.topic() or "").encode()),
+                ("source-partition", str(msg.partition()).encode()),
+                ("source-offset", str(msg.offset()).encode()),
+                ("reason", reason.encode()),
+            ],
+        )
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int,
+        headers: list[tuple[str, bytes]] | None = None,
+        timestamp: int = 0,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    ) -> None:
+        while True:
+            try:
+                kwargs: dict[str, Any] = {"partition": partition}
+                if headers:
+                    kwargs["headers"] = headers
+                if timestamp > 0:
+                    kwargs["timestamp"] = timestamp
+                if on_delivery is not None:
+                    kwargs["on_delivery"] = on_delivery
+                self.producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    # -- commit -------------------------------------------------------------------
+    def _commit(self) -> None:
+        """Write outputs and changelog, commit offsets and the transaction atomically."""
+        if not self.in_txn:
+            return
+        self.changelog_next.clear()
+        for task in self.tasks.values():
+            self._flush_task(task)
+        self.ranking.before_commit(self.producer, self.clock(), self.tasks)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.positions.items()]
+        try:
+            self.producer.flush()
+            if offsets:
+                self._call(
+                    self.producer.send_offsets_to_transaction,
+                    offsets,
+                    self.consumer.consumer_group_metadata(),
+                    30,
+                )
+            self._call(self.producer.commit_transaction, 60)
+        except _Abortable as exc:
+            self._abort_and_rewind(str(exc))
+            return
+        self.in_txn = False
+        self.positions.clear()
+        self.counters.commits += 1
+        for task in self.tasks.values():
+            task.store.commit(self.changelog_next.get(task.partition))
+            task.state.trim_cache(50_000)
+        self.ranking.after_commit()
+
+    def _flush_task(self, task: Task) -> None:
+        changelog, changed = task.state.drain()
+        p = task.partition
+        if changelog:
+            last = len(changelog) - 1
+            for i, (key, value) in enumerate(changelog.items()):
+                self._produce(
+                    self.topic_changelog,
+                    key,
+                    value,
+                    p,
+                    on_delivery=self._on_changelog_delivery if i == last else None,
+                )
+        for rec in changed:
+            post_id = rec.post.post_id
+            value = None
+            if rec.status == LIVE:
+                value = ev.PostWithCounts(
+                    post=rec.post,
+                    posts_applied_through=rec.posts_applied_through,
+                    likes_applied_through=rec.likes_applied_through,
+                    comments_applied_through=rec.comments_applied_through,
+                ).SerializeToString()
+            self._produce(self.topic_output, post_id.encode(), value, p)
+            self.counters.outputs += 1
+        self.ranking.on_task_changes(task, changed, self.clock())
+
+    def _on_changelog_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            partition, offset = msg.partition(), msg.offset()
+            assert partition is not None and offset is not None
+            self.changelog_next[partition] = offset + 1
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call a transactional API, retrying retriable errors; classify the rest."""
+        for attempt in range(10):
+            try:
+                return fn(*args)
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
+                    raise FatalProcessorError(f"{fn.__name__}: {err}") from exc
+                if err.txn_requires_abort():
+                    raise _Abortable(f"{fn.__name__}: {err}") from exc
+                if err.retriable() and attempt < 9:
+                    log.warning("transaction_call_retry", call=fn.__name__, error=str(err))
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                raise FatalProcessorError(f"{fn.__name__}: {err}") from exc
+        raise AssertionError("unreachable")
+
+    def _abort_and_rewind(self, reason: str) -> None:
+        """Abort the open transaction and continue from the last committed state."""
+        log.warning("transaction_aborted", reason=reason)
+        self.counters.aborts += 1
+        try:
+            self._call(self.producer.abort_transaction, 30)
+        except _Abortable as exc:
+            raise FatalProcessorError(f"abort failed: {exc}") from exc
+        self.in_txn = False
+        self.positions.clear()
+        for task in self.tasks.values():
+            task.store.discard()
+            task.state.forget_cache()
+        self.ranking.discard()
+        assignment = self.consumer.assignment()
+        if assignment:
+            for tp in self.consumer.committed(assignment, timeout=30):
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    # -- rebalancing --------------------------------------------------------------
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.in_txn:
+            self._commit()
+        self._drop(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("partitions_lost", count=len(partitions))
+        if self.in_txn:
+            self._abort_and_rewind("partitions lost")
+        self._drop(partitions)
+
+    def _drop(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            if tp.topic == self.topic_likes:
+                self.tasks.pop(tp.partition, None)
+            if tp.topic == self.ranking.topic_candidates:
+                self.ranking.unassign()
+            self.positions.pop((tp.topic, tp.partition), None)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Committed offsets are fetched with require_stable: this waits until any
+        # transaction of a previous owner that carries offsets is resolved, so the
+        # changelog read next matches the offsets we resume from.
+        if partitions:
+            consumer.committed(partitions, timeout=60)
+        new = sorted(
+            tp.partition
+            for tp in partitions
+            if tp.topic == self.topic_likes and tp.partition not in self.tasks
+        )
+        started = time.monotonic()
+        restored = self._restore(new)
+        for p in new:
+            store = self.store.task(p)
+            self.tasks[p] = Task(p, store, TaskState(store, self.trending))
+        self.ranking.on_assign(partitions, self.tasks, self.restore_consumer, self.clock())
+        log.info(
+            "partitions_assigned",
+            tasks=sorted(self.tasks),
+            new=new,
+            restored_records=restored,
+            restore_s=round(time.monotonic() - started, 3),
+        )
+
+    def _restore(self, partitions: list[int]) -> int:
+        """Bring the local store of each task up to the end of its changelog."""
+        if not partitions:
+            return 0
+        assign = []
+        stores = {p: self.store.task(p) for p in partitions}
+        for p in partitions:
+            store = stores[p]
+            low, high = self.restore_consumer.get_watermark_offsets(
+                TopicPartition(self.topic_changelog, p), timeout=30
+            )
+            ckpt = store.checkpoint()
+            start = OFFSET_BEGINNING
+            if (
+                ckpt is not None
+                and ckpt[0] >= low
+                and time.time() - ckpt[1] < LOCAL_STATE_MAX_AGE_S
+            ):
+                start = ckpt[0]
+            else:
+                store.wipe()
+            if start != OFFSET_BEGINNING and start >= high:
+                continue
+            if start == OFFSET_BEGINNING and high <= low:
+                continue
+            assign.append(TopicPartition(self.topic_changelog, p, start))
+        if not assign:
+            return 0
+        self.restore_consumer.assign(assign)
+        remaining = {tp.partition for tp in assign}
+        total = 0
+        try:
+            while remaining:
+                msgs = self.restore_consumer.consume(10000, 1.0)
+                batches: dict[int, list[tuple[bytes, bytes | None]]] = {}
+                last: dict[int, int] = {}
+                for msg in msgs:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            remaining.discard(msg.partition() or 0)
+                            continue
+                        raise FatalProcessorError(f"restore: {err}")
+                    part = msg.partition() or 0
+                    batches.setdefault(part, []).append((msg.key() or b"", msg.value()))
+                    last[part] = msg.offset() or 0
+                for part, records in batches.items():
+                    stores[part].restore(records, last[part] + 1)
+                    total += len(records)
+        finally:
+            self.restore_consumer.unassign()
+        return total
+
+    # -- observability ------------------------------------------------------------
+    def _log_stats(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self.counters.last_log
+        if elapsed < 10:
+            return
+        c = self.counters
+        rate = (c.consumed - c.last_consumed) / elapsed
+        log.info(
+            "processor_stats",
+            consumed=c.consumed,
+            per_s=round(rate),
+            outputs=c.outputs,
+            dead_letters=c.dead_letters,
+            commits=c.commits,
+            aborts=c.aborts,
+            tasks=len(self.tasks),
+            unauthorized=sum(t.state.stats.unauthorized for t in self.tasks.values()),
+        )
+        c.last_log = now
+        c.last_consumed = c.consumed
+
+
+class _Abortable(Exception):
+    """The transaction must be aborted (and the input rewound)."""
+
+
+def main(settings: Settings) -> int:
+    processor = Processor(settings)
+    signal.signal(signal.SIGTERM, processor.stop)
+    signal.signal(signal.SIGINT, processor.stop)
+    return processor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(Settings.from_env()))

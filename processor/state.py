@@ -1,0 +1,383 @@
+"""Per-partition state transitions: the rules of invariants 1-3, as plain Python.
+
+One TaskState owns the state of one partition number p (its posts, likes, comments
+and repartitioned post events all live on partition p). It reads and writes through
+a key-value Store; it never talks to Kafka, so every rule is unit-testable with a
+dict. The engine asks it for the changed keys (the changelog) and the changed posts
+(the output) once per commit, which is where coalescing happens: a post liked 500
+times in a commit interval yields one output record.
+
+Store keys (all under the task's partition):
+    P<post_id>                 PostRecord    post, status, counts, trending mass
+    E<post_id><user_id>        EngagerRecord a user's like / live comments on a post
+    C<post_id><comment_id>     CommentRecord one comment (deleted ones remembered)
+    Q<post_id><seq:8 bytes>    PendingEvent  events waiting for their post
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mysocial.internal.v1 import state_pb2 as st
+from mysocial.kafka import topics
+from mysocial.log import get_logger
+from mysocial.v1 import events_pb2 as ev
+from processor import trending
+from processor.trending import TrendingConfig
+
+log = get_logger("processor.state")
+
+LIVE = st.POST_STATUS_LIVE
+PENDING = st.POST_STATUS_PENDING
+DELETED = st.POST_STATUS_DELETED
+
+MAX_PENDING_PER_POST = 100_000
+
+
+class Store(Protocol):
+    """Key-value access to one task's state (keys without the task prefix)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def put(self, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, key: bytes) -> None: ...
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+
+
+class DictStore:
+    """A Store in a dict: unit tests and the audit's recomputation."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.data[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.data.pop(key, None)
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key in sorted(k for k in self.data if k.startswith(prefix)):
+            yield key, self.data[key]
+
+
+class PendingOverflow(Exception):
+    """Too many events queued for a post that never arrived."""
+
+
+@dataclass
+class Stats:
+    applied: int = 0
+    duplicates: int = 0
+    queued: int = 0
+    ignored_deleted: int = 0
+    unauthorized: int = 0
+
+
+@dataclass
+class TaskState:
+    """State of one partition, with a write-back cache of post records."""
+
+    store: Store
+    config: TrendingConfig = field(default_factory=TrendingConfig)
+    posts: dict[str, st.PostRecord] = field(default_factory=dict)
+    dirty_posts: set[str] = field(default_factory=set)
+    # Posts whose output must be (re)published at the next commit.
+    changed_posts: set[str] = field(default_factory=set)
+    # Keys written since the last drain, for the changelog (None = deleted).
+    changelog: dict[bytes, bytes | None] = field(default_factory=dict)
+    stats: Stats = field(default_factory=Stats)
+
+    # -- store access -------------------------------------------------------------
+    def _post(self, post_id: str) -> st.PostRecord | None:
+        rec = self.posts.get(post_id)
+        if rec is None:
+            raw = self.store.get(b"P" + post_id.encode())
+            if raw is None:
+                return None
+            rec = st.PostRecord()
+            rec.ParseFromString(raw)
+            self.posts[post_id] = rec
+        return rec
+
+    def _put(self, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self.store.delete(key)
+        else:
+            self.store.put(key, value)
+        self.changelog[key] = value
+
+    def _touch(self, post_id: str, output: bool = True) -> None:
+        self.dirty_posts.add(post_id)
+        if output:
+            self.changed_posts.add(post_id)
+
+    def post(self, post_id: str) -> st.PostRecord | None:
+        """The post's record (read-only use)."""
+        return self._post(post_id)
+
+    # -- entry point --------------------------------------------------------------
+    def apply(self, source: str, offset: int, event: ev.Event, time_ms: int) -> None:
+        """Apply one valid event read at `offset` of `source` (a contract topic name)."""
+        kind = event.WhichOneof("payload")
+        if source == topics.POSTS_BY_ID:
+            if kind == "post_created":
+                self._post_created(event, offset, time_ms)
+            else:
+                self._post_event_or_queue(source, offset, event, time_ms)
+            return
+        self._post_event_or_queue(source, offset, event, time_ms)
+
+    # -- posts --------------------------------------------------------------------
+    def _post_created(self, event: ev.Event, offset: int, time_ms: int) -> None:
+        created = event.post_created
+        post_id = created.post_id
+        rec = self._post(post_id)
+        if rec is not None and rec.status in (LIVE, DELETED):
+            self.stats.duplicates += 1  # a retried CreatePost, or a create after delete
+            return
+        if rec is None:
+            rec = st.PostRecord()
+            self.posts[post_id] = rec
+        rec.status = LIVE
+        post = rec.post
+        post.post_id = post_id
+        post.author_id = event.actor_user_id
+        post.caption = created.caption
+        del post.media_ids[:]
+        post.media_ids.extend(m.media_id for m in created.media)
+        del post.media[:]
+        post.media.extend(created.media)
+        post.created_at.FromMilliseconds(time_ms)
+        rec.posts_applied_through = max(rec.posts_applied_through, offset + 1)
+        rec.trending.epoch_ms = time_ms
+        self.stats.applied += 1
+        self._touch(post_id)
+        self._replay_pending(post_id, rec)
+
+    def _post_deleted(self, event: ev.Event, rec: st.PostRecord, offset: int) -> None:
+        post_id = event.post_deleted.post_id
+        if event.actor_user_id != rec.post.author_id:
+            self.stats.unauthorized += 1
+            log.warning(
+                "unauthorized_post_delete_ignored", post_id=post_id, actor=event.actor_user_id
+            )
+            return
+        rec.status = DELETED
+        rec.posts_applied_through = max(rec.posts_applied_through, offset + 1)
+        # Keep only what is needed to ignore late events: no content, no counts.
+        rec.ClearField("post")
+        rec.ClearField("trending")
+        rec.post.post_id = post_id
+        self.stats.applied += 1
+        self._touch(post_id)
+
+    # -- dispatch for events that need their post ------------------------------
+    def _post_event_or_queue(self, source: str, offset: int, event: ev.Event, time_ms: int) -> None:
+        kind = event.WhichOneof("payload")
+        post_id = getattr(event, kind).post_id  # type: ignore[arg-type]
+        rec = self._post(post_id)
+        if rec is None or rec.status == PENDING:
+            self._enqueue(post_id, rec, source, offset, event, time_ms)
+            return
+        if rec.status == DELETED:
+            self.stats.ignored_deleted += 1
+            return
+        self._apply_live(rec, source, offset, event, time_ms)
+
+    def _apply_live(
+        self, rec: st.PostRecord, source: str, offset: int, event: ev.Event, time_ms: int
+    ) -> None:
+        kind = event.WhichOneof("payload")
+        post_id = rec.post.post_id
+        if kind == "post_deleted":
+            self._post_deleted(event, rec, offset)
+            return
+        if source == topics.LIKES:
+            rec.likes_applied_through = max(rec.likes_applied_through, offset + 1)
+        elif source == topics.COMMENTS:
+            rec.comments_applied_through = max(rec.comments_applied_through, offset + 1)
+        actor = event.actor_user_id
+        if kind == "post_liked":
+            self._set_liked(rec, actor, True, time_ms)
+        elif kind == "post_unliked":
+            self._set_liked(rec, actor, False, time_ms)
+        elif kind == "comment_added":
+            self._comment_added(rec, event, time_ms)
+        elif kind == "comment_deleted":
+            self._comment_deleted(rec, event)
+        self._touch(post_id)
+
+    # -- likes --------------------------------------------------------------------
+    def _engager_key(self, post_id: str, user: str) -> bytes:
+        return b"E" + post_id.encode() + user.encode()
+
+    def _engager(self, key: bytes) -> st.EngagerRecord | None:
+        raw = self.store.get(key)
+        if raw is None:
+            return None
+        rec = st.EngagerRecord()
+        rec.ParseFromString(raw)
+        return rec
+
+    def _update_engager(
+        self, rec: st.PostRecord, user: str, time_ms: int, liked: bool | None, comments: int
+    ) -> bool:
+        """Change a user's like flag and/or live comment count; returns True if changed."""
+        key = self._engager_key(rec.post.post_id, user)
+        old = self._engager(key)
+        new = st.EngagerRecord()
+        if old is not None:
+            new.CopyFrom(old)
+        else:
+            new.first_engaged_ms = time_ms
+        if liked is not None:
+            new.liked = liked
+        new.live_comments = max(0, new.live_comments + comments)
+        if old is not None and old == new:
+            rec.trending.ignored_events += 1  # a repeat: changes nothing
+            return False
+        is_author = user == rec.post.author_id
+        trending.change_weight(
+            self.config,
+            rec.trending,
+            trending.weight(self.config, old, is_author),
+            trending.weight(self.config, new, is_author),
+            new.first_engaged_ms,
+        )
+        if old is None and liked is False:
+            return False  # unlike without like: nothing to remember
+        self._put(key, new.SerializeToString())
+        return True
+
+    def _set_liked(self, rec: st.PostRecord, user: str, liked: bool, time_ms: int) -> None:
+        if self._update_engager(rec, user, time_ms, liked, 0):
+            rec.post.like_count += 1 if liked else -1
+            self.stats.applied += 1
+        else:
+            self.stats.duplicates += 1
+
+    # -- comments -----------------------------------------------------------------
+    def _comment_key(self, post_id: str, comment_id: str) -> bytes:
+        return b"C" + post_id.encode() + comment_id.encode()
+
+    def _comment_added(self, rec: st.PostRecord, event: ev.Event, time_ms: int) -> None:
+        added = event.comment_added
+        key = self._comment_key(added.post_id, added.comment_id)
+        if self.store.get(key) is not None:
+            self.stats.duplicates += 1  # retried add, or an attempt to revive a deleted one
+            rec.trending.ignored_events += 1
+            return
+        comment = st.CommentRecord(author_id=event.actor_user_id, created_at_ms=time_ms)
+        self._put(key, comment.SerializeToString())
+        rec.post.comment_count += 1
+        self._update_engager(rec, event.actor_user_id, time_ms, None, +1)
+        self.stats.applied += 1
+
+    def _comment_deleted(self, rec: st.PostRecord, event: ev.Event) -> None:
+        deleted = event.comment_deleted
+        key = self._comment_key(deleted.post_id, deleted.comment_id)
+        raw = self.store.get(key)
+        if raw is None:
+            self.stats.duplicates += 1  # unknown comment: nothing changes
+            return
+        comment = st.CommentRecord()
+        comment.ParseFromString(raw)
+        if comment.deleted:
+            self.stats.duplicates += 1
+            return
+        actor = event.actor_user_id
+        if actor not in (comment.author_id, rec.post.author_id):
+            self.stats.unauthorized += 1
+            log.warning(
+                "unauthorized_comment_delete_ignored",
+                post_id=deleted.post_id,
+                comment_id=deleted.comment_id,
+                actor=actor,
+            )
+            return
+        comment.deleted = True
+        self._put(key, comment.SerializeToString())
+        rec.post.comment_count -= 1
+        self._update_engager(rec, comment.author_id, comment.created_at_ms, None, -1)
+        self.stats.applied += 1
+
+    # -- events waiting for their post -------------------------------------------
+    def _enqueue(
+        self,
+        post_id: str,
+        rec: st.PostRecord | None,
+        source: str,
+        offset: int,
+        event: ev.Event,
+        time_ms: int,
+    ) -> None:
+        if rec is None:
+            rec = st.PostRecord(status=PENDING)
+            self.posts[post_id] = rec
+        if rec.pending_next - rec.pending_first >= MAX_PENDING_PER_POST:
+            raise PendingOverflow(
+                f"more than {MAX_PENDING_PER_POST} events wait for post {post_id}"
+            )
+        pending = st.PendingEvent(
+            source=source, offset=offset, event=event.SerializeToString(), accepted_at_ms=time_ms
+        )
+        self._put(_queue_key(post_id, rec.pending_next), pending.SerializeToString())
+        rec.pending_next += 1
+        self.stats.queued += 1
+        self._touch(post_id, output=False)
+
+    def _replay_pending(self, post_id: str, rec: st.PostRecord) -> None:
+        """The post arrived: apply its queued events in their original order."""
+        for seq in range(rec.pending_first, rec.pending_next):
+            key = _queue_key(post_id, seq)
+            raw = self.store.get(key)
+            self._put(key, None)
+            if raw is None:
+                continue
+            pending = st.PendingEvent()
+            pending.ParseFromString(raw)
+            event = ev.Event()
+            event.ParseFromString(pending.event)
+            if rec.status == LIVE:
+                self._apply_live(rec, pending.source, pending.offset, event, pending.accepted_at_ms)
+        rec.pending_first = rec.pending_next = 0
+
+    # -- commit support -----------------------------------------------------------
+    def drain(self) -> tuple[dict[bytes, bytes | None], list[st.PostRecord]]:
+        """Changed keys (for changelog and store) and changed posts (for output).
+
+        Post records are serialized here once per commit, however many events
+        touched them.
+        """
+        for post_id in self.dirty_posts:
+            rec = self.posts[post_id]
+            self._put(b"P" + post_id.encode(), rec.SerializeToString())
+        outputs = [self.posts[p] for p in self.changed_posts]
+        changelog, self.changelog = self.changelog, {}
+        self.dirty_posts = set()
+        self.changed_posts = set()
+        return changelog, outputs
+
+    def forget_cache(self) -> None:
+        """Drop cached records (after an aborted transaction the store is the truth)."""
+        self.posts.clear()
+        self.dirty_posts.clear()
+        self.changed_posts.clear()
+        self.changelog.clear()
+
+    def trim_cache(self, max_posts: int) -> None:
+        """Bound the post cache (clean entries only; call right after drain)."""
+        if len(self.posts) > max_posts:
+            self.posts.clear()
+
+
+def _queue_key(post_id: str, seq: int) -> bytes:
+    return b"Q" + post_id.encode() + seq.to_bytes(8, "big")

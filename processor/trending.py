@@ -1,0 +1,137 @@
+"""Trending score: engagement velocity with exponential time decay, hard to game.
+
+score(T) = sum over counted users u of  w(u) * 2^(-(T - t_u) / half_life)
+
+- w(u) = comment_weight if u has a live comment on the post, else like_weight if u
+  likes it, else 0: each user counts at most once per post, whatever they do.
+- The author never counts (self-engagement), and a post needs at least
+  min_distinct_users counted users to be eligible at all.
+- t_u is when u first engaged, kept across unlike/re-like, so repeating an action
+  cannot refresh a contribution; event times from the future are clamped to the
+  broker's accept time before they get here.
+- Unlikes and deleted comments retract exactly the contribution they had added.
+
+Stored per post as a "mass" A = sum w(u) * 2^((t_u - E) / half_life) relative to a
+per-post epoch E, so score(T) = A * 2^((E - T) / half_life). The ranking key
+log2(A) + E / half_life does not change with T: the order of posts only changes on
+events (and when they leave the horizon), while published scores decay.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mysocial.internal.v1 import state_pb2 as st
+
+# Rebase a post's epoch before 2^x could overflow a double (x ~ 1024).
+_MAX_EXPONENT = 512.0
+
+
+@dataclass(frozen=True)
+class TrendingConfig:
+    """Constants of the formula (see README "Trending" for the reasoning)."""
+
+    half_life_s: float = 3600.0
+    like_weight: float = 1.0
+    comment_weight: float = 3.0
+    min_distinct_users: int = 3
+    horizon_s: float = 48 * 3600.0
+    top_k: int = 50
+    recompute_interval_s: float = 1.0
+    # Publish a recomputed ranking when order, membership or counts change, or when
+    # any score moved by more than this fraction since the last publication.
+    republish_score_change: float = 0.01
+
+    @property
+    def half_life_ms(self) -> float:
+        return self.half_life_s * 1000.0
+
+
+def weight(cfg: TrendingConfig, record: st.EngagerRecord | None, is_author: bool) -> float:
+    """w(u) for one user's engagement record."""
+    if record is None or is_author:
+        return 0.0
+    if record.live_comments > 0:
+        return cfg.comment_weight
+    if record.liked:
+        return cfg.like_weight
+    return 0.0
+
+
+def _term(cfg: TrendingConfig, w: float, t_ms: int, epoch_ms: int) -> float:
+    return w * math.pow(2.0, (t_ms - epoch_ms) / cfg.half_life_ms)
+
+
+def _rebase(cfg: TrendingConfig, state: st.TrendingState, t_ms: int) -> None:
+    """Move the epoch forward so exponents stay small (mass rescaled exactly)."""
+    if (t_ms - state.epoch_ms) / cfg.half_life_ms <= _MAX_EXPONENT:
+        return
+    factor = math.pow(2.0, (state.epoch_ms - t_ms) / cfg.half_life_ms)
+    state.like_mass *= factor
+    state.comment_mass *= factor
+    state.epoch_ms = t_ms
+
+
+def change_weight(
+    cfg: TrendingConfig,
+    state: st.TrendingState,
+    old_w: float,
+    new_w: float,
+    t_ms: int,
+) -> bool:
+    """Apply a user's weight change (contribution dated t_ms); True if it changed."""
+    if old_w == new_w:
+        state.ignored_events += 1
+        return False
+    _rebase(cfg, state, t_ms)
+    if old_w:
+        term = _term(cfg, old_w, t_ms, state.epoch_ms)
+        if old_w == cfg.comment_weight:
+            state.comment_mass = max(0.0, state.comment_mass - term)
+            state.counted_commenters -= 1
+        else:
+            state.like_mass = max(0.0, state.like_mass - term)
+            state.counted_likers -= 1
+    if new_w:
+        term = _term(cfg, new_w, t_ms, state.epoch_ms)
+        if new_w == cfg.comment_weight:
+            state.comment_mass += term
+            state.counted_commenters += 1
+        else:
+            state.like_mass += term
+            state.counted_likers += 1
+        state.last_engagement_ms = max(state.last_engagement_ms, t_ms)
+    # Exact zero when nobody counts any more (no floating residue).
+    if state.counted_likers == 0:
+        state.like_mass = 0.0
+    if state.counted_commenters == 0:
+        state.comment_mass = 0.0
+    return True
+
+
+def counted_users(state: st.TrendingState) -> int:
+    return state.counted_likers + state.counted_commenters
+
+
+def rank_key(cfg: TrendingConfig, state: st.TrendingState) -> float:
+    """Time-invariant ordering key: log2(score(T)) + T / half_life."""
+    mass = state.like_mass + state.comment_mass
+    if mass <= 0.0:
+        return -math.inf
+    return math.log2(mass) + state.epoch_ms / cfg.half_life_ms
+
+
+def score_at(cfg: TrendingConfig, key: float, t_ms: int) -> float:
+    """The score at time t_ms of a post with ranking key `key`."""
+    if key == -math.inf:
+        return 0.0
+    return math.pow(2.0, key - t_ms / cfg.half_life_ms)
+
+
+def eligible(cfg: TrendingConfig, state: st.TrendingState, now_ms: int) -> bool:
+    """Enough distinct users, and engaged within the horizon."""
+    return (
+        counted_users(state) >= cfg.min_distinct_users
+        and now_ms - state.last_engagement_ms <= cfg.horizon_s * 1000.0
+    )
