@@ -137,7 +137,7 @@ class Settings:
     )
     processor_transaction_timeout_ms: int = _setting(
         "MYSOCIAL_PROCESSOR_TRANSACTION_TIMEOUT_MS",
-        30000,
+        10000,
         "Broker aborts a processor transaction left open this long (e.g. by a killed "
         "instance that never comes back).",
     )

@@ -52,6 +52,7 @@ log = get_logger("processor")
 GROUP = "mysocial.processor"
 SRC_PARTITION = "src-partition"
 SRC_OFFSET = "src-offset"
+SRC_INSTANCE = "src-instance"
 LOCAL_STATE_MAX_AGE_S = 12 * 3600  # well inside the changelog's delete.retention.ms
 
 
@@ -136,6 +137,9 @@ class Processor:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "partition.assignment.strategy": "range",
+                # Static membership: a restarted instance (same id) takes its partitions
+                # back without a rebalance; zombies are fenced by instance id.
+                "group.instance.id": f"{group}.{settings.processor_instance_id}",
                 "session.timeout.ms": settings.processor_session_timeout_ms,
                 "heartbeat.interval.ms": max(500, settings.processor_session_timeout_ms // 5),
                 "max.poll.interval.ms": 600000,
@@ -303,7 +307,11 @@ class Processor:
             key,
             msg.value(),
             partition_for(key, self.partitions),
-            headers=[(SRC_PARTITION, str(partition).encode()), (SRC_OFFSET, str(offset).encode())],
+            headers=[
+                (SRC_PARTITION, str(partition).encode()),
+                (SRC_OFFSET, str(offset).encode()),
+                (SRC_INSTANCE, self.settings.processor_instance_id.encode()),
+            ],
             timestamp=msg.timestamp()[1],
         )
 

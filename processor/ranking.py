@@ -63,16 +63,38 @@ def qualifies(cfg: TrendingConfig, rec: st.PostRecord, now_ms: int) -> bool:
     return rec.status == LIVE and trending.eligible(cfg, rec.trending, now_ms)
 
 
-def build_ranking(
+def select_top(
     cfg: TrendingConfig, candidates: Iterable[st.Candidate], now_ms: int, limit: int
-) -> res.TrendingRanking:
-    """The global ranking at now_ms from candidates of every partition (pure)."""
+) -> list[st.Candidate]:
+    """The best `limit` eligible candidates, by rank key then post id (pure)."""
     live = [
         c
         for c in candidates
         if trending.eligible(cfg, c.trending, now_ms) and c.rank_key != -math.inf
     ]
-    top = heapq.nsmallest(limit, live, key=lambda c: (-c.rank_key, c.post_id))
+    return heapq.nsmallest(limit, live, key=lambda c: (-c.rank_key, c.post_id))
+
+
+def build_ranking(
+    cfg: TrendingConfig, candidates: Iterable[st.Candidate], now_ms: int, limit: int
+) -> res.TrendingRanking:
+    """The global ranking at now_ms from candidates of every partition (pure)."""
+    return ranking_of(cfg, select_top(cfg, candidates, now_ms, limit), now_ms)
+
+
+Signature = list[tuple[str, float, int, int, int]]
+
+
+def signature_of(top: list[st.Candidate]) -> Signature:
+    """What a ranking was computed from: any change means new information."""
+    return [
+        (c.post_id, c.rank_key, c.like_count, c.comment_count, c.trending.ignored_events)
+        for c in top
+    ]
+
+
+def ranking_of(cfg: TrendingConfig, top: list[st.Candidate], now_ms: int) -> res.TrendingRanking:
+    """The ranking entries of `top`, with scores evaluated at now_ms."""
     computed = Timestamp()
     computed.FromMilliseconds(now_ms)
     ranking = res.TrendingRanking(scope=SCOPE, computed_at=computed)
@@ -102,16 +124,17 @@ def build_ranking(
 
 
 def materially_different(
-    old: res.TrendingRanking | None, new: res.TrendingRanking, tolerance: float
+    old: res.TrendingRanking | None,
+    old_signature: Signature | None,
+    new: res.TrendingRanking,
+    new_signature: Signature,
+    tolerance: float,
 ) -> bool:
-    """Publish when order, membership or counts changed, or a score moved > tolerance."""
-    if old is None:
-        return True
-    if len(old.entries) != len(new.entries):
+    """Publish on any new input (order, membership, counts, scores' inputs), or when
+    time alone moved a score by more than `tolerance` (decay)."""
+    if old is None or old_signature != new_signature:
         return True
     for a, b in zip(old.entries, new.entries, strict=True):
-        if (a.post_id, a.like_count, a.comment_count) != (b.post_id, b.like_count, b.comment_count):
-            return True
         if abs(a.score - b.score) > tolerance * max(abs(a.score), 1e-12):
             return True
     return False
@@ -142,6 +165,9 @@ class Ranking:
         self.merge_dirty = False
         self.published: res.TrendingRanking | None = None
         self.pending_publish: res.TrendingRanking | None = None
+        # Inputs of the published ranking (unknown after a restore: publish once).
+        self.published_signature: Signature | None = None
+        self.pending_signature: Signature | None = None
         self.next_tick = time.time()
 
     # -- timer --------------------------------------------------------------------
@@ -202,24 +228,34 @@ class Ranking:
         if self.merging and self.merge_dirty:
             self.merge_dirty = False
             lists = {**self.lists, **self.uncommitted}
-            ranking = build_ranking(
+            now_ms = int(now * 1000)
+            top = select_top(
                 self.cfg,
                 (c for lst in lists.values() for c in lst.candidates),
-                int(now * 1000),
+                now_ms,
                 self.cfg.top_k,
             )
-            current = self.pending_publish or self.published
-            if materially_different(current, ranking, self.cfg.republish_score_change):
+            ranking = ranking_of(self.cfg, top, now_ms)
+            signature = signature_of(top)
+            current: res.TrendingRanking | None = self.published
+            current_sig = self.published_signature
+            if self.pending_publish is not None:
+                current, current_sig = self.pending_publish, self.pending_signature
+            if materially_different(
+                current, current_sig, ranking, signature, self.cfg.republish_score_change
+            ):
                 producer.produce(
                     self.topic_trending, ranking.SerializeToString(), SCOPE.encode(), partition=0
                 )
                 self.pending_publish = ranking
+                self.pending_signature = signature
 
     def after_commit(self) -> None:
         self.lists.update(self.uncommitted)
         self.uncommitted.clear()
         if self.pending_publish is not None:
             self.published = self.pending_publish
+            self.published_signature = self.pending_signature
             self.pending_publish = None
 
     def discard(self) -> None:

@@ -236,7 +236,9 @@ class TaskState:
         new = st.EngagerRecord()
         if old is not None:
             new.CopyFrom(old)
-        else:
+        engaging = bool(liked) or comments > 0
+        if old is None or (engaging and time_ms < new.first_engaged_ms):
+            # Earliest engagement, independent of which topic was read first.
             new.first_engaged_ms = time_ms
         if liked is not None:
             new.liked = liked
@@ -251,6 +253,7 @@ class TaskState:
             trending.weight(self.config, old, is_author),
             trending.weight(self.config, new, is_author),
             new.first_engaged_ms,
+            old.first_engaged_ms if old is not None else None,
         )
         if old is None and liked is False:
             return False  # unlike without like: nothing to remember

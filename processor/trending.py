@@ -6,9 +6,10 @@ score(T) = sum over counted users u of  w(u) * 2^(-(T - t_u) / half_life)
   likes it, else 0: each user counts at most once per post, whatever they do.
 - The author never counts (self-engagement), and a post needs at least
   min_distinct_users counted users to be eligible at all.
-- t_u is when u first engaged, kept across unlike/re-like, so repeating an action
-  cannot refresh a contribution; event times from the future are clamped to the
-  broker's accept time before they get here.
+- t_u is the earliest event time of u's likes and comments on the post (whatever the
+  order in which the topics are read), kept across unlike/re-like, so repeating an
+  action cannot refresh a contribution; event times from the future are clamped to
+  the broker's accept time before they get here.
 - Unlikes and deleted comments retract exactly the contribution they had added.
 
 Stored per post as a "mass" A = sum w(u) * 2^((t_u - E) / half_life) relative to a
@@ -79,14 +80,17 @@ def change_weight(
     old_w: float,
     new_w: float,
     t_ms: int,
+    old_t_ms: int | None = None,
 ) -> bool:
-    """Apply a user's weight change (contribution dated t_ms); True if it changed."""
-    if old_w == new_w:
+    """Replace a user's contribution old_w dated old_t_ms (default t_ms) by new_w dated
+    t_ms; True if anything changed."""
+    old_t = t_ms if old_t_ms is None else old_t_ms
+    if old_w == new_w and (old_t == t_ms or not new_w):
         state.ignored_events += 1
         return False
-    _rebase(cfg, state, t_ms)
+    _rebase(cfg, state, max(t_ms, old_t))
     if old_w:
-        term = _term(cfg, old_w, t_ms, state.epoch_ms)
+        term = _term(cfg, old_w, old_t, state.epoch_ms)
         if old_w == cfg.comment_weight:
             state.comment_mass = max(0.0, state.comment_mass - term)
             state.counted_commenters -= 1

@@ -105,7 +105,7 @@ def compute(
         post.events += 1
         liked = c.kind == "post_liked"
         if liked:
-            post.first_engaged.setdefault(actor, t)
+            post.first_engaged[actor] = min(t, post.first_engaged.get(actor, t))
         if liked or actor in post.likes:
             post.likes[actor] = liked
     for rec in comments:
@@ -119,7 +119,8 @@ def compute(
             cid = event.comment_added.comment_id
             if cid not in post.comments:
                 post.comments[cid] = (event.actor_user_id, t, False)
-                post.first_engaged.setdefault(event.actor_user_id, t)
+                user = event.actor_user_id
+                post.first_engaged[user] = min(t, post.first_engaged.get(user, t))
         else:
             cid = event.comment_deleted.comment_id
             found = post.comments.get(cid)

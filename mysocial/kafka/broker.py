@@ -115,6 +115,8 @@ def server_properties(port: int, data_dir: Path) -> str:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
+        # Abort transactions of crashed producers soon after their timeout expires.
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         "num.partitions": "1",
         "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),
     }

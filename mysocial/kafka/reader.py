@@ -132,14 +132,35 @@ def latest_by_key(bootstrap: str, topic: str, timeout: float = 60.0) -> dict[byt
     return table
 
 
+def stable_partitions(
+    bootstrap: str, topic: str, partitions: list[int], timeout: float
+) -> dict[int, bool]:
+    """Per partition: True when no transaction is open (last stable offset = end)."""
+    from confluent_kafka import IsolationLevel
+    from confluent_kafka.admin import OffsetSpec
+
+    from mysocial.kafka import admin_client
+
+    admin = admin_client(bootstrap)
+    ends = {}
+    for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
+        request = {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}  # type: ignore[no-untyped-call]
+        futures = admin.list_offsets(request, isolation_level=level, request_timeout=timeout)
+        ends[level] = {tp.partition: fut.result().offset for tp, fut in futures.items()}
+    lso, hw = ends[IsolationLevel.READ_COMMITTED], ends[IsolationLevel.READ_UNCOMMITTED]
+    return {p: lso[p] >= hw[p] for p in partitions}
+
+
 def last_visible_offsets(
     bootstrap: str, topic: str, timeout: float = 30.0, transactional: bool = True
-) -> dict[int, int]:
-    """Per partition, the offset just past the last committed data record (0 if none).
+) -> dict[int, tuple[int, bool]]:
+    """Per partition: (offset just past the last committed data record, settled).
 
-    On transactional topics the high watermark also counts commit markers, so a
-    consumer that is fully caught up has committed this offset, not the watermark.
-    Non-transactional topics have no markers: their high watermark is the answer.
+    On transactional topics the high watermark also counts commit markers, so a fully
+    caught-up consumer has committed the first value, not the watermark. `settled` is
+    False while a transaction is still open on the partition (its last stable offset
+    is below the high watermark): records may still appear below the end, so nobody
+    can be "caught up" yet. Non-transactional topics: (high watermark, True).
     """
     consumer = _consumer(bootstrap, "read_committed", **{"fetch.wait.max.ms": 10})
     try:
@@ -148,8 +169,9 @@ def last_visible_offsets(
             for p in partitions_of(consumer, topic, timeout)
         }
         if not transactional:
-            return {p: high for p, (_, high) in marks.items()}
-        out = {p: 0 for p in marks}
+            return {p: (high, True) for p, (_, high) in marks.items()}
+        stable = stable_partitions(bootstrap, topic, list(marks), timeout)
+        out = {p: (0, stable[p]) for p in marks}
         window = 64
         todo = {p for p, (low, high) in marks.items() if high > low}
         deadline = time.monotonic() + timeout
@@ -170,11 +192,13 @@ def last_visible_offsets(
                         last[part] = max(last[part], msg.offset() or 0)
             consumer.unassign()
             for p in list(todo):
+                settled = stable[p]
                 if last[p] >= 0:
-                    out[p] = last[p] + 1
+                    out[p] = (last[p] + 1, settled)
                     todo.discard(p)
                 elif starts[p] == marks[p][0]:
-                    todo.discard(p)  # only markers / aborted records: nothing visible
+                    out[p] = (0, settled)  # only markers / aborted records: nothing visible
+                    todo.discard(p)
             window *= 8
         return out
     finally:
@@ -202,8 +226,9 @@ def group_lag(
                 [TopicPartition(topic, p) for p in ends], timeout=timeout
             )
             for tp in committed:
+                end, settled = ends[tp.partition]
                 position = max(tp.offset, 0)
-                total += max(0, ends[tp.partition] - position)
+                total += max(0 if settled else 1, end - position)
         return total
     finally:
         consumer.close()

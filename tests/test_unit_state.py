@@ -1,0 +1,195 @@
+"""Unit tests of the processor's pure state transitions (dict store, no Kafka)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mysocial.internal.v1 import state_pb2 as st
+from mysocial.kafka import topics
+from mysocial.v1 import events_pb2 as ev
+from processor import state as state_mod
+from processor.state import DictStore, TaskState
+from processor.trending import TrendingConfig
+
+T0 = 1_800_000_000_000
+CFG = TrendingConfig(half_life_s=3600, like_weight=1.0, comment_weight=3.0, min_distinct_users=2)
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.state = TaskState(DictStore(), CFG)
+        self.offsets = {topics.POSTS_BY_ID: 0, topics.LIKES: 0, topics.COMMENTS: 0}
+
+    def _event(self, actor: str, t: int) -> ev.Event:
+        ts = Timestamp()
+        ts.FromMilliseconds(t)
+        return ev.Event(event_id=str(uuid.uuid4()), actor_user_id=actor, occurred_at=ts)
+
+    def apply(self, source: str, event: ev.Event, t: int) -> None:
+        offset = self.offsets[source]
+        self.offsets[source] += 1
+        self.state.apply(source, offset, event, t)
+
+    def create(self, post: str, author: str, t: int = T0) -> None:
+        e = self._event(author, t)
+        e.post_created.CopyFrom(ev.PostCreated(post_id=post, caption="c"))
+        self.apply(topics.POSTS_BY_ID, e, t)
+
+    def delete(self, post: str, actor: str, t: int = T0) -> None:
+        e = self._event(actor, t)
+        e.post_deleted.post_id = post
+        self.apply(topics.POSTS_BY_ID, e, t)
+
+    def like(self, post: str, user: str, t: int = T0, unlike: bool = False) -> None:
+        e = self._event(user, t)
+        (e.post_unliked if unlike else e.post_liked).post_id = post
+        self.apply(topics.LIKES, e, t)
+
+    def comment(self, post: str, user: str, cid: str, t: int = T0) -> None:
+        e = self._event(user, t)
+        e.comment_added.CopyFrom(ev.CommentAdded(post_id=post, comment_id=cid, text="hi"))
+        self.apply(topics.COMMENTS, e, t)
+
+    def uncomment(self, post: str, user: str, cid: str, t: int = T0) -> None:
+        e = self._event(user, t)
+        e.comment_deleted.CopyFrom(ev.CommentDeleted(post_id=post, comment_id=cid))
+        self.apply(topics.COMMENTS, e, t)
+
+    def counts(self, post: str) -> tuple[int, int]:
+        rec = self.state.post(post)
+        assert rec is not None
+        return rec.post.like_count, rec.post.comment_count
+
+    def drain(self) -> tuple[dict[bytes, bytes | None], list[st.PostRecord]]:
+        return self.state.drain()
+
+
+P = str(uuid.uuid4())
+C1, C2 = str(uuid.uuid4()), str(uuid.uuid4())
+
+
+def test_likes_count_distinct_users_latest_action() -> None:
+    h = Harness()
+    h.create(P, "author")
+    h.like(P, "u1")
+    h.like(P, "u1")  # twice counts once
+    h.like(P, "u2", unlike=True)  # unlike without like changes nothing
+    h.like(P, "author")  # an author may like their own post
+    assert h.counts(P) == (2, 0)
+    h.like(P, "u1", unlike=True)
+    h.like(P, "u1", unlike=True)
+    assert h.counts(P) == (1, 0)
+    h.like(P, "u1")
+    assert h.counts(P) == (2, 0)
+
+
+def test_comments_added_and_deleted_once() -> None:
+    h = Harness()
+    h.create(P, "author")
+    h.comment(P, "u1", C1)
+    h.comment(P, "u1", C1)  # retried add: same id, counted once
+    h.comment(P, "u2", C2)
+    assert h.counts(P) == (0, 2)
+    h.uncomment(P, "u1", C1)
+    h.uncomment(P, "u1", C1)  # deleting twice changes nothing
+    h.uncomment(P, "u1", str(uuid.uuid4()))  # unknown comment changes nothing
+    assert h.counts(P) == (0, 1)
+    h.comment(P, "u1", C1)  # a deleted comment cannot be revived by a retry
+    assert h.counts(P) == (0, 1)
+
+
+def test_comment_delete_authorization() -> None:
+    h = Harness()
+    h.create(P, "author")
+    h.comment(P, "u1", C1)
+    h.comment(P, "u2", C2)
+    h.uncomment(P, "intruder", C1)  # neither comment author nor post author: ignored
+    assert h.counts(P) == (0, 2)
+    assert h.state.stats.unauthorized == 1
+    h.uncomment(P, "author", C1)  # the post's author may delete any comment
+    h.uncomment(P, "u2", C2)  # the comment's author may delete it
+    assert h.counts(P) == (0, 0)
+
+
+def test_post_delete_authorization_and_tombstone() -> None:
+    h = Harness()
+    h.create(P, "author")
+    h.like(P, "u1")
+    h.drain()
+    h.delete(P, "intruder")
+    assert h.state.post(P).status == state_mod.LIVE  # type: ignore[union-attr]
+    assert h.state.stats.unauthorized == 1
+    h.delete(P, "author")
+    _, outputs = h.drain()
+    assert [o.status for o in outputs] == [state_mod.DELETED]  # published as a tombstone
+    h.like(P, "u2")  # late events on a deleted post are ignored
+    h.comment(P, "u2", C1)
+    _, outputs = h.drain()
+    assert outputs == []
+    h.create(P, "author")  # a retried create cannot revive it
+    assert h.state.post(P).status == state_mod.DELETED  # type: ignore[union-attr]
+
+
+def test_events_before_their_post_wait_and_then_count() -> None:
+    h = Harness()
+    h.like(P, "u1")
+    h.like(P, "u2")
+    h.like(P, "u2", unlike=True)
+    h.comment(P, "u3", C1)
+    h.uncomment(P, "author", C1)  # needs the post's author: decided on arrival
+    _, outputs = h.drain()
+    assert outputs == []  # nothing published while the post is unknown
+    assert h.state.post(P).status == state_mod.PENDING  # type: ignore[union-attr]
+    h.create(P, "author")
+    assert h.counts(P) == (1, 0)
+    changelog, outputs = h.drain()
+    assert [o.post.post_id for o in outputs] == [P]
+    queue_keys = [k for k in changelog if k.startswith(b"Q")]
+    assert queue_keys and all(changelog[k] is None for k in queue_keys)  # queue emptied
+
+
+def test_pending_queue_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_mod, "MAX_PENDING_PER_POST", 3)
+    h = Harness()
+    for i in range(3):
+        h.like(P, f"u{i}")
+    with pytest.raises(state_mod.PendingOverflow):
+        h.like(P, "u9")
+
+
+def test_outputs_are_coalesced_per_commit() -> None:
+    h = Harness()
+    h.create(P, "author")
+    h.drain()
+    for i in range(500):
+        h.like(P, f"user{i}")
+    changelog, outputs = h.drain()
+    assert len(outputs) == 1 and outputs[0].post.like_count == 500
+    assert sum(1 for k in changelog if k.startswith(b"P")) == 1
+    rec = h.state.post(P)
+    assert rec is not None and rec.likes_applied_through == h.offsets[topics.LIKES]
+
+
+def test_read_your_writes_offsets_move_even_on_duplicates() -> None:
+    h = Harness()
+    h.create(P, "author")
+    h.like(P, "u1")
+    h.drain()
+    h.like(P, "u1")  # duplicate: counts unchanged but the offset was applied
+    _, outputs = h.drain()
+    assert len(outputs) == 1 and outputs[0].likes_applied_through == h.offsets[topics.LIKES]
+
+
+def test_state_survives_a_fresh_cache() -> None:
+    h = Harness()
+    h.create(P, "author")
+    h.like(P, "u1")
+    h.comment(P, "u2", C1)
+    h.drain()
+    h.state.forget_cache()
+    assert h.counts(P) == (1, 1)
+    h.like(P, "u1")
+    assert h.counts(P) == (1, 1)

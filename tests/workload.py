@@ -1,0 +1,222 @@
+"""A randomized social workload through the real command service, with its own model.
+
+Each simulated user acts sequentially (an action is sent only after the previous one
+was acknowledged), so the order of one user's events in Kafka is the order in which
+the model applies them; different users' actions commute for counts. The model is
+the test's independent ground truth: it never looks at Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from mysocial.auth import mint_token
+from mysocial.config import DEV_JWT_SECRET
+from mysocial.v1 import command_service_pb2 as cmd
+from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
+from mysocial.v1 import events_pb2 as ev
+
+
+@dataclass
+class ModelPost:
+    post_id: str
+    author: str
+    caption: str
+    deleted: bool = False
+    likers: set[str] = field(default_factory=set)
+    comments: dict[str, tuple[str, bool]] = field(default_factory=dict)  # id -> (author, deleted)
+
+    @property
+    def comment_count(self) -> int:
+        return sum(1 for _, deleted in self.comments.values() if not deleted)
+
+
+@dataclass
+class Model:
+    posts: dict[str, ModelPost] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    ops: dict[str, int] = field(default_factory=dict)
+
+    def count(self, op: str) -> None:
+        self.ops[op] = self.ops.get(op, 0) + 1
+
+    def diff(self, table: dict[bytes, bytes | None]) -> list[str]:
+        """Differences between the model and a posts_with_counts table view."""
+        problems = []
+        for post in self.posts.values():
+            raw = table.get(post.post_id.encode())
+            if post.deleted:
+                if raw is not None:
+                    problems.append(f"{post.post_id}: deleted but still in posts_with_counts")
+                continue
+            if raw is None:
+                problems.append(f"{post.post_id}: missing from posts_with_counts")
+                continue
+            got = ev.PostWithCounts()
+            got.ParseFromString(raw)
+            want = (post.author, post.caption, len(post.likers), post.comment_count)
+            have = (
+                got.post.author_id,
+                got.post.caption,
+                got.post.like_count,
+                got.post.comment_count,
+            )
+            if want != have:
+                problems.append(f"{post.post_id}: expected {want}, got {have}")
+        extra = {k.decode() for k, v in table.items() if v is not None} - set(self.posts)
+        problems += [f"{pid}: unknown post in posts_with_counts" for pid in sorted(extra)]
+        return problems
+
+
+class Workload:
+    """Drives `total` commands from `users` concurrent simulated users."""
+
+    def __init__(self, addr: str, seed: int, users: int = 60, secret: str = DEV_JWT_SECRET) -> None:
+        self.addr = addr
+        self.rng = random.Random(seed)
+        self.users = [f"user{i}" for i in range(users)]
+        self.tokens = {
+            u: (("authorization", f"Bearer {mint_token(u, secret, 7200)}"),) for u in self.users
+        }
+        self.model = Model()
+        self.sent = 0
+        self.errors: list[str] = []
+
+    def _pick_post(self, rng: random.Random) -> ModelPost | None:
+        if not self.model.order:
+            return None
+        # Zipf-like: a few hot posts take most actions.
+        n = len(self.model.order)
+        index = min(n - 1, int(n * rng.random() ** 3))
+        return self.model.posts[self.model.order[n - 1 - index]]
+
+    async def run(self, total: int, progress: Callable[[int], None] | None = None) -> Model:
+        async with grpc.aio.insecure_channel(self.addr) as channel:
+            stub = cmd_grpc.CommandServiceStub(channel)
+            seeds = [self.rng.random() for _ in self.users]
+            # A few posts exist before the crowd arrives.
+            for i, user in enumerate(self.users[:10]):
+                await self._create(stub, user, random.Random(i))
+            budget = [total - self.sent]
+
+            async def user_loop(user: str, seed: float) -> None:
+                rng = random.Random(seed)
+                while budget[0] > 0:
+                    budget[0] -= 1
+                    await self._act(stub, user, rng)
+                    self.sent += 1
+                    if progress is not None:
+                        progress(self.sent)
+
+            await asyncio.gather(*(user_loop(u, s) for u, s in zip(self.users, seeds, strict=True)))
+        return self.model
+
+    async def _call(self, method: Callable[..., object], request: object, user: str) -> object:
+        try:
+            return await method(request, metadata=self.tokens[user], timeout=30)  # type: ignore[misc]
+        except grpc.aio.AioRpcError as exc:
+            self.errors.append(f"{type(request).__name__}: {exc.code().name} {exc.details()}")
+            raise
+
+    async def _create(
+        self, stub: cmd_grpc.CommandServiceStub, user: str, rng: random.Random
+    ) -> None:
+        rid = f"{user}-post-{rng.random()}"
+        caption = f"post by {user} #{len(self.model.order)}"
+        resp = await self._call(
+            stub.CreatePost, cmd.CreatePostRequest(caption=caption, request_id=rid), user
+        )
+        post_id = resp.post_id  # type: ignore[attr-defined]
+        if rng.random() < 0.2:  # a client retry: same request id, same post
+            again = await self._call(
+                stub.CreatePost, cmd.CreatePostRequest(caption=caption, request_id=rid), user
+            )
+            assert again.post_id == post_id  # type: ignore[attr-defined]
+            self.model.count("create_retry")
+        self.model.posts[post_id] = ModelPost(post_id, user, caption)
+        self.model.order.append(post_id)
+        self.model.count("create")
+
+    async def _act(self, stub: cmd_grpc.CommandServiceStub, user: str, rng: random.Random) -> None:
+        r = rng.random()
+        post = self._pick_post(rng)
+        if post is None or r < 0.04:
+            await self._create(stub, user, rng)
+            return
+        pid = post.post_id
+        if r < 0.55:
+            await self._call(stub.LikePost, cmd.LikePostRequest(post_id=pid), user)
+            if not post.deleted:
+                post.likers.add(user)
+            self.model.count("like")
+        elif r < 0.67:
+            await self._call(stub.UnlikePost, cmd.UnlikePostRequest(post_id=pid), user)
+            post.likers.discard(user)
+            self.model.count("unlike")
+        elif r < 0.82:
+            rid = f"{user}-c-{rng.random()}"
+            req = cmd.AddCommentRequest(
+                post_id=pid, text=f"nice {rng.random():.3f}", request_id=rid
+            )
+            resp = await self._call(stub.AddComment, req, user)
+            cid = resp.comment_id  # type: ignore[attr-defined]
+            if rng.random() < 0.15:
+                again = await self._call(stub.AddComment, req, user)
+                assert again.comment_id == cid  # type: ignore[attr-defined]
+                self.model.count("comment_retry")
+            post.comments.setdefault(cid, (user, False))
+            self.model.count("comment")
+        elif r < 0.93:
+            target = self._delete_comment_target(post, user, rng)
+            if target is None:
+                await self._call(stub.LikePost, cmd.LikePostRequest(post_id=pid), user)
+                if not post.deleted:
+                    post.likers.add(user)
+                self.model.count("like")
+                return
+            cid, authorized = target
+            await self._call(
+                stub.DeleteComment, cmd.DeleteCommentRequest(post_id=pid, comment_id=cid), user
+            )
+            if authorized:
+                author, _ = post.comments[cid]
+                post.comments[cid] = (author, True)
+                self.model.count("delete_comment")
+            else:
+                self.model.count("delete_comment_unauthorized")
+        elif r < 0.96:
+            # Delete a post: usually one's own, sometimes (unauthorized) someone else's.
+            mine = [p for p in self.model.posts.values() if p.author == user and not p.deleted]
+            if mine and rng.random() < 0.7:
+                victim = rng.choice(mine)
+                await self._call(
+                    stub.DeletePost, cmd.DeletePostRequest(post_id=victim.post_id), user
+                )
+                victim.deleted = True
+                self.model.count("delete_post")
+            elif post.author != user:
+                await self._call(stub.DeletePost, cmd.DeletePostRequest(post_id=pid), user)
+                self.model.count("delete_post_unauthorized")
+        else:
+            # A repeated like of a post the user already likes.
+            await self._call(stub.LikePost, cmd.LikePostRequest(post_id=pid), user)
+            if not post.deleted:
+                post.likers.add(user)
+            self.model.count("like_again")
+
+    def _delete_comment_target(
+        self, post: ModelPost, user: str, rng: random.Random
+    ) -> tuple[str, bool] | None:
+        live = [(cid, author) for cid, (author, deleted) in post.comments.items() if not deleted]
+        if not live:
+            return None
+        own = [cid for cid, author in live if author == user]
+        if own:
+            return rng.choice(own), True
+        cid, _ = rng.choice(live)
+        return cid, post.author == user  # the post's author may delete any comment
