@@ -487,25 +487,30 @@ class Processor:
         # Committed offsets are fetched with require_stable: this waits until any
         # transaction of a previous owner that carries offsets is resolved, so the
         # changelog read next matches the offsets we resume from.
-        if partitions:
-            consumer.committed(partitions, timeout=60)
+        started = time.monotonic()
+        committed = consumer.committed(partitions, timeout=60) if partitions else []
         new = sorted(
             tp.partition
             for tp in partitions
             if tp.topic == self.topic_likes and tp.partition not in self.tasks
         )
-        started = time.monotonic()
+        fetched = time.monotonic()
         restored = self._restore(new)
         for p in new:
             store = self.store.task(p)
             self.tasks[p] = Task(p, store, TaskState(store, self.trending))
-        self.ranking.on_assign(partitions, self.tasks, self.restore_consumer, self.clock())
+        changelog_done = time.monotonic()
+        self.ranking.on_assign(committed, self.tasks, self.restore_consumer, self.clock())
+        done = time.monotonic()
         log.info(
             "partitions_assigned",
             tasks=sorted(self.tasks),
             new=new,
             restored_records=restored,
-            restore_s=round(time.monotonic() - started, 3),
+            restore_s=round(done - started, 3),
+            offsets_fetch_s=round(fetched - started, 3),
+            changelog_restore_s=round(changelog_done - fetched, 3),
+            trending_restore_s=round(done - changelog_done, 3),
         )
 
     def _restore(self, partitions: list[int]) -> int:

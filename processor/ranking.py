@@ -287,7 +287,9 @@ class Ranking:
         restore_consumer: Consumer,
         now: float,
     ) -> None:
-        """Rebuild local candidates of new tasks and, if ours, the merge state."""
+        """Rebuild local candidates of new tasks and, if ours, the merge state.
+
+        `partitions` carry the group's committed offsets."""
         now_ms = int(now * 1000)
         for p, task in tasks.items():
             if p in self.local:
@@ -307,7 +309,7 @@ class Ranking:
             self._restore_merge(restore_consumer, mine[0])
 
     def _restore_merge(self, consumer: Consumer, tp: TopicPartition) -> None:
-        committed = tp.offset
+        committed = tp.offset  # the group's committed offset (fetched by the caller)
         self.lists.clear()
         self.uncommitted.clear()
         if committed > 0:

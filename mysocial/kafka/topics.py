@@ -63,6 +63,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         "message.timestamp.type": "LogAppendTime",
     }
     compact = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}
+    # Only closed segments are compacted: roll often enough that restores stay short.
+    compact_hot = {**compact, "segment.ms": str(10 * 60 * 1000)}
+    compact_small = {**compact, "segment.ms": str(60 * 1000), "segment.bytes": str(16 * 2**20)}
     n = settings.likes_partitions
     return [
         TopicSpec(
@@ -76,11 +79,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         ),
         TopicSpec(t(LIKES), n, dict(engagement)),
         TopicSpec(t(COMMENTS), n, dict(engagement)),
-        TopicSpec(t(POSTS_WITH_COUNTS), n, dict(compact)),
-        TopicSpec(t(TRENDING_POSTS), 1, dict(compact)),
+        TopicSpec(t(POSTS_WITH_COUNTS), n, dict(compact_hot)),
+        TopicSpec(t(TRENDING_POSTS), 1, dict(compact_small)),
         TopicSpec(t(POSTS_BY_ID), n, {"cleanup.policy": "delete", "retention.ms": str(FOREVER)}),
-        TopicSpec(t(PROCESSOR_CHANGELOG), n, dict(compact)),
-        TopicSpec(t(TRENDING_CANDIDATES), 1, dict(compact)),
+        TopicSpec(t(PROCESSOR_CHANGELOG), n, dict(compact_hot)),
+        TopicSpec(t(TRENDING_CANDIDATES), 1, dict(compact_small)),
         TopicSpec(
             t(DEAD_LETTER), 1, {"cleanup.policy": "delete", "retention.ms": str(THIRTY_DAYS_MS)}
         ),

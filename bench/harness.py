@@ -1,0 +1,173 @@
+"""Shared benchmark plumbing: a broker, fresh topics, processes, machine facts, results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mysocial.config import PROJECT_ROOT, Settings
+from mysocial.kafka.broker import EmbeddedBroker, kafka_version
+from mysocial.kafka.topics import provision
+
+RESULTS = PROJECT_ROOT / "bench" / "results"
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+
+
+@contextmanager
+def broker() -> Iterator[str]:
+    """The cluster to benchmark against: KAFKA_BOOTSTRAP_SERVERS or a fresh embedded one."""
+    existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if existing:
+        yield existing
+        return
+    data = Path(tempfile.mkdtemp(prefix="mysocial-bench-kafka-"))
+    b = EmbeddedBroker(free_port(), data, heap="2g")
+    b.start()
+    try:
+        yield b.bootstrap
+    finally:
+        b.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def fresh_settings(bootstrap: str, **overrides: Any) -> Settings:
+    """Settings with a unique topic namespace and state folder; topics provisioned."""
+    ns = f"bench{uuid.uuid4().hex[:8]}."
+    state = Path(tempfile.mkdtemp(prefix="mysocial-bench-state-"))
+    base = Settings(
+        kafka_bootstrap_servers=bootstrap,
+        topic_namespace=ns,
+        processor_state_dir=str(state),
+        log_level="info",
+        log_format="json",
+    )
+    settings = base.with_(**overrides)
+    provision(settings)
+    return settings
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = os.environ.copy()
+    env.update(settings.to_env())
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Child:
+    """A service process whose JSON log lines can be searched."""
+
+    def __init__(self, module: str, settings: Settings, log: Path, *args: str, **env: str) -> None:
+        self.log = log
+        with open(log, "ab") as f:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args], env=child_env(settings, **env),
+                stdout=f, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+            )
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if f'"{name}"' in line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+    def wait_event(self, name: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.events(name)
+            if found:
+                return found[-1]
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"process exited ({self.proc.returncode}); see {self.log}")
+            time.sleep(0.05)
+        raise TimeoutError(f"no {name} in {self.log} after {timeout}s")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        return self.proc.returncode
+
+    def rss_bytes(self) -> int:
+        import psutil
+
+        try:
+            return int(psutil.Process(self.proc.pid).memory_info().rss)
+        except psutil.Error:
+            return 0
+
+
+def machine() -> dict[str, Any]:
+    """Cores, memory and versions of what a benchmark ran on."""
+    import confluent_kafka
+    import grpc
+    import google.protobuf
+    import psutil
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu": cpu,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "kafka": kafka_version(),
+        "java": java[0] if java else "",
+        "confluent_kafka": confluent_kafka.version()[0],
+        "librdkafka": confluent_kafka.libversion()[0],
+        "grpcio": grpc.__version__,
+        "protobuf": google.protobuf.__version__,
+    }
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
