@@ -39,15 +39,24 @@ def zipf_weights(n: int, s: float) -> list[float]:
 def write_backlog(settings: Settings, spec: BacklogSpec) -> tuple[int, list[str]]:
     """Produce the backlog; returns (events written, post ids)."""
     rng = random.Random(spec.seed)
-    producer = Producer(producer_config(settings.bootstrap, **{
-        "linger.ms": 20, "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000,
-    }))
+    producer = Producer(
+        producer_config(
+            settings.bootstrap,
+            **{
+                "linger.ms": 20,
+                "batch.num.messages": 10000,
+                "queue.buffering.max.messages": 1_000_000,
+            },
+        )
+    )
     ts = Timestamp()
     ts.FromMilliseconds(int(time.time() * 1000))
     post_ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(spec.posts)]
     authors = [f"author{i % 5000}" for i in range(spec.posts)]
     t_posts, t_likes, t_comments = (
-        settings.topic(topics.POSTS), settings.topic(topics.LIKES), settings.topic(topics.COMMENTS)
+        settings.topic(topics.POSTS),
+        settings.topic(topics.LIKES),
+        settings.topic(topics.COMMENTS),
     )
     count = 0
 

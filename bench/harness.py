@@ -87,8 +87,11 @@ class Child:
         self.log = log
         with open(log, "ab") as f:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args], env=child_env(settings, **env),
-                stdout=f, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+                [sys.executable, "-m", module, *args],
+                env=child_env(settings, **env),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
             )
 
     def events(self, name: str) -> list[dict[str, Any]]:
@@ -134,8 +137,8 @@ class Child:
 def machine() -> dict[str, Any]:
     """Cores, memory and versions of what a benchmark ran on."""
     import confluent_kafka
-    import grpc
     import google.protobuf
+    import grpc
     import psutil
 
     cpu = platform.processor() or ""

@@ -23,7 +23,9 @@ from processor.audit import wait_caught_up
 
 def run(engagements: int, posts: int, partitions: int) -> dict[str, object]:
     with broker() as bootstrap:
-        settings = fresh_settings(bootstrap, likes_partitions=partitions, posts_partitions=partitions)
+        settings = fresh_settings(
+            bootstrap, likes_partitions=partitions, posts_partitions=partitions
+        )
         events, _ = write_backlog(settings, BacklogSpec(posts=posts, engagements=engagements))
         logs = Path(settings.processor_state_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,9 @@ def run(engagements: int, posts: int, partitions: int) -> dict[str, object]:
             "warm_restored_records": warm_event["restored_records"],
             "cold_restore_s": cold_event["restore_s"],
             "cold_restored_records": cold_event["restored_records"],
-            "cold_records_per_s": round(cold_event["restored_records"] / max(cold_event["restore_s"], 1e-9)),
+            "cold_records_per_s": round(
+                cold_event["restored_records"] / max(cold_event["restore_s"], 1e-9)
+            ),
             "machine": machine(),
         }
         return result
@@ -70,9 +74,16 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.engagements, args.posts, args.partitions)
     path = write_result("restore", result)
-    for key in ("events", "build_s", "changelog_live_keys", "warm_restore_s",
-                "warm_restored_records", "cold_restore_s", "cold_restored_records",
-                "cold_records_per_s"):
+    for key in (
+        "events",
+        "build_s",
+        "changelog_live_keys",
+        "warm_restore_s",
+        "warm_restored_records",
+        "cold_restore_s",
+        "cold_restored_records",
+        "cold_records_per_s",
+    ):
         print(f"{key:>24}: {result[key]}")
     print(f"written to {path}")
 

@@ -1,0 +1,289 @@
+"""Trending against the real broker: ranking quality, anti-gaming, deletion, crash."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from command_service import commands
+from mysocial.config import Settings
+from mysocial.kafka.producer import producer_config
+from mysocial.kafka.topics import provision
+from mysocial.v1 import command_service_pb2 as cmd
+from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
+from mysocial.v1 import resources_pb2 as res
+from processor.audit import audit, wait_caught_up
+from tests.conftest import make_settings
+from tests.helpers import auth, wait_until
+from tests.test_processor import ProcessorProc, command_service
+
+
+class RankingWatcher:
+    """Tails trending_posts and keeps every ranking with the time it arrived."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.rankings: list[tuple[float, res.TrendingRanking]] = []
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap,
+                "group.id": f"watch-{uuid.uuid4().hex}",
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self._consumer.subscribe([settings.topic("trending_posts")])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(100, 0.05):
+                value = msg.value()
+                if msg.error() is None and value:
+                    ranking = res.TrendingRanking()
+                    ranking.ParseFromString(value)
+                    self.rankings.append((time.monotonic(), ranking))
+
+    def latest(self) -> res.TrendingRanking | None:
+        return self.rankings[-1][1] if self.rankings else None
+
+    def ids(self) -> list[str]:
+        latest = self.latest()
+        return [e.post_id for e in latest.entries] if latest else []
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+@pytest.fixture
+def trend_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+    s = make_settings(
+        kafka_bootstrap,
+        processor_state_dir=str(tmp_path / "state"),
+        processor_session_timeout_ms=6000,
+        processor_transaction_timeout_ms=10000,
+        trending_interval_ms=1000,
+        trending_top_k=20,
+    )
+    provision(s)
+    return s
+
+
+@pytest.fixture
+def running(
+    trend_settings: Settings, log_dir: Path
+) -> Iterator[tuple[cmd_grpc.CommandServiceStub, ProcessorProc, RankingWatcher]]:
+    processor = ProcessorProc(trend_settings, "a", log_dir)
+    processor.start()
+    watcher = RankingWatcher(trend_settings)
+    with command_service(trend_settings, log_dir) as addr:
+        channel = grpc.insecure_channel(addr)
+        yield cmd_grpc.CommandServiceStub(channel), processor, watcher
+        channel.close()
+    watcher.close()
+    processor.terminate()
+
+
+def create(stub: cmd_grpc.CommandServiceStub, author: str) -> str:
+    return stub.CreatePost(
+        cmd.CreatePostRequest(caption=f"by {author}"), metadata=auth(author)
+    ).post_id
+
+
+def like(stub: cmd_grpc.CommandServiceStub, post: str, user: str, unlike: bool = False) -> None:
+    if unlike:
+        stub.UnlikePost(cmd.UnlikePostRequest(post_id=post), metadata=auth(user))
+    else:
+        stub.LikePost(cmd.LikePostRequest(post_id=post), metadata=auth(user))
+
+
+def write_old_post(settings: Settings, likers: int, age: timedelta) -> str:
+    """A post and its likes written straight to the topics with event times in the past
+    (as if replayed from long ago): the command service always stamps 'now'."""
+    then = datetime.now(UTC) - age
+    producer = Producer(producer_config(settings.bootstrap))
+    created = commands.create_post(
+        "oldtimer", cmd.CreatePostRequest(caption="old news"), then, commands.Limits()
+    )
+    producer.produce(
+        settings.topic("posts"), created.event.SerializeToString(), created.key.encode()
+    )
+    for i in range(likers):
+        liked = commands.like_post(
+            f"old-fan{i}", cmd.LikePostRequest(post_id=created.post_id), then
+        )
+        producer.produce(
+            settings.topic("likes"), liked.event.SerializeToString(), liked.key.encode()
+        )
+    assert producer.flush(30) == 0
+    return created.post_id
+
+
+def test_recent_broad_engagement_beats_repeats_and_old_totals(
+    trend_settings: Settings,
+    running: tuple[cmd_grpc.CommandServiceStub, ProcessorProc, RankingWatcher],
+) -> None:
+    stub, _, watcher = running
+    old = write_old_post(trend_settings, likers=120, age=timedelta(hours=6))
+    broad = create(stub, "alice")
+    churn = create(stub, "bob")
+    for i in range(50):
+        like(stub, broad, f"fan{i}")
+    for round_ in range(6):  # five users like and unlike over and over
+        for i in range(5):
+            like(stub, churn, f"churner{i}", unlike=round_ % 2 == 1)
+    for i in range(5):
+        like(stub, churn, f"churner{i}")
+    assert wait_caught_up(trend_settings, 60)
+    wait_until(
+        lambda: {broad, churn, old} <= set(watcher.ids()), timeout=30, what="all three ranked"
+    )
+    ids = watcher.ids()
+    assert ids.index(broad) < ids.index(churn)
+    assert ids.index(broad) < ids.index(old)
+    entries = {e.post_id: e for e in watcher.latest().entries}  # type: ignore[union-attr]
+    assert entries[old].like_count == 120 > entries[broad].like_count == 50
+    # Thirty like/unlike actions, yet each churner counts once, dated at their first like.
+    assert entries[churn].breakdown.counted_likers == 5
+    assert entries[churn].score <= 5 * trend_settings.trending_like_weight + 1e-9
+    assert entries[broad].score > 40
+
+
+def test_a_ring_of_three_accounts_cannot_reach_the_top_ten(
+    trend_settings: Settings,
+    running: tuple[cmd_grpc.CommandServiceStub, ProcessorProc, RankingWatcher],
+) -> None:
+    stub, _, watcher = running
+    organic = []
+    for n in range(12):
+        post = create(stub, f"creator{n}")
+        for i in range(3 + n):
+            like(stub, post, f"crowd{n}-{i}")
+        organic.append(post)
+    ring = ["ring1", "ring2", "ring3"]
+    ring_posts = {user: create(stub, user) for user in ring}
+    for _ in range(20):  # each ring account likes and comments the others' posts, a lot
+        for user in ring:
+            for owner, post in ring_posts.items():
+                if owner != user:
+                    like(stub, post, user)
+                    stub.AddComment(
+                        cmd.AddCommentRequest(post_id=post, text="🔥"), metadata=auth(user)
+                    )
+    assert wait_caught_up(trend_settings, 60)
+    wait_until(
+        lambda: len(watcher.ids()) >= 10 and set(organic[-10:]) <= set(watcher.ids()),
+        timeout=30,
+        what="organic posts ranked",
+    )
+    top10 = watcher.ids()[:10]
+    assert not set(ring_posts.values()) & set(top10)
+    assert not set(ring_posts.values()) & set(watcher.ids())  # not even eligible
+
+
+def test_a_deleted_post_leaves_the_ranking_within_one_interval(
+    trend_settings: Settings,
+    running: tuple[cmd_grpc.CommandServiceStub, ProcessorProc, RankingWatcher],
+) -> None:
+    stub, _, watcher = running
+    posts = []
+    for n in range(3):
+        post = create(stub, f"star{n}")
+        for i in range(5 + n):
+            like(stub, post, f"viewer{n}-{i}")
+        posts.append(post)
+    wait_until(lambda: set(posts) <= set(watcher.ids()), timeout=30, what="posts ranked")
+    victim = posts[-1]
+    stub.DeletePost(cmd.DeletePostRequest(post_id=victim), metadata=auth("star2"))
+    deleted_at = time.monotonic()
+    wait_until(
+        lambda: watcher.ids() and victim not in watcher.ids(),
+        timeout=10,
+        interval=0.01,
+        what="deleted post to leave trending",
+    )
+    arrival = next(
+        t
+        for t, r in watcher.rankings
+        if t >= deleted_at and victim not in [e.post_id for e in r.entries]
+    )
+    elapsed = arrival - deleted_at
+    print(f"deleted post left trending_posts after {elapsed * 1000:.0f} ms")
+    assert elapsed <= trend_settings.trending_interval_ms / 1000.0
+
+
+def test_ranking_after_sigkill_equals_the_audit(
+    trend_settings: Settings,
+    running: tuple[cmd_grpc.CommandServiceStub, ProcessorProc, RankingWatcher],
+) -> None:
+    stub, processor, watcher = running
+    posts = [create(stub, f"maker{n}") for n in range(8)]
+    for n, post in enumerate(posts):
+        for i in range(3 + 2 * n):
+            like(stub, post, f"reader{i}")
+        if n % 2:
+            stub.AddComment(
+                cmd.AddCommentRequest(post_id=post, text="yes"), metadata=auth(f"reader{n}")
+            )
+    processor.kill()
+    restarted = time.monotonic()
+    processor.start()
+    for i in range(10):  # more engagement after the restart
+        like(stub, posts[0], f"late{i}")
+    assert wait_caught_up(trend_settings, 60)
+
+    def restarted_ranking_has_late_likes() -> bool:
+        return any(
+            t > restarted and any(e.post_id == posts[0] and e.like_count == 13 for e in r.entries)
+            for t, r in watcher.rankings
+        )
+
+    wait_until(restarted_ranking_has_late_likes, timeout=30, what="a ranking after the restart")
+    report = audit(trend_settings)
+    assert report.ok, report.trending_mismatches + report.mismatches
+    assert report.trending_entries == len(posts)
+
+
+def test_scores_decay_without_events(kafka_bootstrap: str, tmp_path: Path, log_dir: Path) -> None:
+    s = make_settings(
+        kafka_bootstrap,
+        processor_state_dir=str(tmp_path / "state"),
+        trending_half_life_s=5.0,
+        trending_interval_ms=500,
+    )
+    provision(s)
+    processor = ProcessorProc(s, "a", log_dir)
+    processor.start()
+    watcher = RankingWatcher(s)
+    try:
+        with command_service(s, log_dir) as addr:
+            stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(addr))
+            post = create(stub, "decayer")
+            for i in range(4):
+                like(stub, post, f"u{i}")
+
+        def three_rankings_of_post() -> bool:
+            recent = [r for _, r in watcher.rankings[-3:]]
+            return len(recent) == 3 and all(
+                [e.post_id for e in r.entries] == [post] for r in recent
+            )
+
+        wait_until(three_rankings_of_post, timeout=30, what="rankings republished as scores decay")
+        first, last = watcher.rankings[-3][1], watcher.rankings[-1][1]
+        assert last.computed_at.ToMilliseconds() > first.computed_at.ToMilliseconds()
+        assert last.entries[0].score < first.entries[0].score  # republished as it decays
+    finally:
+        watcher.close()
+        processor.terminate()
