@@ -73,14 +73,6 @@ def _request_id(value: str) -> str:
     return value
 
 
-def _post_id(value: str, field: str = "post_id") -> str:
-    if not value:
-        raise InvalidArgument(f"{field} is required", field=field)
-    if not ids.is_entity_id(value):
-        raise InvalidArgument(f"{field} must be a lowercase UUID, got {value[:80]!r}", field=field)
-    return value
-
-
 def _text(value: str, field: str, limit: int, *, required: bool) -> str:
     text = unicodedata.normalize("NFC", value)
     if required and not text.strip():
@@ -137,7 +129,7 @@ def create_post(
 def delete_post(actor: str, req: cmd.DeletePostRequest, now: datetime) -> PreparedEvent:
     """PostDeleted on `posts`, keyed by the author (the actor must be the author)."""
     request_id = _request_id(req.request_id)
-    post_id = _post_id(req.post_id)
+    post_id = ids.require_entity_id(req.post_id)
     event = _envelope(actor, now, event_id_for("delete", actor, request_id, post_id))
     event.post_deleted.post_id = post_id
     return PreparedEvent(topics.POSTS, actor, event, post_id)
@@ -146,7 +138,7 @@ def delete_post(actor: str, req: cmd.DeletePostRequest, now: datetime) -> Prepar
 def like_post(actor: str, req: cmd.LikePostRequest, now: datetime) -> PreparedEvent:
     """PostLiked on `likes`, keyed by post id so a post's likes stay ordered."""
     request_id = _request_id(req.request_id)
-    post_id = _post_id(req.post_id)
+    post_id = ids.require_entity_id(req.post_id)
     event = _envelope(actor, now, event_id_for("like", actor, request_id, post_id))
     event.post_liked.post_id = post_id
     return PreparedEvent(topics.LIKES, post_id, event, post_id)
@@ -155,7 +147,7 @@ def like_post(actor: str, req: cmd.LikePostRequest, now: datetime) -> PreparedEv
 def unlike_post(actor: str, req: cmd.UnlikePostRequest, now: datetime) -> PreparedEvent:
     """PostUnliked on `likes`, keyed by post id."""
     request_id = _request_id(req.request_id)
-    post_id = _post_id(req.post_id)
+    post_id = ids.require_entity_id(req.post_id)
     event = _envelope(actor, now, event_id_for("unlike", actor, request_id, post_id))
     event.post_unliked.post_id = post_id
     return PreparedEvent(topics.LIKES, post_id, event, post_id)
@@ -166,7 +158,7 @@ def add_comment(
 ) -> PreparedEvent:
     """CommentAdded on `comments`, keyed by post id; comment id derived from request_id."""
     request_id = _request_id(req.request_id)
-    post_id = _post_id(req.post_id)
+    post_id = ids.require_entity_id(req.post_id)
     text = _text(req.text, "text", limits.max_comment_chars, required=True)
     comment_id = ids.derive_id(f"comment:{post_id}", actor, request_id)
     event = _envelope(actor, now, event_id_for("comment", actor, request_id, comment_id))
@@ -177,8 +169,8 @@ def add_comment(
 def delete_comment(actor: str, req: cmd.DeleteCommentRequest, now: datetime) -> PreparedEvent:
     """CommentDeleted on `comments`, keyed by post id."""
     request_id = _request_id(req.request_id)
-    post_id = _post_id(req.post_id)
-    comment_id = _post_id(req.comment_id, "comment_id")
+    post_id = ids.require_entity_id(req.post_id)
+    comment_id = ids.require_entity_id(req.comment_id, "comment_id")
     event = _envelope(actor, now, event_id_for("uncomment", actor, request_id, comment_id))
     event.comment_deleted.CopyFrom(ev.CommentDeleted(post_id=post_id, comment_id=comment_id))
     return PreparedEvent(topics.COMMENTS, post_id, event, post_id, comment_id)

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from command_service.directory import Directory
 from command_service.publisher import Publisher
 from command_service.servicer import CommandServicer
 from mysocial import log as logconf
@@ -25,6 +26,7 @@ from mysocial.v1 import command_service_pb2, command_service_pb2_grpc
 
 log = logconf.get_logger("command.server")
 
+DIRECTORY_LOAD_TIMEOUT_S = 300.0
 SERVICE_NAME = command_service_pb2.DESCRIPTOR.services_by_name["CommandService"].full_name
 
 
@@ -34,6 +36,7 @@ class CommandServer:
 
     running: RunningServer
     publisher: Publisher
+    directory: Directory
     settings: Settings
 
     @property
@@ -50,20 +53,27 @@ class CommandServer:
                 hint="set MYSOCIAL_JWT_SECRET in production",
             )
         publisher = Publisher(settings)
-        servicer = CommandServicer(settings, publisher)
+        directory = Directory(settings, asyncio.get_running_loop())
+        directory.start()
+        servicer = CommandServicer(settings, publisher, directory)
         running = await start_server(
             addr or settings.command_addr,
             lambda s: command_service_pb2_grpc.add_CommandServiceServicer_to_server(servicer, s),
             [SERVICE_NAME],
+            serving=False,
         )
         log.info("command_service_listening", port=running.port, pid=os.getpid())
-        return cls(running, publisher, settings)
+        # Serving once the directory knows every existing post and comment.
+        await asyncio.wait_for(directory.ready.wait(), DIRECTORY_LOAD_TIMEOUT_S)
+        await running.set_serving([SERVICE_NAME], True)
+        return cls(running, publisher, directory, settings)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight RPCs finish, then flush the producer."""
         await self.running.set_serving([SERVICE_NAME], False)
         await self.running.server.stop(self.settings.grace_period_s if grace is None else grace)
         undelivered = await asyncio.to_thread(self.publisher.close, self.settings.grace_period_s)
+        await asyncio.to_thread(self.directory.stop)
         log.info("command_service_stopped", undelivered=undelivered)
 
 

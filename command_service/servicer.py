@@ -14,9 +14,11 @@ import structlog
 
 from command_service import commands
 from command_service.commands import Limits, PreparedEvent
+from command_service.directory import Directory, Entry
 from command_service.publisher import Publisher, consistency_token
 from mysocial.auth import actor_from_metadata
 from mysocial.config import Settings
+from mysocial.errors import NotFound, PermissionDenied
 from mysocial.rpc import Ctx, correlation_id_of, time_left, unary
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
@@ -31,10 +33,12 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
         self,
         settings: Settings,
         publisher: Publisher,
+        directory: Directory,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._settings = settings
         self._publisher = publisher
+        self._directory = directory
         self._clock = clock
         self._limits = Limits(settings.max_caption_chars, settings.max_comment_chars)
         self._secret = settings.effective_jwt_secret
@@ -50,7 +54,17 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
             correlation_id_of(context),
             time_left(context, self._settings.produce_timeout_s),
         )
+        self._directory.record(prepared.event)
         return consistency_token(delivered, prepared.post_id)
+
+    async def _live_post(self, post_id: str, context: Ctx) -> Entry:
+        """The post, or NOT_FOUND if it does not exist (yet) or was deleted."""
+        post = await self._directory.post(
+            post_id, time_left(context, self._settings.produce_timeout_s)
+        )
+        if post is None or post.deleted:
+            raise NotFound(f"post {post_id} not found", reason="POST_NOT_FOUND")
+        return post
 
     @unary
     async def CreatePost(
@@ -67,6 +81,9 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     ) -> cmd.DeletePostResponse:
         actor = self._actor(context)
         prepared = commands.delete_post(actor, request, self._clock())
+        post = await self._live_post(prepared.post_id, context)
+        if post.author != actor:
+            raise PermissionDenied("only the author may delete a post", reason="NOT_AUTHOR")
         token = await self._publish(prepared, context)
         return cmd.DeletePostResponse(post_id=prepared.post_id, consistency_token=token)
 
@@ -74,6 +91,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     async def LikePost(self, request: cmd.LikePostRequest, context: Ctx) -> cmd.LikePostResponse:
         actor = self._actor(context)
         prepared = commands.like_post(actor, request, self._clock())
+        await self._live_post(prepared.post_id, context)
         token = await self._publish(prepared, context)
         return cmd.LikePostResponse(post_id=prepared.post_id, consistency_token=token)
 
@@ -83,6 +101,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     ) -> cmd.UnlikePostResponse:
         actor = self._actor(context)
         prepared = commands.unlike_post(actor, request, self._clock())
+        await self._live_post(prepared.post_id, context)
         token = await self._publish(prepared, context)
         return cmd.UnlikePostResponse(post_id=prepared.post_id, consistency_token=token)
 
@@ -92,6 +111,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     ) -> cmd.AddCommentResponse:
         actor = self._actor(context)
         prepared = commands.add_comment(actor, request, self._clock(), self._limits)
+        await self._live_post(prepared.post_id, context)
         token = await self._publish(prepared, context)
         return cmd.AddCommentResponse(
             comment_id=prepared.comment_id, post_id=prepared.post_id, consistency_token=token
@@ -103,6 +123,19 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     ) -> cmd.DeleteCommentResponse:
         actor = self._actor(context)
         prepared = commands.delete_comment(actor, request, self._clock())
+        post = await self._live_post(prepared.post_id, context)
+        comment = await self._directory.comment(
+            prepared.post_id,
+            prepared.comment_id,
+            time_left(context, self._settings.produce_timeout_s),
+        )
+        if comment is None or comment.deleted:
+            raise NotFound(f"comment {prepared.comment_id} not found", reason="COMMENT_NOT_FOUND")
+        if actor not in (comment.author, post.author):
+            raise PermissionDenied(
+                "only the comment's author or the post's author may delete a comment",
+                reason="NOT_AUTHOR",
+            )
         token = await self._publish(prepared, context)
         return cmd.DeleteCommentResponse(
             post_id=prepared.post_id, comment_id=prepared.comment_id, consistency_token=token

@@ -45,3 +45,14 @@ def derive_id(kind: str, actor: str, request_id: str) -> str:
     if not request_id:
         return str(uuid.uuid4())
     return str(uuid.uuid5(ID_NAMESPACE, f"{kind}\x00{actor}\x00{request_id}"))
+
+
+def require_entity_id(value: str, field: str = "post_id") -> str:
+    """value if it is a well-formed post/comment id, else InvalidArgument naming field."""
+    from mysocial.errors import InvalidArgument
+
+    if not value:
+        raise InvalidArgument(f"{field} is required", field=field)
+    if not is_entity_id(value):
+        raise InvalidArgument(f"{field} must be a lowercase UUID, got {value[:80]!r}", field=field)
+    return value

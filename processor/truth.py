@@ -11,10 +11,10 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mysocial.events import Checked, InvalidEvent, check, event_time_ms
 from mysocial.kafka import topics
 from mysocial.kafka.reader import Record
 from processor.trending import TrendingConfig
-from processor.validation import Checked, InvalidEvent, check, event_time_ms
 
 
 @dataclass

@@ -324,11 +324,13 @@ def test_sigterm_during_burst_loses_no_acknowledged_event(
 ) -> None:
     port = free_port()
     s = settings.with_(command_addr=f"127.0.0.1:{port}", command_workers=2, grace_period_s=10.0)
-    post_id = str(uuid.uuid4())
     with service_process("command_service", s, log_dir / "command.log") as proc:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=30)
         stub = cmd_grpc.CommandServiceStub(channel)
+        post_id = stub.CreatePost(
+            cmd.CreatePostRequest(caption="burst"), metadata=auth("author"), timeout=30
+        ).post_id
         acked: list[str] = []
         errors: list[grpc.StatusCode] = []
         lock = threading.Lock()

@@ -135,6 +135,7 @@ def test_randomized_workload_is_counted_exactly(proc_settings: Settings, log_dir
             "comment_retry",
             "delete_comment_unauthorized",
             "delete_post_unauthorized",
+            "rejected_PERMISSION_DENIED",
         ):
             assert model.ops.get(op, 0) > 0, f"workload never did {op}: {model.ops}"
         check_exact(proc_settings, model)
@@ -235,6 +236,25 @@ def test_poison_records_go_to_the_dead_letter_topic_once(
             producer.flush(10)
             for i in range(5):
                 stub.LikePost(cmd.LikePostRequest(post_id=pid), metadata=auth(f"fan{i}"))
+            # Valid events the command service would refuse, written straight to Kafka:
+            # the processor must ignore them too (defence in depth).
+            comment = stub.AddComment(
+                cmd.AddCommentRequest(post_id=pid, text="mine"), metadata=auth("bob")
+            )
+            now = datetime.now(UTC)
+            forged = [
+                commands.delete_post("mallory", cmd.DeletePostRequest(post_id=pid), now),
+                commands.delete_comment(
+                    "mallory",
+                    cmd.DeleteCommentRequest(post_id=pid, comment_id=comment.comment_id),
+                    now,
+                ),
+            ]
+            for event in forged:
+                producer.produce(
+                    s.topic(event.topic), event.event.SerializeToString(), event.key.encode()
+                )
+            producer.flush(10)
         assert wait_caught_up(s, 60)
         dead = read_topic(s.bootstrap, s.topic("mysocial.dead-letter"))
         assert len(dead) == len(poison) + 1
@@ -250,7 +270,7 @@ def test_poison_records_go_to_the_dead_letter_topic_once(
         table = latest_by_key(s.bootstrap, s.topic("posts_with_counts"))
         got = ev.PostWithCounts()
         got.ParseFromString(table[pid.encode()] or b"")
-        assert got.post.like_count == 5
+        assert got.post.like_count == 5 and got.post.comment_count == 1
         assert audit(s).ok
     finally:
         processor.terminate()

@@ -7,12 +7,12 @@ import uuid
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mysocial.events import event_time_ms
 from mysocial.internal.v1 import state_pb2 as st
 from mysocial.v1 import events_pb2 as ev
 from processor import trending
 from processor.ranking import build_ranking, candidate_of, materially_different, signature_of
 from processor.trending import TrendingConfig
-from processor.validation import event_time_ms
 from tests.test_unit_state import T0, Harness
 
 HOUR = 3600_000

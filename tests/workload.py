@@ -12,6 +12,7 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -20,6 +21,9 @@ from mysocial.config import DEV_JWT_SECRET
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import events_pb2 as ev
+
+NOT_FOUND = frozenset({grpc.StatusCode.NOT_FOUND})
+DENIED = frozenset({grpc.StatusCode.PERMISSION_DENIED})
 
 
 @dataclass
@@ -116,10 +120,20 @@ class Workload:
             await asyncio.gather(*(user_loop(u, s) for u, s in zip(self.users, seeds, strict=True)))
         return self.model
 
-    async def _call(self, method: Callable[..., object], request: object, user: str) -> object:
+    async def _call(
+        self,
+        method: Callable[..., Any],
+        request: object,
+        user: str,
+        allowed: frozenset[grpc.StatusCode] = frozenset(),
+    ) -> Any:
+        """The response, or None when the call failed with one of the `allowed` codes."""
         try:
-            return await method(request, metadata=self.tokens[user], timeout=30)  # type: ignore[misc]
+            return await method(request, metadata=self.tokens[user], timeout=30)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() in allowed:
+                self.model.count(f"rejected_{exc.code().name}")
+                return None
             self.errors.append(f"{type(request).__name__}: {exc.code().name} {exc.details()}")
             raise
 
@@ -131,12 +145,12 @@ class Workload:
         resp = await self._call(
             stub.CreatePost, cmd.CreatePostRequest(caption=caption, request_id=rid), user
         )
-        post_id = resp.post_id  # type: ignore[attr-defined]
+        post_id = resp.post_id
         if rng.random() < 0.2:  # a client retry: same request id, same post
             again = await self._call(
                 stub.CreatePost, cmd.CreatePostRequest(caption=caption, request_id=rid), user
             )
-            assert again.post_id == post_id  # type: ignore[attr-defined]
+            assert again.post_id == post_id
             self.model.count("create_retry")
         self.model.posts[post_id] = ModelPost(post_id, user, caption)
         self.model.order.append(post_id)
@@ -149,47 +163,51 @@ class Workload:
             await self._create(stub, user, rng)
             return
         pid = post.post_id
-        if r < 0.55:
-            await self._call(stub.LikePost, cmd.LikePostRequest(post_id=pid), user)
-            if not post.deleted:
-                post.likers.add(user)
-            self.model.count("like")
+        # The post's author may delete it concurrently: then NOT_FOUND is right.
+        racy = NOT_FOUND if post.author != user else frozenset()
+        if post.deleted:
+            racy = NOT_FOUND
+        if r < 0.55 or r >= 0.96:
+            if await self._call(stub.LikePost, cmd.LikePostRequest(post_id=pid), user, racy):
+                if not post.deleted:
+                    post.likers.add(user)
+                self.model.count("like" if r < 0.55 else "like_again")
         elif r < 0.67:
-            await self._call(stub.UnlikePost, cmd.UnlikePostRequest(post_id=pid), user)
-            post.likers.discard(user)
-            self.model.count("unlike")
+            if await self._call(stub.UnlikePost, cmd.UnlikePostRequest(post_id=pid), user, racy):
+                post.likers.discard(user)
+                self.model.count("unlike")
         elif r < 0.82:
             rid = f"{user}-c-{rng.random()}"
             req = cmd.AddCommentRequest(
                 post_id=pid, text=f"nice {rng.random():.3f}", request_id=rid
             )
-            resp = await self._call(stub.AddComment, req, user)
-            cid = resp.comment_id  # type: ignore[attr-defined]
+            resp = await self._call(stub.AddComment, req, user, racy)
+            if resp is None:
+                return
+            cid = resp.comment_id
             if rng.random() < 0.15:
-                again = await self._call(stub.AddComment, req, user)
-                assert again.comment_id == cid  # type: ignore[attr-defined]
-                self.model.count("comment_retry")
+                again = await self._call(stub.AddComment, req, user, racy)
+                if again is not None:
+                    assert again.comment_id == cid
+                    self.model.count("comment_retry")
             post.comments.setdefault(cid, (user, False))
             self.model.count("comment")
         elif r < 0.93:
             target = self._delete_comment_target(post, user, rng)
             if target is None:
-                await self._call(stub.LikePost, cmd.LikePostRequest(post_id=pid), user)
-                if not post.deleted:
-                    post.likers.add(user)
-                self.model.count("like")
                 return
             cid, authorized = target
-            await self._call(
-                stub.DeleteComment, cmd.DeleteCommentRequest(post_id=pid, comment_id=cid), user
-            )
+            request = cmd.DeleteCommentRequest(post_id=pid, comment_id=cid)
             if authorized:
-                author, _ = post.comments[cid]
-                post.comments[cid] = (author, True)
-                self.model.count("delete_comment")
+                # The comment's author and the post's author may both be deleting it.
+                if await self._call(stub.DeleteComment, request, user, NOT_FOUND):
+                    author, _ = post.comments[cid]
+                    post.comments[cid] = (author, True)
+                    self.model.count("delete_comment")
             else:
+                await self._call(stub.DeleteComment, request, user, DENIED | NOT_FOUND)
                 self.model.count("delete_comment_unauthorized")
-        elif r < 0.96:
+        else:
             # Delete a post: usually one's own, sometimes (unauthorized) someone else's.
             mine = [p for p in self.model.posts.values() if p.author == user and not p.deleted]
             if mine and rng.random() < 0.7:
@@ -200,14 +218,10 @@ class Workload:
                 victim.deleted = True
                 self.model.count("delete_post")
             elif post.author != user:
-                await self._call(stub.DeletePost, cmd.DeletePostRequest(post_id=pid), user)
+                await self._call(
+                    stub.DeletePost, cmd.DeletePostRequest(post_id=pid), user, DENIED | NOT_FOUND
+                )
                 self.model.count("delete_post_unauthorized")
-        else:
-            # A repeated like of a post the user already likes.
-            await self._call(stub.LikePost, cmd.LikePostRequest(post_id=pid), user)
-            if not post.deleted:
-                post.likers.add(user)
-            self.model.count("like_again")
 
     def _delete_comment_target(
         self, post: ModelPost, user: str, rng: random.Random

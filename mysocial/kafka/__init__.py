@@ -30,3 +30,18 @@ def admin_client(bootstrap: str, **overrides: Any) -> Any:
     config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": client_logger()}
     config.update(overrides)
     return AdminClient(config)
+
+
+def consume_batch(consumer: Any, max_messages: int, timeout: float) -> list[Any]:
+    """Wait up to `timeout` for the first record, then take what else is ready at once.
+
+    confluent-kafka's consume(n, timeout) waits until n records or the timeout, so a
+    lone record would sit for the whole timeout; this returns as soon as one arrives
+    while still batching under load.
+    """
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    if max_messages <= 1:
+        return [first]
+    return [first, *consumer.consume(max_messages - 1, 0)]

@@ -132,6 +132,17 @@ def latest_by_key(bootstrap: str, topic: str, timeout: float = 60.0) -> dict[byt
     return table
 
 
+def end_offsets(
+    admin: Any, topic: str, partitions: int, timeout: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """High watermark of every partition of topic, in one request per broker."""
+    from confluent_kafka.admin import OffsetSpec
+
+    request = {TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)}  # type: ignore[no-untyped-call]
+    futures = admin.list_offsets(request, request_timeout=timeout)
+    return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+
+
 def stable_partitions(
     bootstrap: str, topic: str, partitions: list[int], timeout: float
 ) -> dict[int, bool]:

@@ -1,7 +1,8 @@
-"""Decoding and checking input records before they touch state.
+"""Decoding and checking event records before they touch any state.
 
-A record that fails here goes to the dead-letter topic with the reason; the rules are
-shared by the processor and the audit so both agree on which events count.
+A record that fails here goes to the processor's dead-letter topic with the reason;
+the processor, the audit and the query service share these rules so they agree on
+which events count.
 """
 
 from __future__ import annotations

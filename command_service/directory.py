@@ -1,0 +1,251 @@
+"""What the write side must know to reject wrong commands: which posts and comments
+exist, who wrote them, and whether they were deleted.
+
+Each command-service process keeps this directory in memory, fed by its own reader
+of the `posts` and `comments` topics (read_committed) and by its own acknowledged
+writes (so a process sees what it just wrote). A lookup that misses may be a write
+acknowledged a moment ago by another process: the directory then asks the broker for
+the current end of the relevant partitions and waits until its reader got there
+before answering NOT_FOUND. That makes "a post is likeable the moment CreatePost
+returned" hold across processes and instances, while hits (the common case) cost a
+dict lookup. A deletion made through another process is seen once the reader has
+consumed it, normally within milliseconds; a like slipping into that window is
+harmless because the processor ignores events for deleted posts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from mysocial.config import Settings
+from mysocial.events import InvalidEvent, check
+from mysocial.kafka import admin_client, client_logger, consume_batch, topics
+from mysocial.kafka.partitioning import partition_for
+from mysocial.kafka.reader import end_offsets, partitions_of, watermarks
+from mysocial.log import get_logger
+from mysocial.v1 import events_pb2 as ev
+
+log = get_logger("command.directory")
+
+
+@dataclass(slots=True)
+class Entry:
+    """A post or a comment: its author and whether it is deleted."""
+
+    author: str
+    deleted: bool = False
+
+
+@dataclass
+class _Query:
+    """A single-flight request for partition end offsets."""
+
+    future: asyncio.Future[dict[tuple[str, int], int]]
+    started: bool = False
+
+
+@dataclass
+class DirectoryState:
+    """The pure part: applying events (also used by unit tests)."""
+
+    posts: dict[str, Entry] = field(default_factory=dict)
+    comments: dict[str, Entry] = field(default_factory=dict)
+
+    def apply(self, event: ev.Event) -> None:
+        kind = event.WhichOneof("payload")
+        actor = event.actor_user_id
+        if kind == "post_created":
+            self.posts.setdefault(event.post_created.post_id, Entry(actor))
+        elif kind == "post_deleted":
+            post = self.posts.get(event.post_deleted.post_id)
+            if post is not None and post.author == actor:
+                post.deleted = True
+        elif kind == "comment_added":
+            self.comments.setdefault(event.comment_added.comment_id, Entry(actor))
+        elif kind == "comment_deleted":
+            comment = self.comments.get(event.comment_deleted.comment_id)
+            post = self.posts.get(event.comment_deleted.post_id)
+            if comment is not None and actor in (comment.author, post.author if post else None):
+                comment.deleted = True
+
+
+class Directory:
+    """DirectoryState kept current from Kafka, with catch-up on misses."""
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.state = DirectoryState()
+        self.topic_posts = settings.topic(topics.POSTS)
+        self.topic_comments = settings.topic(topics.COMMENTS)
+        self.positions: dict[tuple[str, int], int] = {}
+        self.ready = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._queries: dict[str, _Query] = {}
+        self._stop = threading.Event()
+        config: dict[str, Any] = {
+            "bootstrap.servers": settings.bootstrap,
+            "group.id": f"{settings.topic('mysocial.command-directory')}.unused",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 5,
+            "logger": client_logger(),
+        }
+        self.consumer = Consumer(config)
+        self.admin = admin_client(settings.bootstrap)  # end-offset queries, off the reader
+        self._thread = threading.Thread(target=self._run, name="directory-reader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    # -- reader thread --------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            behind: set[tuple[str, int]] = set()
+            assignment = []
+            for topic in (self.topic_posts, self.topic_comments):
+                for p in partitions_of(self.consumer, topic, 30):
+                    low, high = watermarks(self.consumer, topic, p, 30)
+                    if high > low:
+                        behind.add((topic, p))
+                    assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+            self.consumer.assign(assignment)
+            started = time.monotonic()
+            if not behind:
+                self.loop.call_soon_threadsafe(self._loaded, started)
+            while not self._stop.is_set():
+                msgs = consume_batch(self.consumer, 5000, 0.1)
+                events: list[ev.Event] = []
+                moved: dict[tuple[str, int], int] = {}
+                for msg in msgs:
+                    topic, p, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            if (topic, p) in behind:
+                                behind.discard((topic, p))
+                                if not behind:
+                                    self.loop.call_soon_threadsafe(self._loaded, started)
+                            moved[(topic, p)] = max(moved.get((topic, p), 0), offset)
+                        continue
+                    moved[(topic, p)] = offset + 1
+                    source = topics.POSTS if topic == self.topic_posts else topics.COMMENTS
+                    partitions = (
+                        self.settings.posts_partitions
+                        if source == topics.POSTS
+                        else self.settings.likes_partitions
+                    )
+                    try:
+                        events.append(check(source, msg.key(), msg.value(), p, partitions).event)
+                    except InvalidEvent:
+                        continue
+                if events or moved:
+                    self.loop.call_soon_threadsafe(self._apply, events, moved)
+        except Exception:
+            log.exception("directory_reader_failed")
+        finally:
+            self.consumer.close()
+
+    def _loaded(self, started: float) -> None:
+        self.ready.set()
+        log.info(
+            "directory_loaded",
+            posts=len(self.state.posts),
+            comments=len(self.state.comments),
+            load_s=round(time.monotonic() - started, 3),
+        )
+
+    def _apply(self, events: list[ev.Event], moved: dict[tuple[str, int], int]) -> None:
+        for event in events:
+            self.state.apply(event)
+        for key, offset in moved.items():
+            if offset > self.positions.get(key, 0):
+                self.positions[key] = offset
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    # -- writes of this process ---------------------------------------------------------
+    def record(self, event: ev.Event) -> None:
+        """Apply an event this process wrote (after the broker acknowledged it)."""
+        self.state.apply(event)
+
+    # -- lookups --------------------------------------------------------------------------
+    async def post(self, post_id: str, timeout: float) -> Entry | None:
+        """The post, waiting for the reader to catch up before saying it does not exist."""
+        found = self.state.posts.get(post_id)
+        if found is not None:
+            return found
+        await self._catch_up(self.topic_posts, None, timeout)
+        return self.state.posts.get(post_id)
+
+    async def comment(self, post_id: str, comment_id: str, timeout: float) -> Entry | None:
+        found = self.state.comments.get(comment_id)
+        if found is not None:
+            return found
+        partition = partition_for(post_id.encode(), self.settings.likes_partitions)
+        await self._catch_up(self.topic_comments, partition, timeout)
+        return self.state.comments.get(comment_id)
+
+    async def _catch_up(self, topic: str, partition: int | None, timeout: float) -> None:
+        """Wait until the reader reached the partitions' ends as of now (or timeout)."""
+        deadline = self.loop.time() + timeout
+        try:
+            ends = await asyncio.wait_for(self._ends(topic), timeout)
+        except TimeoutError:
+            return
+        wanted = {k: v for k, v in ends.items() if partition is None or k[1] == partition}
+        while any(self.positions.get(k, 0) < end for k, end in wanted.items()):
+            remaining = deadline - self.loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._progress.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _ends(self, topic: str) -> dict[tuple[str, int], int]:
+        """End offsets of every partition of topic, fetched no earlier than this call.
+
+        Concurrent callers share one broker round trip: a caller joins the query that
+        has not started yet (it will reflect everything acknowledged before the call).
+        """
+        query = self._queries.get(topic)
+        if query is None or query.started:
+            query = _Query(self.loop.create_future())
+            self._queries[topic] = query
+            self.loop.call_soon(self._launch, topic, query)
+        return await asyncio.shield(query.future)
+
+    def _partition_count(self, topic: str) -> int:
+        if topic == self.topic_posts:
+            return self.settings.posts_partitions
+        return self.settings.likes_partitions
+
+    def _launch(self, topic: str, query: _Query) -> None:
+        query.started = True
+
+        def fetch() -> dict[tuple[str, int], int]:
+            return end_offsets(self.admin, topic, self._partition_count(topic))
+
+        task = self.loop.run_in_executor(None, fetch)
+
+        def done(t: asyncio.Future[dict[tuple[str, int], int]]) -> None:
+            if self._queries.get(topic) is query:
+                del self._queries[topic]
+            if t.exception() is not None:
+                query.future.set_exception(t.exception())  # type: ignore[arg-type]
+            else:
+                query.future.set_result(t.result())
+
+        task.add_done_callback(done)

@@ -1,0 +1,1 @@
+"""The read side: serves the projections and streams their changes over gRPC."""

@@ -1,0 +1,81 @@
+"""Query service process: gRPC server + read models fed from Kafka.
+
+Health is NOT_SERVING until the read models have caught up with the topics as they
+were at start, SERVING after. SIGTERM: NOT_SERVING, stop accepting, let unary calls
+finish and close streams, stop the Kafka reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+from mysocial import log as logconf
+from mysocial.config import Settings
+from mysocial.rpc import RunningServer, start_server, wait_for_signal
+from mysocial.v1 import query_service_pb2, query_service_pb2_grpc
+from query_service.service import ReadSide
+from query_service.servicer import QueryServicer
+
+log = logconf.get_logger("query.server")
+
+SERVICE_NAME = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
+
+
+@dataclass
+class QueryServer:
+    running: RunningServer
+    read_side: ReadSide
+    settings: Settings
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    @classmethod
+    async def start(cls, settings: Settings, addr: str | None = None) -> QueryServer:
+        """Start serving (NOT_SERVING until the read models are loaded)."""
+        read_side = ReadSide(settings)
+        servicer = QueryServicer(read_side)
+        running = await start_server(
+            addr or settings.query_addr,
+            lambda s: query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, s),
+            [SERVICE_NAME],
+            serving=False,
+        )
+        server = cls(running, read_side, settings)
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+
+        def serve() -> None:
+            task = loop.create_task(running.set_serving([SERVICE_NAME], True))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        read_side.on_ready.append(serve)
+        read_side.start()
+        log.info("query_service_listening", port=running.port, pid=os.getpid())
+        return server
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.running.set_serving([SERVICE_NAME], False)
+        await self.running.server.stop(self.settings.grace_period_s if grace is None else grace)
+        await asyncio.to_thread(self.read_side.stop)
+        log.info("query_service_stopped")
+
+
+async def _main(settings: Settings) -> None:
+    server = await QueryServer.start(settings)
+    sig = await wait_for_signal()
+    log.info("shutdown_requested", signal=signal.Signals(sig).name)
+    await server.stop()
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logconf.configure(settings.log_level, settings.log_format, "query_service")
+    asyncio.run(_main(settings))
+    sys.exit(0)

@@ -1,0 +1,93 @@
+"""The QueryService servicer: translate between gRPC and the read side, nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from mysocial.errors import Unimplemented
+from mysocial.rpc import Ctx, stream, unary
+from mysocial.v1 import query_service_pb2 as q
+from mysocial.v1 import query_service_pb2_grpc as q_grpc
+from query_service.service import ReadSide
+
+# How long a read may wait for a consistency token when the call has no deadline.
+DEFAULT_CONSISTENCY_WAIT_S = 10.0
+
+
+def _deadline(context: Ctx) -> float:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return DEFAULT_CONSISTENCY_WAIT_S
+    return max(0.0, remaining - max(0.05, remaining * 0.05))
+
+
+class QueryServicer(q_grpc.QueryServiceServicer):
+    def __init__(self, read_side: ReadSide) -> None:
+        self.read = read_side
+
+    async def _prepare(self, token: str, context: Ctx) -> None:
+        self.read.require_ready()
+        await self.read.consistent(token, _deadline(context))
+
+    @unary
+    async def GetPost(self, request: q.GetPostRequest, context: Ctx) -> q.GetPostResponse:
+        await self._prepare(request.consistency_token, context)
+        return q.GetPostResponse(post=self.read.get_post(request.post_id))
+
+    @unary
+    async def BatchGetPosts(
+        self, request: q.BatchGetPostsRequest, context: Ctx
+    ) -> q.BatchGetPostsResponse:
+        await self._prepare(request.consistency_token, context)
+        return self.read.batch_get(list(request.post_ids))
+
+    @unary
+    async def ListPosts(self, request: q.ListPostsRequest, context: Ctx) -> q.ListPostsResponse:
+        await self._prepare(request.consistency_token, context)
+        return self.read.list_posts(request)
+
+    @unary
+    async def ListComments(
+        self, request: q.ListCommentsRequest, context: Ctx
+    ) -> q.ListCommentsResponse:
+        await self._prepare(request.consistency_token, context)
+        return self.read.list_comments(request)
+
+    @unary
+    async def GetTrending(
+        self, request: q.GetTrendingRequest, context: Ctx
+    ) -> q.GetTrendingResponse:
+        self.read.require_ready()
+        return self.read.trending(request.limit)
+
+    @stream
+    async def WatchPosts(
+        self, request: q.WatchPostsRequest, context: Ctx
+    ) -> AsyncIterator[q.WatchPostsResponse]:
+        await self._prepare(request.consistency_token, context)
+        async for message in self.read.watch_posts(list(request.post_ids)):
+            yield message
+
+    @stream
+    async def WatchFeed(
+        self, request: q.WatchFeedRequest, context: Ctx
+    ) -> AsyncIterator[q.WatchFeedResponse]:
+        await self._prepare(request.consistency_token, context)
+        async for message in self.read.watch_feed(request.author_id, request.snapshot_size):
+            yield message
+
+    @stream
+    async def WatchTrending(
+        self, request: q.WatchTrendingRequest, context: Ctx
+    ) -> AsyncIterator[q.WatchTrendingResponse]:
+        self.read.require_ready()
+        async for message in self.read.watch_trending(request.limit):
+            yield message
+
+    @stream
+    async def GetImage(
+        self, request: q.GetImageRequest, context: Ctx
+    ) -> AsyncIterator[q.GetImageResponse]:
+        """Images are served by the images issue (#7); until then UNIMPLEMENTED."""
+        raise Unimplemented("GetImage is not available yet")
+        yield q.GetImageResponse()  # pragma: no cover - makes this an async generator

@@ -1,0 +1,146 @@
+"""Fan-out of read-model changes to streaming subscribers, with bounded memory.
+
+Each subscriber owns a coalescing queue of *keys* (post ids), not messages: a post
+changed 500 times while the reader was busy is one pending entry, and the message is
+built from the latest state when it is finally sent. The queue has a capacity; a
+subscriber that falls further behind is switched to "resync": its pending entries are
+dropped and its next message starts with a fresh snapshot that says how many updates
+it skipped. Memory per subscriber is therefore bounded whatever the write rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from query_service.models import Change
+
+# When a pending entry already exists, which kind wins (a client that has not yet
+# seen a post's creation must still see it as created; a deletion trumps all).
+_PRIORITY = {Change.UPDATED: 0, Change.CREATED: 1, Change.DELETED: 2}
+
+
+@dataclass(slots=True)
+class Pending:
+    change: Change
+    skipped: int = 0
+
+
+@dataclass(eq=False)  # identity semantics: subscriptions live in sets
+class Subscription:
+    """One streaming client's pending changes."""
+
+    capacity: int
+    pending: OrderedDict[str, Pending] = field(default_factory=OrderedDict)
+    resync: bool = False
+    resync_skipped: int = 0
+    trending_version: int = 0
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+
+    def offer(self, change: Change, key: str) -> None:
+        if self.resync:
+            self.resync_skipped += 1
+            return
+        entry = self.pending.get(key)
+        if entry is not None:
+            entry.skipped += 1
+            if _PRIORITY[change] > _PRIORITY[entry.change]:
+                entry.change = change
+        elif len(self.pending) >= self.capacity:
+            # Too far behind: drop what is pending and resend the state from scratch.
+            self.resync = True
+            self.resync_skipped += sum(e.skipped + 1 for e in self.pending.values()) + 1
+            self.pending.clear()
+        else:
+            self.pending[key] = Pending(change)
+        self.wakeup.set()
+
+    def offer_trending(self, version: int) -> None:
+        self.trending_version = version
+        self.wakeup.set()
+
+    async def wait(self) -> None:
+        await self.wakeup.wait()
+        self.wakeup.clear()
+
+    def take(self, limit: int = 256) -> list[tuple[str, Pending]]:
+        out: list[tuple[str, Pending]] = []
+        while self.pending and len(out) < limit:
+            out.append(self.pending.popitem(last=False))
+        if self.pending:
+            self.wakeup.set()
+        return out
+
+
+class Hub:
+    """Routes read-model changes to the subscriptions interested in them."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self.by_post: dict[str, set[Subscription]] = {}
+        self.feed: set[Subscription] = set()
+        self.by_author: dict[str, set[Subscription]] = {}
+        self.author_of: dict[Subscription, str] = {}
+        self.trending: set[Subscription] = set()
+
+    def __len__(self) -> int:
+        posts = {s for subs in self.by_post.values() for s in subs}
+        authors = {s for subs in self.by_author.values() for s in subs}
+        return len(posts | authors | self.feed | self.trending)
+
+    # -- subscribe ------------------------------------------------------------------
+    def watch_posts(self, post_ids: list[str]) -> Subscription:
+        sub = Subscription(capacity=max(len(post_ids), 1))
+        for pid in post_ids:
+            self.by_post.setdefault(pid, set()).add(sub)
+        return sub
+
+    def watch_feed(self, author_id: str) -> Subscription:
+        sub = Subscription(capacity=self.capacity)
+        if author_id:
+            self.by_author.setdefault(author_id, set()).add(sub)
+            self.author_of[sub] = author_id
+        else:
+            self.feed.add(sub)
+        return sub
+
+    def watch_trending(self) -> Subscription:
+        sub = Subscription(capacity=1)
+        self.trending.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription, post_ids: list[str] | None = None) -> None:
+        sub.closed = True
+        for pid in post_ids or ():
+            subs = self.by_post.get(pid)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self.by_post[pid]
+        self.feed.discard(sub)
+        self.trending.discard(sub)
+        author = self.author_of.pop(sub, None)
+        if author is not None:
+            subs = self.by_author.get(author)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self.by_author[author]
+
+    # -- publish ----------------------------------------------------------------------
+    def on_changes(self, changes: list[tuple[Change, str]], author_of: dict[str, str]) -> None:
+        for change, post_id in changes:
+            for sub in self.by_post.get(post_id, ()):
+                sub.offer(change, post_id)
+            for sub in self.feed:
+                sub.offer(change, post_id)
+            author = author_of.get(post_id)
+            if author is not None:
+                for sub in self.by_author.get(author, ()):
+                    sub.offer(change, post_id)
+
+    def on_trending(self, version: int) -> None:
+        for sub in self.trending:
+            sub.offer_trending(version)
