@@ -148,6 +148,7 @@ class LocalTop:
     top: list[str] = field(default_factory=list)
     kth_key: float = -math.inf
     dirty: bool = False
+    removal: bool = False
 
 
 class Ranking:
@@ -163,6 +164,9 @@ class Ranking:
         self.lists: dict[int, st.CandidateList] = {}
         self.uncommitted: dict[int, st.CandidateList] = {}
         self.merge_dirty = False
+        # Local lists are written at most once per recompute interval (or at once
+        # when a listed post leaves), not on every commit.
+        self.emit_due = True
         self.published: res.TrendingRanking | None = None
         self.pending_publish: res.TrendingRanking | None = None
         # Inputs of the published ranking (unknown after a restore: publish once).
@@ -192,6 +196,7 @@ class Ranking:
                 del local.active[pid]
                 if pid in local.top:
                     local.dirty = True
+        self.emit_due = True
         if self.merging:
             self.merge_dirty = True
 
@@ -211,20 +216,26 @@ class Ranking:
                 local.active.pop(pid, None)
                 if was_top:
                     local.dirty = True
+                    local.removal = True
 
     def before_commit(self, producer: Producer, now: float, tasks: Mapping[int, Task]) -> None:
         """Write changed local top-Ks and, if due, the merged ranking."""
         for partition, local in self.local.items():
             if not local.dirty or partition not in tasks:
                 continue
+            if not (self.emit_due or local.removal):
+                continue
             top = heapq.nsmallest(
                 self.cfg.top_k, local.active.values(), key=lambda c: (-c.rank_key, c.post_id)
             )
             local.top = [c.post_id for c in top]
             local.kth_key = top[-1].rank_key if len(top) >= self.cfg.top_k else -math.inf
-            local.dirty = False
-            value = st.CandidateList(partition=partition, candidates=top).SerializeToString()
+            value = st.CandidateList(
+                partition=partition, candidates=top, removal=local.removal
+            ).SerializeToString()
+            local.dirty = local.removal = False
             producer.produce(self.topic_candidates, value, str(partition).encode(), partition=0)
+        self.emit_due = False
         if self.merging and self.merge_dirty:
             self.merge_dirty = False
             lists = {**self.lists, **self.uncommitted}
@@ -273,7 +284,8 @@ class Ranking:
         lst = st.CandidateList()
         lst.ParseFromString(msg.value())  # type: ignore[arg-type]
         self.uncommitted[lst.partition] = lst
-        self.merge_dirty = True
+        if lst.removal:
+            self.merge_dirty = True  # a deleted post must leave the ranking at once
 
     def unassign(self) -> None:
         self.merging = False

@@ -1,0 +1,143 @@
+"""The whole system as real processes for end-to-end tests: processor, command service
+and query service on free ports, against the session's broker and a test namespace."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mysocial.config import PROJECT_ROOT, Settings
+from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
+from mysocial.v1 import query_service_pb2_grpc as q_grpc
+from tests.helpers import free_port, python_env
+from tests.test_processor import ProcessorProc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def health(addr: str, service: str, timeout: float = 1.0) -> int | None:
+    """The health status of service at addr, or None if it does not answer."""
+    try:
+        with grpc.insecure_channel(addr) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=service)
+            return int(stub.Check(request, timeout=timeout).status)  # type: ignore[attr-defined]
+    except grpc.RpcError:
+        return None
+
+
+class Service:
+    """A service process that can be killed and restarted on the same address."""
+
+    def __init__(self, module: str, settings: Settings, addr: str, log: Path, name: str) -> None:
+        self.module, self.settings, self.addr, self.log, self.name = (
+            module,
+            settings,
+            addr,
+            log,
+            name,
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> None:
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module],
+                env=python_env(self.settings),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+            )
+        if wait:
+            self.wait_serving()
+
+    def wait_serving(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while health(self.addr, self.name) != SERVING:
+            assert self.proc is not None and self.proc.poll() is None, (
+                f"{self.module} died: {self.log}"
+            )
+            assert time.monotonic() < deadline, f"{self.module} not SERVING after {timeout}s"
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return -9
+
+    def rss(self) -> int:
+        assert self.proc is not None
+        return int(psutil.Process(self.proc.pid).memory_info().rss)
+
+
+class System:
+    """Processor + command service + query service, with stubs for both APIs."""
+
+    def __init__(self, settings: Settings, log_dir: Path, command_workers: int = 1) -> None:
+        command_addr = f"127.0.0.1:{free_port()}"
+        query_addr = f"127.0.0.1:{free_port()}"
+        self.settings = settings.with_(
+            command_addr=command_addr,
+            query_addr=query_addr,
+            command_workers=command_workers,
+            log_level="info",
+        )
+        self.processor = ProcessorProc(self.settings, "a", log_dir)
+        self.command = Service(
+            "command_service",
+            self.settings,
+            command_addr,
+            log_dir / "command.log",
+            "mysocial.v1.CommandService",
+        )
+        self.query = Service(
+            "query_service",
+            self.settings,
+            query_addr,
+            log_dir / "query.log",
+            "mysocial.v1.QueryService",
+        )
+        self._channels: list[grpc.Channel] = []
+
+    def __enter__(self) -> System:
+        self.processor.start()
+        self.command.start()
+        self.query.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for channel in self._channels:
+            channel.close()
+        self.query.stop()
+        self.command.stop()
+        self.processor.terminate()
+
+    def commands(self) -> cmd_grpc.CommandServiceStub:
+        channel = grpc.insecure_channel(self.command.addr)
+        self._channels.append(channel)
+        return cmd_grpc.CommandServiceStub(channel)
+
+    def queries(self) -> q_grpc.QueryServiceStub:
+        channel = grpc.insecure_channel(self.query.addr)
+        self._channels.append(channel)
+        return q_grpc.QueryServiceStub(channel)
