@@ -1,0 +1,204 @@
+"""Unit tests of the query side's pure parts: read model, page tokens, stream queues."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mysocial.errors import InvalidArgument
+from mysocial.kafka import topics
+from mysocial.v1 import events_pb2 as ev
+from mysocial.v1 import resources_pb2 as res
+from query_service import queries
+from query_service.models import Change, ReadModel
+from query_service.streams import Hub, Subscription
+
+T0 = 1_800_000_000_000
+
+
+def record(
+    post_id: str,
+    author: str,
+    created_ms: int,
+    likes: int = 0,
+    comments: int = 0,
+    likes_at: int = 0,
+    comments_at: int = 0,
+) -> ev.PostWithCounts:
+    ts = Timestamp()
+    ts.FromMilliseconds(created_ms)
+    post = res.Post(
+        post_id=post_id, author_id=author, created_at=ts, like_count=likes, comment_count=comments
+    )
+    return ev.PostWithCounts(
+        post=post,
+        posts_applied_through=1,
+        likes_applied_through=likes_at,
+        comments_applied_through=comments_at,
+    )
+
+
+def comment_event(
+    actor: str, post_id: str, comment_id: str, text: str = "hi", delete: bool = False
+) -> ev.Event:
+    e = ev.Event(event_id=uuid.uuid4().hex, actor_user_id=actor)
+    if delete:
+        e.comment_deleted.CopyFrom(ev.CommentDeleted(post_id=post_id, comment_id=comment_id))
+    else:
+        e.comment_added.CopyFrom(ev.CommentAdded(post_id=post_id, comment_id=comment_id, text=text))
+    return e
+
+
+def model() -> ReadModel:
+    return ReadModel("posts", "likes", "comments")
+
+
+def ids(n: int) -> list[str]:
+    return [str(uuid.UUID(int=i + 1)) for i in range(n)]
+
+
+def test_feed_pages_newest_first_without_repeats_while_posts_arrive() -> None:
+    m = model()
+    posts = ids(10)
+    for i, pid in enumerate(posts):
+        m.apply_post_record(pid, record(pid, "a" if i % 2 else "b", T0 + i))
+    page, cursor = m.page("", None, 4)
+    assert [p.post_id for p in page] == posts[9:5:-1]
+    newer = str(uuid.uuid4())
+    m.apply_post_record(newer, record(newer, "a", T0 + 100))  # arrives mid-paging
+    rest: list[str] = []
+    while cursor is not None:
+        more, cursor = m.page("", cursor, 4)
+        rest += [p.post_id for p in more]
+    assert rest == posts[5::-1]
+    by_a, _ = m.page("a", None, 10)
+    assert [p.post_id for p in by_a] == [newer, *posts[9::-2]]
+
+
+def test_tombstone_removes_a_post_everywhere_for_good() -> None:
+    m = model()
+    pid = ids(1)[0]
+    assert m.apply_post_record(pid, record(pid, "a", T0)) == Change.CREATED
+    assert m.apply_post_record(pid, record(pid, "a", T0, likes=1)) == Change.UPDATED
+    assert m.apply_post_record(pid, None) == Change.DELETED
+    assert m.apply_post_record(pid, None) is None
+    assert m.get(pid) is None and m.page("", None, 10)[0] == [] and "a" not in m.by_author
+    assert m.apply_post_record(pid, record(pid, "a", T0)) is None  # never comes back
+    assert m.applied(topics.LIKES, 0, 99, pid)  # deletion is terminal for read-your-writes
+
+
+def test_comments_list_newest_first_and_honor_who_may_delete() -> None:
+    m = model()
+    pid = ids(1)[0]
+    c1, c2, c3 = (str(uuid.uuid4()) for _ in range(3))
+    m.apply_comment_event(0, 0, comment_event("u1", pid, c1, "one"), T0 + 1)
+    m.apply_comment_event(0, 1, comment_event("u2", pid, c2, "two"), T0 + 2)
+    m.apply_comment_event(0, 2, comment_event("u3", pid, c3, "three"), T0 + 3)
+    m.apply_comment_event(0, 3, comment_event("u1", pid, c1, "again"), T0 + 4)  # retry: ignored
+    m.apply_post_record(pid, record(pid, "owner", T0))
+    m.apply_comment_event(0, 4, comment_event("stranger", pid, c2, delete=True), T0 + 5)
+    page, _ = m.comment_page(pid, None, 10)
+    assert [c.text for c in page] == ["three", "two", "one"]  # stranger may not delete
+    m.apply_comment_event(0, 5, comment_event("owner", pid, c2, delete=True), T0 + 6)
+    m.apply_comment_event(0, 6, comment_event("u3", pid, c3, delete=True), T0 + 7)
+    page, _ = m.comment_page(pid, None, 10)
+    assert [c.text for c in page] == ["one"]
+    m.apply_comment_event(0, 7, comment_event("u3", pid, c3, "revived"), T0 + 8)
+    assert [c.text for c in m.comment_page(pid, None, 10)[0]] == ["one"]
+    assert m.comment_positions[0] == 8
+
+
+def test_post_author_delete_counts_even_if_the_post_arrives_later() -> None:
+    m = model()
+    pid, cid = ids(1)[0], str(uuid.uuid4())
+    m.apply_comment_event(0, 0, comment_event("u1", pid, cid), T0)
+    m.apply_comment_event(0, 1, comment_event("owner", pid, cid, delete=True), T0 + 1)
+    m.apply_post_record(pid, record(pid, "owner", T0))
+    assert m.comment_page(pid, None, 10)[0] == []
+
+
+def test_read_your_writes_conditions() -> None:
+    m = model()
+    pid = ids(1)[0]
+    assert not m.applied(topics.POSTS, 0, 0, pid)
+    m.apply_post_record(pid, record(pid, "a", T0, likes_at=5, comments_at=3))
+    assert m.applied(topics.POSTS, 0, 0, pid)
+    assert m.applied(topics.LIKES, 2, 4, pid) and not m.applied(topics.LIKES, 2, 5, pid)
+    assert not m.applied(topics.COMMENTS, 1, 2, pid)  # counts applied, listing not yet
+    m.comment_positions[1] = 3
+    assert m.applied(topics.COMMENTS, 1, 2, pid)
+
+
+def test_waiters_wake_when_their_condition_holds() -> None:
+    async def scenario() -> None:
+        m = model()
+        pid = ids(1)[0]
+        fut = m.wait_until(pid, lambda: m.applied(topics.LIKES, 0, 3, pid))
+        m.apply_post_record(pid, record(pid, "a", T0, likes_at=2))
+        m.publish([], [pid])
+        assert not fut.done()
+        m.apply_post_record(pid, record(pid, "a", T0, likes_at=4))
+        m.publish([], [pid])
+        await asyncio.wait_for(fut, 1)
+        assert not m.waiters
+
+    asyncio.run(scenario())
+
+
+def test_page_rules() -> None:
+    assert (
+        queries.page_size(0) == 20 and queries.page_size(500) == 100 and queries.page_size(7) == 7
+    )
+    with pytest.raises(InvalidArgument):
+        queries.page_size(-1)
+    pid = str(uuid.uuid4())
+    token = queries.encode_page_token("posts", "alice", (-T0, pid))
+    assert queries.decode_page_token(token, "posts", "alice") == (-T0, pid)
+    for bad in ("garbage", token[:-4], queries.encode_page_token("posts", "bob", (-T0, pid))):
+        with pytest.raises(InvalidArgument):
+            queries.decode_page_token(bad, "posts", "alice")
+    with pytest.raises(InvalidArgument, match="at most 100"):
+        queries.post_ids([str(uuid.uuid4()) for _ in range(101)])
+    assert queries.post_ids([pid, pid]) == [pid]
+
+
+def test_coalescing_queue_keeps_latest_kind_and_counts_skips() -> None:
+    sub = Subscription(capacity=10)
+    sub.offer(Change.CREATED, "p1")
+    sub.offer(Change.UPDATED, "p1")
+    sub.offer(Change.UPDATED, "p1")
+    sub.offer(Change.UPDATED, "p2")
+    taken = sub.take()
+    assert [(k, p.change, p.skipped) for k, p in taken] == [
+        ("p1", Change.CREATED, 2),
+        ("p2", Change.UPDATED, 0),
+    ]
+    sub.offer(Change.UPDATED, "p3")
+    sub.offer(Change.DELETED, "p3")
+    assert sub.take()[0][1].change == Change.DELETED
+
+
+def test_a_reader_too_far_behind_is_switched_to_resync() -> None:
+    sub = Subscription(capacity=3)
+    for i in range(3):
+        sub.offer(Change.UPDATED, f"p{i}")
+    sub.offer(Change.UPDATED, "p9")  # one more distinct post than the queue holds
+    assert sub.resync and not sub.pending
+    sub.offer(Change.UPDATED, "p10")
+    assert sub.resync_skipped == 5
+    assert len(sub.pending) == 0  # memory stays bounded whatever arrives
+
+
+def test_hub_routes_by_post_author_and_feed() -> None:
+    hub = Hub(capacity=10)
+    feed, alice, post = hub.watch_feed(""), hub.watch_feed("alice"), hub.watch_posts(["p1"])
+    hub.on_changes([(Change.CREATED, "p1"), (Change.CREATED, "p2")], {"p1": "alice", "p2": "bob"})
+    assert list(feed.pending) == ["p1", "p2"]
+    assert list(alice.pending) == ["p1"]
+    assert list(post.pending) == ["p1"]
+    hub.unsubscribe(post, ["p1"])
+    hub.unsubscribe(alice)
+    assert not hub.by_post and not hub.by_author and len(hub) == 1
