@@ -64,6 +64,8 @@ def fresh_settings(bootstrap: str, **overrides: Any) -> Settings:
         kafka_bootstrap_servers=bootstrap,
         topic_namespace=ns,
         processor_state_dir=str(state),
+        command_addr=f"127.0.0.1:{free_port()}",
+        query_addr=f"127.0.0.1:{free_port()}",
         log_level="info",
         log_format="json",
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 
 from mysocial import cli_views as views
+from mysocial import loadgen
 from mysocial.auth import mint_token
 from mysocial.config import ConfigError, Settings, documented_settings, split_addr
 from mysocial.v1 import command_service_pb2 as cmd
@@ -143,6 +145,24 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     return 0
+
+
+def cmd_loadgen(args: argparse.Namespace, settings: Settings) -> int:
+    spec = loadgen.LoadSpec(
+        addr=args.command_addr or settings.command_addr,
+        rate=args.rate,
+        duration=args.duration,
+        workers=args.workers,
+        users=args.users,
+        secret=settings.effective_jwt_secret,
+        only=args.only or "",
+    )
+    summary = loadgen.run(spec, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        loadgen.print_summary(summary)
+    return 0 if summary["accepted"] else 1
 
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
@@ -593,6 +613,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_token)
     p = sub.add_parser("settings", help="list every setting with its default")
     p.set_defaults(func=cmd_settings)
+    p = sub.add_parser(
+        "loadgen",
+        help="launch-day load: an open-loop mix of commands at a target rate",
+        description=loadgen.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--rate", type=float, default=1000.0, help="requests per second (all workers)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds")
+    p.add_argument("--workers", type=int, default=2, help="client processes")
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--only", choices=sorted(loadgen.MIX), help="send only this command")
+    p.add_argument("--command-addr", metavar="HOST:PORT", help="default: MYSOCIAL_COMMAND_ADDR")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_loadgen)
 
     p = remote(sub, "post", cmd_post, "create a post, optionally with images")
     p.add_argument("caption")

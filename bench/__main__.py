@@ -1,0 +1,305 @@
+"""The benchmark suite: `python -m bench` (full, ~15 min) or `python -m bench --smoke`.
+
+Every target is a ratio to a raw baseline measured in the same run on the same
+machine; results go to bench/results/*.json, bench/results/summary.json and the table
+in docs/BENCHMARKS.md (full runs only; smoke runs write bench/results/smoke/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench import kafka_raw
+from bench.backlog import BacklogSpec, write_backlog
+from bench.catchup import run_processors
+from bench.fanout import t3_fanout
+from bench.freshness import RunningSystem, knee, window
+from bench.grpc_load import run_ghz
+from bench.harness import RESULTS, broker, child_env, free_port, fresh_settings, machine
+from bench.memory import query_bytes_per_post
+from bench.report import write_markdown
+from mysocial.auth import mint_token
+from mysocial.config import DEV_JWT_SECRET, PROJECT_ROOT
+
+
+@dataclass(frozen=True)
+class Sizes:
+    trials: int
+    ghz_seconds: float
+    produce_messages: int
+    posts: int
+    engagements: int
+    fanout_subscribers: int
+    fanout_seconds: float
+    window_seconds: float
+    knee_rates: tuple[float, ...]
+    m1_posts: tuple[int, int]
+    processor_instances: int
+    peers: bool
+
+
+FULL = Sizes(
+    3,
+    10.0,
+    300_000,
+    10_000,
+    1_000_000,
+    1000,
+    10.0,
+    60.0,
+    (150.0, 300.0, 500.0, 700.0, 900.0),
+    (50_000, 250_000),
+    2,
+    True,
+)
+SMOKE = Sizes(1, 1.0, 2_000, 100, 3_000, 20, 1.0, 6.0, (20.0,), (200, 1_000), 1, True)
+
+
+def median_of(trials: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    values = sorted(t[key] for t in trials)
+    chosen = values[len(values) // 2]
+    best = next(t for t in trials if t[key] == chosen)
+    return {**best, "trials": [t[key] for t in trials], key: chosen}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def b1_t1(bootstrap: str, sizes: Sizes, workers: int, logs: Path) -> dict[str, Any]:
+    """B1 no-op unary server vs T1 the command service, same driver (ghz) and workers."""
+    addr = f"127.0.0.1:{free_port()}"
+    fake_posts = [{"post_id": f"00000000-0000-4000-8000-{i:012d}"} for i in range(100)]
+    settings = fresh_settings(
+        bootstrap, command_addr=addr, command_workers=workers, log_level="warning"
+    )
+    noop = subprocess.Popen(
+        [sys.executable, "-m", "bench.noop_server", "unary", addr, str(workers)],
+        cwd=PROJECT_ROOT,
+        env=child_env(settings),
+    )
+    try:
+        grpc.channel_ready_future(grpc.insecure_channel(addr)).result(30)
+        b1 = median_of(
+            [
+                run_ghz(
+                    addr,
+                    "mysocial.v1.CommandService.LikePost",
+                    fake_posts,
+                    duration_s=sizes.ghz_seconds,
+                )
+                for _ in range(sizes.trials)
+            ],
+            "rps",
+        )
+    finally:
+        noop.terminate()
+        noop.wait(30)
+    from bench.harness import Child
+    from mysocial.v1 import command_service_pb2 as cmd
+    from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
+
+    command = Child("command_service", settings, logs / "command-t1.log")
+    try:
+        grpc.channel_ready_future(grpc.insecure_channel(addr)).result(60)
+        token = mint_token("bench-user", DEV_JWT_SECRET, 3600)
+        md = {"authorization": f"Bearer {token}"}
+        stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(addr))
+        posts = [
+            stub.CreatePost(
+                cmd.CreatePostRequest(caption="t1"), metadata=tuple(md.items()), timeout=30
+            ).post_id
+            for _ in range(100)
+        ]
+        likes = median_of(
+            [
+                run_ghz(
+                    addr,
+                    "mysocial.v1.CommandService.LikePost",
+                    [{"post_id": p} for p in posts],
+                    metadata=md,
+                    duration_s=sizes.ghz_seconds,
+                )
+                for _ in range(sizes.trials)
+            ],
+            "rps",
+        )
+        comments = median_of(
+            [
+                run_ghz(
+                    addr,
+                    "mysocial.v1.CommandService.AddComment",
+                    [{"post_id": p, "text": "launch!"} for p in posts],
+                    metadata=md,
+                    duration_s=sizes.ghz_seconds,
+                )
+                for _ in range(sizes.trials)
+            ],
+            "rps",
+        )
+    finally:
+        command.stop()
+    return {
+        "workers": workers,
+        "B1": b1,
+        "T1_like": likes,
+        "T1_comment": comments,
+        "T1_ratio_B1": likes["rps"] / b1["rps"],
+    }
+
+
+def catchup_and_peers(bootstrap: str, sizes: Sizes, logs: Path) -> dict[str, Any]:
+    """B3, T2, P1, P2 on one backlog; M1 (processor) from two backlog sizes."""
+    out: dict[str, Any] = {}
+    settings = fresh_settings(bootstrap, log_level="info")
+    spec = BacklogSpec(posts=sizes.posts, engagements=sizes.engagements)
+    started = time.perf_counter()
+    events, _ = write_backlog(settings, spec)
+    engagements = events - sizes.posts
+    log(f"backlog: {events} events in {time.perf_counter() - started:.1f}s")
+    n = sizes.processor_instances
+    out["B3"] = median_of(
+        [kafka_raw.b3_consume(settings, n) for _ in range(sizes.trials)], "events_per_s"
+    )
+    log(f"B3 x{n}: {out['B3']['events_per_s']:.0f} events/s")
+    out["T2"] = run_processors(settings, n, events, logs / "t2", verify=True)
+    log(
+        f"T2 x{n}: {out['T2']['events_per_s']:.0f} events/s (audit ok: {out['T2'].get('audit_ok')})"
+    )
+    if sizes.peers:
+        from bench.peers.kstreams_peer import run_kstreams
+        from bench.peers.quix_peer import run_quix
+
+        out["P1"] = run_quix(settings, engagements, timeout=1800)
+        log(f"P1 quix: {out['P1']['events_per_s']:.0f} events/s")
+        out["P2"] = run_kstreams(settings, engagements, timeout=1800)
+        log(f"P2 kstreams: {out['P2']['events_per_s']:.0f} events/s")
+    # M1 processor: one instance on two backlog sizes → RSS slope per tracked like.
+    runs = []
+    for fraction in (4, 2):
+        m1_settings = fresh_settings(bootstrap, log_level="info")
+        m1_spec = BacklogSpec(
+            posts=sizes.posts, engagements=max(1000, sizes.engagements // fraction)
+        )
+        m1_events, _ = write_backlog(m1_settings, m1_spec)
+        run = run_processors(m1_settings, 1, m1_events, logs / f"m1-{fraction}", verify=False)
+        runs.append((m1_spec.engagements, max(run["peak_rss_bytes"])))
+    (small_likes, small_rss), (big_likes, big_rss) = runs
+    out["M1_processor"] = {
+        "likes": [small_likes, big_likes],
+        "peak_rss_bytes": [small_rss, big_rss],
+        "bytes_per_like": (big_rss - small_rss) / (big_likes - small_likes),
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, seconds (part of make test)"
+    )
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    results_dir = RESULTS / "smoke" if args.smoke else RESULTS
+    results_dir.mkdir(parents=True, exist_ok=True)
+    logs = results_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    began = time.perf_counter()
+    info = machine()
+    log(f"machine: {info['cores']} cores, {info['memory_gib']} GiB, {info['cpu']}")
+    results: dict[str, Any] = {"machine": info, "sizes": sizes.__dict__}
+    with broker() as bootstrap:
+        results["ingest"] = b1_t1(bootstrap, sizes, workers=int(info["cores"] or 2), logs=logs)
+        ingest = results["ingest"]
+        log(f"B1 {ingest['B1']['rps']:.0f} req/s, T1 {ingest['T1_like']['rps']:.0f} req/s")
+        settings = fresh_settings(bootstrap)
+        results["B2"] = median_of(
+            [kafka_raw.b2_produce(settings, sizes.produce_messages) for _ in range(sizes.trials)],
+            "msg_per_s",
+        )
+        log(f"B2 {results['B2']['msg_per_s']:.0f} msg/s")
+        results["catchup"] = catchup_and_peers(bootstrap, sizes, logs)
+        settings = fresh_settings(bootstrap, log_level="warning")
+        results["T3"] = t3_fanout(
+            settings,
+            sizes.fanout_subscribers,
+            sizes.fanout_seconds,
+            update_rate=5000.0,
+            log_dir=logs,
+        )
+        t3 = results["T3"]
+        log(f"T3 {t3['query_msgs_per_s']:.0f} vs no-op {t3['noop_msgs_per_s']:.0f} msg/s")
+        results["M1_query"] = query_bytes_per_post(bootstrap, *sizes.m1_posts, log_dir=logs)
+        settings = fresh_settings(bootstrap, log_level="warning")
+        system = RunningSystem(settings, logs / "system")
+        try:
+            results["T5"] = knee(system, list(sizes.knee_rates), sizes.window_seconds)
+            k = results["T5"]["knee_per_s"] or min(sizes.knee_rates)
+            log(f"T5 knee {results['T5']['knee_per_s']:.0f}/s")
+            results["T4"] = window(system, k / 2, sizes.window_seconds)
+            t4 = results["T4"]
+            log(f"T4 at {k / 2:.0f}/s: p50 {t4['p50_ms']:.1f} ms p99 {t4['p99_ms']:.1f} ms")
+        finally:
+            system.stop()
+        settings = fresh_settings(bootstrap)
+        results["B4"] = median_of(
+            [
+                kafka_raw.b4_latency(settings, max(50.0, k / 2), min(10.0, sizes.window_seconds))
+                for _ in range(sizes.trials)
+            ],
+            "p99_ms",
+        )
+    results["suite_seconds"] = time.perf_counter() - began
+    summary = summarize(results)
+    (results_dir / "all.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (results_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if not args.smoke:
+        write_markdown(results, summary, PROJECT_ROOT / "docs" / "BENCHMARKS.md")
+    log(f"done in {results['suite_seconds']:.0f}s; summary: {json.dumps(summary)}")
+    return 0
+
+
+def summarize(r: dict[str, Any]) -> dict[str, Any]:
+    c = r["catchup"]
+    t2 = c["T2"]["events_per_s"]
+    return {
+        "T1_ratio_B1": r["ingest"]["T1_ratio_B1"],
+        "T2_events_per_s": t2,
+        "T2_ratio_B3": t2 / c["B3"]["events_per_s"],
+        "T2_ratio_P1": t2 / c["P1"]["events_per_s"] if "P1" in c else None,
+        "T2_ratio_P2": t2 / c["P2"]["events_per_s"] if "P2" in c else None,
+        "T3_ratio": r["T3"]["ratio"],
+        "T4_p50_ms": r["T4"]["p50_ms"],
+        "T4_p99_ms": r["T4"]["p99_ms"],
+        "T5_knee_per_s": r["T5"]["knee_per_s"],
+        "M1_bytes_per_like": c["M1_processor"]["bytes_per_like"],
+        "M1_bytes_per_post": r["M1_query"]["bytes_per_post"],
+        "machine": {
+            k: r["machine"][k]
+            for k in (
+                "cores",
+                "memory_gib",
+                "cpu",
+                "python",
+                "kafka",
+                "java",
+                "librdkafka",
+                "grpcio",
+                "protobuf",
+            )
+        },
+        "trials_per_figure": r["sizes"]["trials"],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

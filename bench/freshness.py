@@ -1,0 +1,181 @@
+"""T4 freshness and T5 knee: the whole system on this machine under open-loop load.
+
+Everything runs here at once: broker, processor, command service, query service, the
+load generator (`mysocial.loadgen`, separate processes) and a probe process. The
+probe likes a dedicated post ~20 times a second and watches it with WatchPosts; its
+latency is the time from LikePost returning to the stream delivering that count.
+Consumer lag of the processor group is sampled at the start and end of each window:
+a rate is sustainable when the load generator achieved it, lag did not grow, and the
+probe's p99 stayed within the target.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.harness import Child, free_port
+from mysocial import loadgen
+from mysocial.auth import mint_token
+from mysocial.config import DEV_JWT_SECRET, Settings
+from mysocial.kafka import topics
+from mysocial.kafka.reader import group_lag
+from mysocial.v1 import command_service_pb2 as cmd
+from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
+from mysocial.v1 import query_service_pb2 as q
+from mysocial.v1 import query_service_pb2_grpc as q_grpc
+
+P99_TARGET_MS = 100.0
+
+
+class RunningSystem:
+    """Processor + command service (N workers) + query service as processes."""
+
+    def __init__(self, settings: Settings, log_dir: Path, command_workers: int = 2) -> None:
+        self.settings = settings.with_(
+            command_addr=f"127.0.0.1:{free_port()}",
+            query_addr=f"127.0.0.1:{free_port()}",
+            command_workers=command_workers,
+        )
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.children = [
+            Child("processor", self.settings, log_dir / "processor.log"),
+            Child("command_service", self.settings, log_dir / "command.log"),
+            Child("query_service", self.settings, log_dir / "query.log"),
+        ]
+        self.children[0].wait_event("partitions_assigned", 120)
+        self.children[2].wait_event("read_models_ready", 120)
+        grpc.channel_ready_future(grpc.insecure_channel(self.settings.command_addr)).result(60)
+
+    def lag(self) -> int:
+        s = self.settings
+        names = [s.topic(topics.POSTS), s.topic(topics.LIKES), s.topic(topics.COMMENTS)]
+        return group_lag(s.bootstrap, s.topic("mysocial.processor"), names)
+
+    def rss(self) -> dict[str, int]:
+        return {c.log.stem: c.rss_bytes() for c in self.children}
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+
+def _probe(command_addr: str, query_addr: str, seconds: float, rate: float, out: Any) -> None:
+    """Like a probe post at `rate`/s and time LikePost return → WatchPosts delivery."""
+    md = (("authorization", f"Bearer {mint_token('probe-author', DEV_JWT_SECRET, 3600)}"),)
+    commands = cmd_grpc.CommandServiceStub(grpc.insecure_channel(command_addr))
+    queries = q_grpc.QueryServiceStub(grpc.insecure_channel(query_addr))
+    post = commands.CreatePost(cmd.CreatePostRequest(caption="probe"), metadata=md, timeout=30)
+    delivered: dict[int, float] = {}
+    stream = queries.WatchPosts(
+        q.WatchPostsRequest(post_ids=[post.post_id], consistency_token=post.consistency_token)
+    )
+
+    def read() -> None:
+        try:
+            for message in stream:
+                delivered.setdefault(message.post.like_count, time.perf_counter())
+        except grpc.RpcError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while 0 not in delivered:
+        time.sleep(0.01)
+    acked: list[float] = []
+    start = time.perf_counter()
+    n = 0
+    while time.perf_counter() - start < seconds:
+        due = start + n / rate
+        if time.perf_counter() < due:
+            time.sleep(due - time.perf_counter())
+        user_md = (("authorization", f"Bearer {mint_token(f'probe{n}', DEV_JWT_SECRET, 3600)}"),)
+        commands.LikePost(cmd.LikePostRequest(post_id=post.post_id), metadata=user_md, timeout=30)
+        acked.append(time.perf_counter())
+        n += 1
+    deadline = time.perf_counter() + 30
+    while len(acked) not in delivered and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    stream.cancel()
+    latencies = []
+    for i, t_ack in enumerate(acked, start=1):
+        seen = min((t for c, t in delivered.items() if c >= i), default=None)
+        if seen is not None:
+            latencies.append(max(0.0, seen - t_ack) * 1000)
+    out.put(latencies)
+
+
+def window(system: RunningSystem, rate: float, seconds: float) -> dict[str, Any]:
+    """One load window at `rate`: probe latency, lag growth, achieved rate."""
+    ctx = multiprocessing.get_context("spawn")
+    out: Any = ctx.Queue()
+    s = system.settings
+    spec = loadgen.LoadSpec(
+        addr=s.command_addr,
+        rate=rate,
+        duration=seconds,
+        workers=2,
+        secret=DEV_JWT_SECRET,
+        seed_posts=50,
+    )
+    load: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: load.update(loadgen.run(spec, progress=False)))
+    runner.start()
+    time.sleep(min(5.0, seconds / 4))  # seed posts created, load ramped up
+    lag_start = system.lag()
+    probe = ctx.Process(
+        target=_probe, args=(s.command_addr, s.query_addr, seconds * 0.6, 20.0, out)
+    )
+    probe.start()
+    latencies: list[float] = out.get(timeout=seconds + 120)
+    probe.join(30)
+    runner.join(seconds + 120)
+    lag_end = system.lag()
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return (
+            latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))]
+            if latencies
+            else float("inf")
+        )
+
+    accepted = load.get("accepted_per_s", 0.0)
+    result = {
+        "rate": rate,
+        "accepted_per_s": accepted,
+        "errors": load.get("errors", {}),
+        "command_p99_ms": load.get("latency_ms", {}).get("p99"),
+        "probe_samples": len(latencies),
+        "p50_ms": pct(50),
+        "p99_ms": pct(99),
+        "p999_ms": pct(99.9),
+        "lag_start": lag_start,
+        "lag_end": lag_end,
+        "rss": system.rss(),
+    }
+    result["sustainable"] = bool(
+        accepted >= 0.95 * rate
+        and lag_end - lag_start <= max(100.0, rate)  # at most ~1 s of input behind
+        and result["p99_ms"] <= P99_TARGET_MS
+    )
+    return result
+
+
+def knee(system: RunningSystem, rates: list[float], seconds: float) -> dict[str, Any]:
+    """T5: the highest sustainable rate among `rates` (tried in increasing order)."""
+    tried = []
+    best = 0.0
+    for rate in sorted(rates):
+        result = window(system, rate, seconds)
+        tried.append(result)
+        if result["sustainable"]:
+            best = rate
+        else:
+            break
+    return {"knee_per_s": best, "windows": tried}

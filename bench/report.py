@@ -1,0 +1,122 @@
+"""docs/BENCHMARKS.md: every figure and ratio of a full run, with the machine."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "T1_ratio_B1": (">=", 0.5),
+    "T2_ratio_B3": (">=", 0.4),
+    "T2_ratio_P1": (">=", 3.0),
+    "T2_ratio_P2": (">=", 1.0),
+    "T3_ratio": (">=", 0.6),
+    "T4_p50_ms": ("<=", 30.0),
+    "T4_p99_ms": ("<=", 100.0),
+    "M1_bytes_per_like": ("<=", 200.0),
+    "M1_bytes_per_post": ("<=", 1024.0),
+}
+
+
+def verdict(key: str, value: float | None) -> str:
+    target = TARGETS.get(key)
+    if target is None or value is None:
+        return ""
+    op, bound = target
+    ok = value >= bound if op == ">=" else value <= bound
+    return f"{op} {bound:g}: {'met' if ok else 'MISSED'}"
+
+
+def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
+    m = results["machine"]
+    c = results["catchup"]
+    ing = results["ingest"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Run of `python -m bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{results['suite_seconds'] / 60:.1f} minutes. Machine: {m['cores']} cores ({m['cpu']}), "
+        f"{m['memory_gib']} GiB RAM, {m['os']}; Python {m['python']}, Kafka {m['kafka']} "
+        f"({m['java']}), librdkafka {m['librdkafka']}, grpcio {m['grpcio']}, protobuf "
+        f"{m['protobuf']}. Everything (broker, services, load drivers) ran on this machine. "
+        f"Figures marked median are the median of {results['sizes']['trials']} trials.",
+        "",
+        "## Summary (bench/results/summary.json)",
+        "",
+        "| figure | value | target |",
+        "|---|---|---|",
+    ]
+    for key, value in summary.items():
+        if key in ("machine", "trials_per_figure"):
+            continue
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+        lines.append(f"| {key} | {shown} | {verdict(key, value)} |")
+    lines += [
+        "",
+        "## Every figure",
+        "",
+        "| id | what | figure |",
+        "|---|---|---|",
+        f"| B1 | no-op grpc.aio unary server, {ing['workers']} workers, ghz | "
+        f"{ing['B1']['rps']:.0f} req/s (median; trials {_t(ing['B1'])}) |",
+        f"| T1 | LikePost through the command service, acked by Kafka, {ing['workers']} workers | "
+        f"{ing['T1_like']['rps']:.0f} req/s = {ing['T1_ratio_B1']:.2f} × B1; p50 "
+        f"{ing['T1_like']['p50_ms']:.1f} ms, p99 {ing['T1_like']['p99_ms']:.1f} ms |",
+        f"| T1 | AddComment through the command service | {ing['T1_comment']['rps']:.0f} req/s |",
+        f"| B2 | raw idempotent acks=all producer, {results['B2']['value_bytes']}-byte events | "
+        f"{results['B2']['msg_per_s']:.0f} msg/s |",
+        f"| B3 | raw batched consume + protobuf parse, {c['B3']['processes']} process(es) | "
+        f"{c['B3']['events_per_s']:.0f} events/s |",
+        f"| T2 | processor catch-up, {c['T2']['instances']} instance(s), {c['T2']['events']} events "
+        f"(counts + trending, exactly-once; audit {'agreed' if c['T2'].get('audit_ok') else 'DISAGREED'}) | "
+        f"{c['T2']['events_per_s']:.0f} events/s ({c['T2']['events_per_s_excl_startup']:.0f} "
+        f"excluding {c['T2']['startup_s']:.1f} s start-up) |",
+    ]
+    if "P1" in c:
+        lines.append(
+            f"| P1 | Quix Streams peer, same aggregation, exactly-once | "
+            f"{c['P1']['events_per_s']:.0f} events/s (correct: {c['P1'].get('correct')}) |"
+        )
+    if "P2" in c:
+        lines.append(
+            f"| P2 | Kafka Streams peer (Java, exactly_once_v2) | "
+            f"{c['P2']['events_per_s']:.0f} events/s (correct: {c['P2'].get('correct')}) |"
+        )
+    t3 = results["T3"]
+    t4 = results["T4"]
+    lines += [
+        f"| T3 | updates delivered to {t3['subscribers']} WatchFeed subscribers | "
+        f"{t3['query_msgs_per_s']:.0f} msg/s vs no-op streamer {t3['noop_msgs_per_s']:.0f} msg/s "
+        f"= {t3['ratio']:.2f} |",
+        f"| T4 | LikePost → WatchPosts at {t4['rate']:.0f}/s (50% of knee) | p50 {t4['p50_ms']:.1f} ms, "
+        f"p99 {t4['p99_ms']:.1f} ms, p99.9 {t4['p999_ms']:.1f} ms ({t4['probe_samples']} probes) |",
+        f"| T5 | knee: highest sustained rate (p99 ≤ 100 ms, lag stable, all on this machine) | "
+        f"{results['T5']['knee_per_s']:.0f} commands/s |",
+        f"| B4 | raw Kafka produce → consume latency | p50 {results['B4']['p50_ms']:.1f} ms, "
+        f"p99 {results['B4']['p99_ms']:.1f} ms |",
+        f"| M1 | processor RSS slope | {c['M1_processor']['bytes_per_like']:.1f} bytes per tracked like "
+        f"({c['M1_processor']['peak_rss_bytes'][1] / 2**20:.0f} MiB at "
+        f"{c['M1_processor']['likes'][1]} likes) |",
+        f"| M1 | query service RSS slope | {results['M1_query']['bytes_per_post']:.0f} bytes per post |",
+        "",
+        "## Knee search (T5 windows)",
+        "",
+        "| rate/s | accepted/s | probe p50 ms | probe p99 ms | lag start → end | sustainable |",
+        "|---|---|---|---|---|---|",
+    ]
+    for w in results["T5"]["windows"]:
+        lines.append(
+            f"| {w['rate']:.0f} | {w['accepted_per_s']:.0f} | {w['p50_ms']:.1f} | "
+            f"{w['p99_ms']:.1f} | {w['lag_start']} → {w['lag_end']} | {w['sustainable']} |"
+        )
+    lines.append("")
+    notes = Path(__file__).with_name("NOTES.md")
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+def _t(result: dict[str, Any]) -> str:
+    return ", ".join(f"{v:.0f}" for v in result.get("trials", []))
