@@ -91,18 +91,10 @@ def event_id_for(command: str, actor: str, request_id: str, entity: str) -> str:
     return ids.derive_id(f"event:{command}:{entity}", actor, request_id)
 
 
-def create_post(
-    actor: str,
-    req: cmd.CreatePostRequest,
-    now: datetime,
-    limits: Limits,
-    media: list[res.Media] | None = None,
-) -> PreparedEvent:
-    """PostCreated on `posts`, keyed by the author so an author's posts stay ordered.
-
-    `media` is the resolved description of req.media_ids (checked by the caller
-    against the media store); when None the ids are only format-checked.
-    """
+def validate_create_post(req: cmd.CreatePostRequest, limits: Limits) -> tuple[str, str]:
+    """Check a CreatePost request (request_id, caption, media id formats and count);
+    returns (request_id, normalized caption). Separate so the servicer can reject bad
+    input before looking the media ids up in the media store."""
     request_id = _request_id(req.request_id)
     caption = _text(req.caption, "caption", limits.max_caption_chars, required=False)
     if len(req.media_ids) > limits.max_media:
@@ -119,6 +111,25 @@ def create_post(
         if media_id in seen:
             raise InvalidArgument(f"media_ids[{i}] is repeated", field=f"media_ids[{i}]")
         seen.add(media_id)
+    return request_id, caption
+
+
+def create_post(
+    actor: str,
+    req: cmd.CreatePostRequest,
+    now: datetime,
+    limits: Limits,
+    media: list[res.Media] | None = None,
+) -> PreparedEvent:
+    """PostCreated on `posts`, keyed by the author so an author's posts stay ordered.
+
+    `media` is the resolved description of req.media_ids (checked by the caller
+    against the media store), in the same order; when None the ids are only
+    format-checked. Posts without media are allowed (caption-only posts).
+    """
+    request_id, caption = validate_create_post(req, limits)
+    if media is not None and [m.media_id for m in media] != list(req.media_ids):
+        raise ValueError("media must describe req.media_ids, in order")
     post_id = ids.derive_id("post", actor, request_id)
     event = _envelope(actor, now, event_id_for("create", actor, request_id, post_id))
     described = media if media is not None else [res.Media(media_id=m) for m in req.media_ids]

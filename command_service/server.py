@@ -21,6 +21,7 @@ from command_service.publisher import Publisher
 from command_service.servicer import CommandServicer
 from mysocial import log as logconf
 from mysocial.config import DEV_JWT_SECRET, Settings, split_addr
+from mysocial.media import MediaLibrary
 from mysocial.rpc import RunningServer, start_server, wait_for_signal
 from mysocial.v1 import command_service_pb2, command_service_pb2_grpc
 
@@ -55,7 +56,8 @@ class CommandServer:
         publisher = Publisher(settings)
         directory = Directory(settings, asyncio.get_running_loop())
         directory.start()
-        servicer = CommandServicer(settings, publisher, directory)
+        media = await asyncio.to_thread(MediaLibrary.from_settings, settings)
+        servicer = CommandServicer(settings, publisher, directory, media)
         running = await start_server(
             addr or settings.command_addr,
             lambda s: command_service_pb2_grpc.add_CommandServiceServicer_to_server(servicer, s),

@@ -5,11 +5,9 @@ It only translates between gRPC and plain Python (commands.py holds the rules).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
 
-import grpc
 import structlog
 
 from command_service import commands
@@ -19,6 +17,7 @@ from command_service.publisher import Publisher, consistency_token
 from mysocial.auth import actor_from_metadata
 from mysocial.config import Settings
 from mysocial.errors import NotFound, PermissionDenied
+from mysocial.media import MediaLibrary
 from mysocial.rpc import Ctx, correlation_id_of, time_left, unary
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
@@ -34,11 +33,13 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
         settings: Settings,
         publisher: Publisher,
         directory: Directory,
+        media: MediaLibrary,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._settings = settings
         self._publisher = publisher
         self._directory = directory
+        self._media = media
         self._clock = clock
         self._limits = Limits(settings.max_caption_chars, settings.max_comment_chars)
         self._secret = settings.effective_jwt_secret
@@ -71,7 +72,9 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
         self, request: cmd.CreatePostRequest, context: Ctx
     ) -> cmd.CreatePostResponse:
         actor = self._actor(context)
-        prepared = commands.create_post(actor, request, self._clock(), self._limits)
+        commands.validate_create_post(request, self._limits)  # bad input first, then lookups
+        media = await self._media.media_for_post(actor, request.media_ids)
+        prepared = commands.create_post(actor, request, self._clock(), self._limits, media=media)
         token = await self._publish(prepared, context)
         return cmd.CreatePostResponse(post_id=prepared.post_id, consistency_token=token)
 
@@ -141,7 +144,10 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
             post_id=prepared.post_id, comment_id=prepared.comment_id, consistency_token=token
         )
 
-    async def UploadImage(self, request_iterator: Any, context: Ctx) -> cmd.UploadImageResponse:
-        """Image uploads are delivered by the images issue (#7); until then UNIMPLEMENTED."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "UploadImage is not available yet")
-        raise AssertionError("unreachable")
+    @unary
+    async def UploadImage(
+        self, request_iterator: AsyncIterator[cmd.UploadImageRequest], context: Ctx
+    ) -> cmd.UploadImageResponse:
+        actor = self._actor(context)  # before reading a byte: anonymous uploads cost nothing
+        record = await self._media.upload(request_iterator, actor)
+        return cmd.UploadImageResponse(media_id=record.media_id, media=record.to_proto())

@@ -97,6 +97,24 @@ class Settings:
     max_comment_chars: int = _setting(
         "MYSOCIAL_MAX_COMMENT_CHARS", 1000, "Longest comment accepted (Unicode code points)."
     )
+    media_dir: str = _setting(
+        "MYSOCIAL_MEDIA_DIR",
+        str(PROJECT_ROOT / ".cache" / "media"),
+        "Where uploaded images are stored (content-addressed, `ab/cd/<sha256>/`); the "
+        "command and query services must share it.",
+    )
+    media_max_bytes: int = _setting(
+        "MYSOCIAL_MEDIA_MAX_BYTES",
+        10 * 1024 * 1024,
+        "Largest image upload accepted, in bytes; larger ones fail with RESOURCE_EXHAUSTED "
+        "as soon as the declared or received size passes it.",
+    )
+    media_max_pixels: int = _setting(
+        "MYSOCIAL_MEDIA_MAX_PIXELS",
+        40_000_000,
+        "Most pixels (width x height) an uploaded image may have; checked from the header "
+        "before decoding, so decompression bombs cost nothing.",
+    )
     produce_timeout_s: float = _setting(
         "MYSOCIAL_PRODUCE_TIMEOUT_S",
         10.0,
@@ -194,7 +212,13 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
                 raise ConfigError(f"{f.metadata['env']} must not be negative, got {value}")
-        for name in ("posts_partitions", "likes_partitions", "replication_factor"):
+        for name in (
+            "posts_partitions",
+            "likes_partitions",
+            "replication_factor",
+            "media_max_bytes",
+            "media_max_pixels",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_env_name(name)} must be at least 1")
         if self.log_format not in ("console", "json"):

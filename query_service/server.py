@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from mysocial import log as logconf
 from mysocial.config import Settings
+from mysocial.media import MediaLibrary
 from mysocial.rpc import RunningServer, start_server, wait_for_signal
 from mysocial.v1 import query_service_pb2, query_service_pb2_grpc
 from query_service.service import ReadSide
@@ -39,7 +40,8 @@ class QueryServer:
     async def start(cls, settings: Settings, addr: str | None = None) -> QueryServer:
         """Start serving (NOT_SERVING until the read models are loaded)."""
         read_side = ReadSide(settings)
-        servicer = QueryServicer(read_side)
+        media = await asyncio.to_thread(MediaLibrary.from_settings, settings)
+        servicer = QueryServicer(read_side, media)
         running = await start_server(
             addr or settings.query_addr,
             lambda s: query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, s),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from mysocial.errors import Unimplemented
+from mysocial.media import RENDITION_TO_PROTO, MediaLibrary
 from mysocial.rpc import Ctx, stream, unary
 from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
@@ -22,8 +22,9 @@ def _deadline(context: Ctx) -> float:
 
 
 class QueryServicer(q_grpc.QueryServiceServicer):
-    def __init__(self, read_side: ReadSide) -> None:
+    def __init__(self, read_side: ReadSide, media: MediaLibrary) -> None:
         self.read = read_side
+        self.media = media
 
     async def _prepare(self, token: str, context: Ctx) -> None:
         self.read.require_ready()
@@ -88,6 +89,19 @@ class QueryServicer(q_grpc.QueryServiceServicer):
     async def GetImage(
         self, request: q.GetImageRequest, context: Ctx
     ) -> AsyncIterator[q.GetImageResponse]:
-        """Images are served by the images issue (#7); until then UNIMPLEMENTED."""
-        raise Unimplemented("GetImage is not available yet")
-        yield q.GetImageResponse()  # pragma: no cover - makes this an async generator
+        # Reads the media store only: images do not wait for the read models to load.
+        opened = await self.media.open(request.media_id, request.rendition)
+        with opened.file:
+            rec = opened.record
+            yield q.GetImageResponse(
+                info=q.ImageInfo(
+                    media_id=opened.media_id,
+                    rendition=RENDITION_TO_PROTO[opened.rendition],
+                    content_type=rec.content_type,
+                    width=rec.width,
+                    height=rec.height,
+                    size_bytes=opened.size_bytes,
+                )
+            )
+            async for chunk in self.media.chunks(opened):
+                yield q.GetImageResponse(chunk=chunk)
