@@ -39,9 +39,20 @@ class Checked:
     actor: str
 
 
-@lru_cache(maxsize=65536)
-def _cached_partition(post_id: str, partitions: int) -> int:
+@lru_cache(maxsize=262_144)
+def _post_partition(post_id: str, partitions: int) -> int:
+    """The partition of a well-formed post id, -1 if malformed (cached: hot posts repeat)."""
+    if not ids.is_entity_id(post_id):
+        return -1
     return partition_for(post_id.encode(), partitions)
+
+
+@lru_cache(maxsize=262_144)
+def _valid_user(user_id: str) -> bool:
+    return ids.is_user_id(user_id)
+
+
+_COMMENT_KINDS = frozenset({"comment_added", "comment_deleted"})
 
 
 def check(
@@ -51,6 +62,7 @@ def check(
 
     partitions is the topic's partition count: likes, comments and the repartition
     topic must hold each post's events on murmur2(post_id) so state is co-partitioned.
+    Runs once per input event, so the id checks are cached.
     """
     if value is None:
         raise InvalidEvent("null value")
@@ -66,23 +78,25 @@ def check(
         raise InvalidEvent(f"{kind} does not belong on {source}")
     if not event.event_id:
         raise InvalidEvent("missing event_id")
-    if not ids.is_user_id(event.actor_user_id):
+    actor = event.actor_user_id
+    if not _valid_user(actor):
         raise InvalidEvent("missing or malformed actor_user_id")
     payload = getattr(event, kind)
     post_id = payload.post_id
-    if not ids.is_entity_id(post_id):
+    home = _post_partition(post_id, partitions)
+    if home < 0:
         raise InvalidEvent("missing or malformed post_id")
-    if kind in ("comment_added", "comment_deleted") and not ids.is_entity_id(payload.comment_id):
+    if kind in _COMMENT_KINDS and not ids.is_entity_id(payload.comment_id):
         raise InvalidEvent("missing or malformed comment_id")
     if source == topics.POSTS:
-        if key is not None and key != event.actor_user_id.encode():
+        if key is not None and key != actor.encode():
             raise InvalidEvent("posts record key is not the author's user id")
     else:
         if key is not None and key != post_id.encode():
             raise InvalidEvent("record key does not match post_id")
-        if _cached_partition(post_id, partitions) != partition:
+        if home != partition:
             raise InvalidEvent(f"misrouted: post_id belongs to another partition than {partition}")
-    return Checked(event, kind, post_id, event.actor_user_id)
+    return Checked(event, kind, post_id, actor)
 
 
 def event_time_ms(event: ev.Event, accepted_ms: int) -> int:

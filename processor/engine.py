@@ -122,6 +122,11 @@ class Processor:
         self.tasks: dict[int, Task] = {}
         self.positions: dict[tuple[str, int], int] = {}
         self.changelog_next: dict[int, int] = {}
+        # Flow control (see _flow_control): consumed offsets that survive commits, and
+        # the offset after the newest record we re-keyed into each owned partition.
+        self.consumed: dict[tuple[str, int], int] = {}
+        self.repartitioned: dict[int, int] = {}
+        self.engagement_paused = False
         self.in_txn = False
         self.txn_started = 0.0
         self.running = True
@@ -222,6 +227,7 @@ class Processor:
                 drained = len(msgs) < self.settings.processor_batch_size
                 if self.in_txn and (drained or time.monotonic() >= self.txn_started + interval):
                     self._commit()
+                self._flow_control()
                 self._log_stats()
             if self.in_txn:
                 self._commit()
@@ -268,6 +274,7 @@ class Processor:
             offset = msg.offset()
             assert partition is not None and offset is not None
             self.positions[(topic, partition)] = offset + 1
+            self.consumed[(topic, partition)] = offset + 1
             self.counters.consumed += 1
             source = self.contract[topic]
             if source == topics.POSTS:
@@ -306,11 +313,13 @@ class Processor:
             self._dead_letter(msg, str(exc))
             return
         key = checked.post_id.encode()
+        target = partition_for(key, self.partitions)
         self._produce(
             self.topic_by_id,
             key,
             msg.value(),
-            partition_for(key, self.partitions),
+            target,
+            on_delivery=self._on_repartitioned,
             headers=[
                 (SRC_PARTITION, str(partition).encode()),
                 (SRC_OFFSET, str(offset).encode()),
@@ -318,6 +327,36 @@ class Processor:
             ],
             timestamp=msg.timestamp()[1],
         )
+
+    def _on_repartitioned(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None and msg.partition() in self.tasks:
+            p, offset = msg.partition() or 0, msg.offset() or 0
+            self.repartitioned[p] = max(self.repartitioned.get(p, 0), offset + 1)
+
+    def _flow_control(self) -> None:
+        """Posts first: hold likes and comments back while post events are still on
+        their way to this instance (posts not yet re-keyed, or re-keyed records not yet
+        read back). Otherwise a backlog would park every like in the pending queue of a
+        post that arrives a moment later, tripling the work of catching up."""
+        behind = False
+        for (topic, p), consumed in self.consumed.items():
+            if topic == self.topic_posts:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                behind = behind or (high > 0 and consumed < high)
+        if not behind:
+            for p, target in self.repartitioned.items():
+                if self.consumed.get((self.topic_by_id, p), 0) < target:
+                    behind = True
+                    break
+        if behind != self.engagement_paused:
+            held = [
+                TopicPartition(t, p)
+                for t in (self.topic_likes, self.topic_comments)
+                for p in self.tasks
+            ]
+            if held:
+                (self.consumer.pause if behind else self.consumer.resume)(held)
+            self.engagement_paused = behind
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
         self.counters.dead_letters += 1
@@ -457,6 +496,7 @@ class Processor:
             raise FatalProcessorError(f"abort failed: {exc}") from exc
         self.in_txn = False
         self.positions.clear()
+        self.repartitioned.clear()  # what the aborted transaction re-keyed never shows up
         for task in self.tasks.values():
             task.store.discard()
             task.state.forget_cache()
@@ -466,6 +506,7 @@ class Processor:
             for tp in self.consumer.committed(assignment, timeout=30):
                 offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+                self.consumed[(tp.topic, tp.partition)] = max(tp.offset, 0)
 
     # -- rebalancing --------------------------------------------------------------
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -486,6 +527,10 @@ class Processor:
             if tp.topic == self.ranking.topic_candidates:
                 self.ranking.unassign()
             self.positions.pop((tp.topic, tp.partition), None)
+            self.consumed.pop((tp.topic, tp.partition), None)
+            if tp.topic == self.topic_by_id:
+                self.repartitioned.pop(tp.partition, None)
+        self.engagement_paused = False  # a new assignment starts unpaused
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Committed offsets are fetched with require_stable: this waits until any
@@ -493,6 +538,9 @@ class Processor:
         # changelog read next matches the offsets we resume from.
         started = time.monotonic()
         committed = consumer.committed(partitions, timeout=60) if partitions else []
+        for tp in committed:
+            self.consumed[(tp.topic, tp.partition)] = max(tp.offset, 0)
+        self.engagement_paused = False
         new = sorted(
             tp.partition
             for tp in partitions

@@ -9,13 +9,14 @@ times in a commit interval yields one output record.
 
 Store keys (all under the task's partition):
     P<post_id>                 PostRecord    post, status, counts, trending mass
-    E<post_id><user_id>        EngagerRecord a user's like / live comments on a post
+    E<post_id><user_id>        ENGAGER struct: liked, live comments, first engagement ms
     C<post_id><comment_id>     CommentRecord one comment (deleted ones remembered)
     Q<post_id><seq:8 bytes>    PendingEvent  events waiting for their post
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -34,6 +35,7 @@ PENDING = st.POST_STATUS_PENDING
 DELETED = st.POST_STATUS_DELETED
 
 MAX_PENDING_PER_POST = 100_000
+ENGAGER = struct.Struct("<?qq")  # liked, live comments, first engagement (ms)
 
 
 class Store(Protocol):
@@ -216,48 +218,47 @@ class TaskState:
         self._touch(post_id)
 
     # -- likes --------------------------------------------------------------------
-    def _engager_key(self, post_id: str, user: str) -> bytes:
-        return b"E" + post_id.encode() + user.encode()
-
-    def _engager(self, key: bytes) -> st.EngagerRecord | None:
-        raw = self.store.get(key)
-        if raw is None:
-            return None
-        rec = st.EngagerRecord()
-        rec.ParseFromString(raw)
-        return rec
-
     def _update_engager(
         self, rec: st.PostRecord, user: str, time_ms: int, liked: bool | None, comments: int
     ) -> bool:
-        """Change a user's like flag and/or live comment count; returns True if changed."""
-        key = self._engager_key(rec.post.post_id, user)
-        old = self._engager(key)
-        new = st.EngagerRecord()
-        if old is not None:
-            new.CopyFrom(old)
-        engaging = bool(liked) or comments > 0
-        if old is None or (engaging and time_ms < new.first_engaged_ms):
-            # Earliest engagement, independent of which topic was read first.
-            new.first_engaged_ms = time_ms
+        """Change a user's like flag and/or live comment count; returns True if changed.
+
+        This runs for nearly every input event, so the record is a fixed 17-byte struct
+        (liked, live comments, first engagement ms) rather than a protobuf message.
+        """
+        key = b"E" + rec.post.post_id.encode() + user.encode()
+        raw = self.store.get(key)
+        if raw is None:
+            old = None
+            new_liked, new_comments, first = False, 0, time_ms
+        else:
+            old = ENGAGER.unpack(raw)
+            new_liked, new_comments, first = old
+            if (liked or comments > 0) and time_ms < first:
+                first = time_ms  # the earliest engagement, whichever topic was read first
         if liked is not None:
-            new.liked = liked
-        new.live_comments = max(0, new.live_comments + comments)
-        if old is not None and old == new:
+            new_liked = liked
+        new_comments = max(0, new_comments + comments)
+        new = (new_liked, new_comments, first)
+        if old == new:
             rec.trending.ignored_events += 1  # a repeat: changes nothing
             return False
-        is_author = user == rec.post.author_id
-        trending.change_weight(
-            self.config,
-            rec.trending,
-            trending.weight(self.config, old, is_author),
-            trending.weight(self.config, new, is_author),
-            new.first_engaged_ms,
-            old.first_engaged_ms if old is not None else None,
-        )
-        if old is None and liked is False:
+        if old is None and not new_liked and new_comments == 0:
+            rec.trending.ignored_events += 1
             return False  # unlike without like: nothing to remember
-        self._put(key, new.SerializeToString())
+        cfg = self.config
+        if user == rec.post.author_id:
+            rec.trending.ignored_events += 1  # self-engagement never counts for trending
+        else:
+            trending.change_weight(
+                cfg,
+                rec.trending,
+                trending.weight_of(cfg, old[0], old[1]) if old is not None else 0.0,
+                trending.weight_of(cfg, new_liked, new_comments),
+                first,
+                old[2] if old is not None else None,
+            )
+        self._put(key, ENGAGER.pack(*new))
         return True
 
     def _set_liked(self, rec: st.PostRecord, user: str, liked: bool, time_ms: int) -> None:

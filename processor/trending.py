@@ -49,13 +49,11 @@ class TrendingConfig:
         return self.half_life_s * 1000.0
 
 
-def weight(cfg: TrendingConfig, record: st.EngagerRecord | None, is_author: bool) -> float:
-    """w(u) for one user's engagement record."""
-    if record is None or is_author:
-        return 0.0
-    if record.live_comments > 0:
+def weight_of(cfg: TrendingConfig, liked: bool, live_comments: int) -> float:
+    """w(u) of a (non-author) user who likes the post or not and has live comments."""
+    if live_comments > 0:
         return cfg.comment_weight
-    if record.liked:
+    if liked:
         return cfg.like_weight
     return 0.0
 
