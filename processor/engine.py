@@ -300,9 +300,14 @@ class Processor:
         else:
             src_offset = offset
         try:
-            task.state.apply(
-                source, src_offset, checked.event, event_time_ms(checked.event, accepted)
-            )
+            time_ms = event_time_ms(checked.event, accepted)
+            if source == topics.LIKES:
+                liked = checked.kind == "post_liked"
+                task.state.apply_like(
+                    checked.post_id, checked.actor, liked, src_offset, checked.event, time_ms
+                )
+            else:
+                task.state.apply(source, src_offset, checked.event, time_ms)
         except PendingOverflow as exc:
             self._dead_letter(msg, str(exc))
 

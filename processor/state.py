@@ -137,6 +137,23 @@ class TaskState:
             return
         self._post_event_or_queue(source, offset, event, time_ms)
 
+    def apply_like(
+        self, post_id: str, actor: str, liked: bool, offset: int, event: ev.Event, time_ms: int
+    ) -> None:
+        """apply() specialised for PostLiked/PostUnliked: most of the traffic."""
+        rec = self.posts.get(post_id) or self._post(post_id)
+        if rec is None or rec.status == PENDING:
+            self._enqueue(post_id, rec, topics.LIKES, offset, event, time_ms)
+            return
+        if rec.status == DELETED:
+            self.stats.ignored_deleted += 1
+            return
+        if offset >= rec.likes_applied_through:
+            rec.likes_applied_through = offset + 1
+        self._set_liked(rec, actor, liked, time_ms)
+        self.dirty_posts.add(post_id)
+        self.changed_posts.add(post_id)
+
     # -- posts --------------------------------------------------------------------
     def _post_created(self, event: ev.Event, offset: int, time_ms: int) -> None:
         created = event.post_created

@@ -193,3 +193,19 @@ def test_state_survives_a_fresh_cache() -> None:
     assert h.counts(P) == (1, 1)
     h.like(P, "u1")
     assert h.counts(P) == (1, 1)
+
+
+def test_like_fast_path_matches_the_general_path() -> None:
+    general, fast = Harness(), Harness()
+    for h in (general, fast):
+        h.create(P, "author")
+    actions = [("u1", False), ("u2", False), ("u1", False), ("u1", True), ("author", False)]
+    for i, (user, unlike) in enumerate(actions):
+        general.like(P, user, T0 + i, unlike=unlike)
+        event = ev.Event(event_id=f"e{i}", actor_user_id=user)
+        (event.post_unliked if unlike else event.post_liked).post_id = P
+        fast.state.apply_like(P, user, not unlike, i, event, T0 + i)
+    g, f = general.state.post(P), fast.state.post(P)
+    assert g is not None and f is not None
+    assert (g.post.like_count, g.trending) == (f.post.like_count, f.trending)
+    assert g.likes_applied_through == f.likes_applied_through
