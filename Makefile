@@ -12,11 +12,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 TOOLS := .cache/bin
 GRPCURL_VERSION := v1.9.3
-GHZ_VERSION := v0.121.0
+GHZ_VERSION := v0.120.0
 PROTOS := $(wildcard protos/mysocial/v1/*.proto protos/mysocial/internal/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: run test check lint typecheck buf-lint unit deps gen tools broker-fetch bench bench-smoke clean
+.PHONY: run test check lint typecheck buf-lint deps gen tools broker-fetch bench bench-smoke clean
 
 run: deps gen broker-fetch
 	$(BIN)/python -m mysocial.run
@@ -42,7 +42,7 @@ mysocial/v1/.generated: $(PROTOS) $(VENV)/.installed
 	  --python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTOS)
 	@touch mysocial/v1/__init__.py mysocial/internal/__init__.py mysocial/internal/v1/__init__.py $@
 
-tools: node_modules/.installed $(TOOLS)/grpcurl
+tools: node_modules/.installed $(TOOLS)/grpcurl $(TOOLS)/ghz
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -66,6 +66,14 @@ typecheck: deps gen
 
 buf-lint: node_modules/.installed
 	npx --no-install buf lint
+
+# The benchmark suite (~15-20 min on 2 cores): bench/results/*.json, docs/BENCHMARKS.md.
+bench: deps gen tools broker-fetch
+	$(BIN)/python -m bench
+
+# The same suite at tiny sizes (also run by `make test`, so the benchmark code cannot rot).
+bench-smoke: deps gen tools broker-fetch
+	$(BIN)/python -m bench --smoke
 
 clean:
 	rm -rf $(VENV) mysocial/v1 mysocial/internal node_modules .mypy_cache .ruff_cache .pytest_cache

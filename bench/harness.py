@@ -160,8 +160,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "kafka": kafka_version(),
         "java": java[0] if java else "",
-        "confluent_kafka": confluent_kafka.version()[0],
-        "librdkafka": confluent_kafka.libversion()[0],
+        "confluent_kafka": _first(confluent_kafka.version()),
+        "librdkafka": _first(confluent_kafka.libversion()),
         "grpcio": grpc.__version__,
         "protobuf": google.protobuf.__version__,
     }
@@ -176,3 +176,8 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _first(version: Any) -> str:
+    """confluent-kafka returns (text, int) tuples or plain strings depending on version."""
+    return str(version[0]) if isinstance(version, tuple) else str(version)

@@ -1,0 +1,1 @@
+"""Peer implementations of the processor's count aggregation, for throughput comparisons."""

@@ -1,0 +1,42 @@
+"""Smoke test of the benchmark peers (bench/peers): each one, run through its runner on a
+small backlog, must produce exactly the counts of the ground truth.
+
+The first run builds the Kafka Streams app with Maven and creates the Quix virtualenv
+(both cached under .cache/); figures come from `python -m bench.peers.<peer>_peer`, not
+from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bench.backlog import BacklogSpec, write_backlog
+from bench.harness import fresh_settings
+from bench.peers.common import Runner
+from bench.peers.kstreams_peer import run_kstreams
+from bench.peers.quix_peer import run_quix
+from mysocial.config import Settings
+
+POSTS = 200
+ENGAGEMENTS = 5_000
+
+
+@pytest.fixture(scope="module")
+def backlog(kafka_bootstrap: str) -> Iterator[tuple[Settings, int]]:
+    settings = fresh_settings(kafka_bootstrap, likes_partitions=4, posts_partitions=4)
+    written, _ = write_backlog(settings, BacklogSpec(posts=POSTS, engagements=ENGAGEMENTS))
+    yield settings, written - POSTS
+
+
+@pytest.mark.parametrize("runner", [run_kstreams, run_quix], ids=["kstreams", "quix"])
+def test_peer_counts_match_ground_truth(backlog: tuple[Settings, int], runner: Runner) -> None:
+    settings, events = backlog
+    assert events == ENGAGEMENTS
+    result: dict[str, Any] = runner(settings, events, 240.0)
+    assert result["correct"] is True, result
+    assert result["mismatches"] == 0
+    assert result["posts_checked"] > POSTS // 2
+    assert result["events_per_s"] > 0

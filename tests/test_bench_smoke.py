@@ -1,0 +1,42 @@
+"""The benchmark suite at tiny sizes: every benchmark runs end to end in seconds, so the
+benchmark code cannot rot. Figures from this run mean nothing and are not reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from mysocial.config import PROJECT_ROOT
+
+
+def test_benchmark_suite_smoke_run(kafka_bootstrap: str) -> None:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    summary = json.loads(
+        (PROJECT_ROOT / "bench" / "results" / "smoke" / "summary.json").read_text()
+    )
+    for key in (
+        "T1_ratio_B1",
+        "T2_events_per_s",
+        "T2_ratio_B3",
+        "T2_ratio_P1",
+        "T2_ratio_P2",
+        "T3_ratio",
+        "T4_p50_ms",
+        "T4_p99_ms",
+        "T5_knee_per_s",
+        "M1_bytes_per_like",
+        "M1_bytes_per_post",
+    ):
+        assert isinstance(summary[key], int | float), key
+    assert summary["machine"]["cores"] >= 1
