@@ -127,6 +127,7 @@ class Processor:
         self.consumed: dict[tuple[str, int], int] = {}
         self.repartitioned: dict[int, int] = {}
         self.engagement_paused = False
+        self.paused_logged = 0.0
         self.in_txn = False
         self.txn_started = 0.0
         self.running = True
@@ -345,25 +346,32 @@ class Processor:
         their way to this instance (posts not yet re-keyed, or re-keyed records not yet
         read back). Otherwise a backlog would park every like in the pending queue of a
         post that arrives a moment later, tripling the work of catching up."""
-        behind = False
+        behind = ""
         for (topic, p), consumed in self.consumed.items():
             if topic == self.topic_posts:
                 _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
-                behind = behind or (high > 0 and consumed < high)
+                if high > 0 and consumed < high:
+                    behind = f"posts[{p}] at {consumed} of {high}"
+                    break
         if not behind:
             for p, target in self.repartitioned.items():
-                if self.consumed.get((self.topic_by_id, p), 0) < target:
-                    behind = True
+                consumed = self.consumed.get((self.topic_by_id, p), 0)
+                if consumed < target:
+                    behind = f"posts-by-id[{p}] at {consumed} of {target}"
                     break
-        if behind != self.engagement_paused:
+        paused = bool(behind)
+        if paused != self.engagement_paused:
             held = [
                 TopicPartition(t, p)
                 for t in (self.topic_likes, self.topic_comments)
                 for p in self.tasks
             ]
             if held:
-                (self.consumer.pause if behind else self.consumer.resume)(held)
-            self.engagement_paused = behind
+                (self.consumer.pause if paused else self.consumer.resume)(held)
+            self.engagement_paused = paused
+        elif paused and time.monotonic() - self.paused_logged > 10:
+            self.paused_logged = time.monotonic()
+            log.info("engagement_still_paused", reason=behind)
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
         self.counters.dead_letters += 1
@@ -560,6 +568,12 @@ class Processor:
             self.tasks[p] = Task(p, store, TaskState(store, self.trending))
         changelog_done = time.monotonic()
         self.ranking.on_assign(committed, self.tasks, self.restore_consumer, self.clock())
+        # Assign now (restore is done), and explicitly unpaused: a partition paused
+        # before the rebalance could otherwise stay paused; flow control decides again.
+        consumer.assign(partitions)
+        held = [tp for tp in partitions if tp.topic in (self.topic_likes, self.topic_comments)]
+        if held:
+            consumer.resume(held)
         done = time.monotonic()
         log.info(
             "partitions_assigned",
