@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         log(f"B2 {results['B2']['msg_per_s']:.0f} msg/s")
         results["catchup"] = catchup_and_peers(bootstrap, sizes, logs)
-        settings = fresh_settings(bootstrap, log_level="warning")
+        settings = fresh_settings(bootstrap, log_level="info")
         results["T3"] = t3_fanout(
             settings,
             sizes.fanout_subscribers,
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         t3 = results["T3"]
         log(f"T3 {t3['query_msgs_per_s']:.0f} vs no-op {t3['noop_msgs_per_s']:.0f} msg/s")
         results["M1_query"] = query_bytes_per_post(bootstrap, *sizes.m1_posts, log_dir=logs)
-        settings = fresh_settings(bootstrap, log_level="warning")
+        settings = fresh_settings(bootstrap, log_level="info")
         system = RunningSystem(settings, logs / "system")
         try:
             results["T5"] = knee(system, list(sizes.knee_rates), sizes.window_seconds)

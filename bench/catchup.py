@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.harness import Child
 from mysocial.config import Settings
-from processor.audit import audit, wait_caught_up
+from processor.audit import audit, settle, wait_caught_up
 
 
 def run_processors(
@@ -52,6 +52,8 @@ def run_processors(
             raise RuntimeError("processors did not catch up in time")
         for i, child in enumerate(children):
             peak_rss[i] = max(peak_rss[i], child.rss_bytes())
+        if verify:
+            settle(settings, 60)  # let trending publish what it has caught up on
     finally:
         for child in children:
             child.stop()

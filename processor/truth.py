@@ -156,6 +156,11 @@ def trending_score(cfg: TrendingConfig, post: TruePost, now_ms: int) -> tuple[fl
 
 def trending_ranking(cfg: TrendingConfig, truth: Truth, now_ms: int) -> list[tuple[str, float]]:
     """The expected global top-K at now_ms as (post_id, score), best first."""
+    return eligible_scores(cfg, truth, now_ms)[: cfg.top_k]
+
+
+def eligible_scores(cfg: TrendingConfig, truth: Truth, now_ms: int) -> list[tuple[str, float]]:
+    """Every post that may trend at now_ms with its score, best first."""
     scored = []
     for post in truth.live().values():
         score, counted, newest = trending_score(cfg, post, now_ms)
@@ -166,4 +171,4 @@ def trending_ranking(cfg: TrendingConfig, truth: Truth, now_ms: int) -> list[tup
         ):
             scored.append((post.post_id, score))
     scored.sort(key=lambda item: (-item[1], item[0]))
-    return scored[: cfg.top_k]
+    return scored

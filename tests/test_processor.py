@@ -28,7 +28,7 @@ from mysocial.kafka.topics import provision
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import events_pb2 as ev
-from processor.audit import audit, wait_caught_up
+from processor.audit import audit, settle, wait_caught_up
 from tests.conftest import make_settings
 from tests.helpers import auth, free_port, kafka_partition, python_env, service_process
 from tests.workload import Model, Workload
@@ -96,7 +96,7 @@ def command_service(settings: Settings, log_dir: Path) -> Iterator[str]:
 
 
 def check_exact(settings: Settings, model: Model) -> None:
-    assert wait_caught_up(settings, 120), "processor did not catch up"
+    assert settle(settings, 120), "processor did not catch up"
     table = latest_by_key(settings.bootstrap, settings.topic("posts_with_counts"))
     problems = model.diff(table)
     assert problems == [], f"{len(problems)} posts differ from the model: {problems[:10]}"
