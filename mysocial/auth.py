@@ -25,8 +25,39 @@ def mint_token(user_id: str, secret: str, ttl_s: int = 24 * 3600, now: float | N
     return jwt.encode({"sub": user_id, "iat": issued, "exp": issued + ttl_s}, secret, ALGORITHM)
 
 
+class TokenCache:
+    """Verified tokens → (user id, expiry), so a client's every call does not pay for
+    HMAC and JSON again (a token is reused for hours). Expiry is checked on each hit;
+    only tokens that verified are cached, keyed by their exact text and secret."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self.size = size
+        self.entries: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def verify(self, token: str, secret: str) -> str:
+        key = (token, secret)
+        hit = self.entries.get(key)
+        if hit is not None:
+            if time.time() < hit[1]:
+                return hit[0]
+            del self.entries[key]
+            raise Unauthenticated("bearer token expired")
+        user_id, expires = _verify(token, secret)
+        if len(self.entries) >= self.size:
+            self.entries.pop(next(iter(self.entries)))
+        self.entries[key] = (user_id, expires)
+        return user_id
+
+
+_CACHE = TokenCache()
+
+
 def verify_token(token: str, secret: str) -> str:
     """Return the token's user id; raise Unauthenticated saying what is wrong."""
+    return _CACHE.verify(token, secret)
+
+
+def _verify(token: str, secret: str) -> tuple[str, float]:
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]}
@@ -42,7 +73,7 @@ def verify_token(token: str, secret: str) -> str:
     user_id = claims.get("sub")
     if not isinstance(user_id, str) or not is_user_id(user_id):
         raise Unauthenticated("bearer token subject is not a valid user id")
-    return user_id
+    return user_id, float(claims["exp"])
 
 
 def actor_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None, secret: str) -> str:

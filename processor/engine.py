@@ -40,6 +40,7 @@ from mysocial.config import Settings
 from mysocial.events import InvalidEvent, check, event_time_ms
 from mysocial.kafka import client_logger, consume_batch, topics
 from mysocial.kafka.partitioning import partition_for
+from mysocial.kafka.reader import watermarks
 from mysocial.log import get_logger
 from mysocial.v1 import events_pb2 as ev
 from processor.ranking import Ranking
@@ -594,9 +595,7 @@ class Processor:
         stores = {p: self.store.task(p) for p in partitions}
         for p in partitions:
             store = stores[p]
-            low, high = self.restore_consumer.get_watermark_offsets(
-                TopicPartition(self.topic_changelog, p), timeout=30
-            )
+            low, high = watermarks(self.restore_consumer, self.topic_changelog, p, 30)
             ckpt = store.checkpoint()
             start = OFFSET_BEGINNING
             if (

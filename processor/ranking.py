@@ -34,6 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mysocial.config import Settings
 from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
+from mysocial.kafka.reader import watermarks
 from mysocial.log import get_logger
 from mysocial.v1 import resources_pb2 as res
 from processor import trending
@@ -363,7 +364,7 @@ def _read_range(consumer: Consumer, topic: str, start: int, end: int) -> list[Me
 
 
 def _last_ranking(consumer: Consumer, topic: str) -> res.TrendingRanking | None:
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
+    low, high = watermarks(consumer, topic, 0, 30)
     if high <= low:
         return None
     last: Any = None

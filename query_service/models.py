@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from sortedcontainers import SortedList
+from sortedcontainers import SortedDict, SortedList
 
 from mysocial.kafka import topics
 from mysocial.v1 import events_pb2 as ev
@@ -38,6 +38,9 @@ class PostView:
     posts_at: int  # offsets just past the newest applied event, per source
     likes_at: int
     comments_at: int
+    seq: int = 0  # change sequence number of the newest change (feed streams)
+    created_seq: int = 0
+    updates: int = 0
 
     @property
     def feed_key(self) -> FeedKey:
@@ -88,6 +91,12 @@ class ReadModel:
         self.listeners: list[Listener] = []
         self.trending_listeners: list[Callable[[res.TrendingRanking], None]] = []
         self.waiters: dict[str, list[Waiter]] = {}
+        # Change index for feed streams: every change gets the next sequence number;
+        # a stream remembers the last number it has seen and asks for the posts
+        # changed since, so fan-out costs one entry per change, not one per reader.
+        self.seq = 0
+        self.by_seq: SortedDict[int, str] = SortedDict()
+        self.deleted_at: dict[str, tuple[int, str]] = {}  # post -> (seq, author)
 
     # -- applying records ------------------------------------------------------------
     def apply_post_record(self, post_id: str, value: ev.PostWithCounts | None) -> Change | None:
@@ -98,6 +107,11 @@ class ReadModel:
             self.deleted.add(post_id)
             self.comments.pop(post_id, None)
             if view is not None:
+                self.seq += 1
+                self.by_seq.pop(view.seq, None)
+                self.by_seq[self.seq] = post_id
+                self.deleted_at[post_id] = (self.seq, view.post.author_id)
+                self._prune_deleted()
                 self.feed.discard(view.feed_key)
                 author = self.by_author.get(view.post.author_id)
                 if author is not None:
@@ -118,12 +132,31 @@ class ReadModel:
             self.posts[post_id] = view
             self.feed.add(view.feed_key)
             self.by_author.setdefault(view.post.author_id, SortedList()).add(view.feed_key)
+            self.seq += 1
+            view.seq = view.created_seq = self.seq
+            self.by_seq[self.seq] = post_id
             return Change.CREATED
+        self.seq += 1
+        self.by_seq.pop(view.seq, None)
+        view.seq = self.seq
+        view.updates += 1
+        self.by_seq[self.seq] = post_id
         view.post = value.post
         view.posts_at = max(view.posts_at, value.posts_applied_through)
         view.likes_at = max(view.likes_at, value.likes_applied_through)
         view.comments_at = max(view.comments_at, value.comments_applied_through)
         return Change.UPDATED
+
+    def _prune_deleted(self, keep: int = 100_000) -> None:
+        """Forget the oldest deletions in the change index (streams that far behind resync)."""
+        while len(self.deleted_at) > keep:
+            oldest = next(iter(self.deleted_at))
+            seq, _ = self.deleted_at.pop(oldest)
+            self.by_seq.pop(seq, None)
+
+    def changed_since(self, cursor: int) -> list[tuple[int, str]]:
+        """(sequence number, post id) of every post whose newest change is after cursor."""
+        return [(seq, self.by_seq[seq]) for seq in self.by_seq.irange(minimum=cursor + 1)]
 
     def apply_comment_event(
         self, partition: int, offset: int, event: ev.Event, time_ms: int

@@ -17,9 +17,9 @@ from mysocial import log as logconf
 from mysocial.config import Settings
 from mysocial.media import MediaLibrary
 from mysocial.rpc import RunningServer, start_server, wait_for_signal
-from mysocial.v1 import query_service_pb2, query_service_pb2_grpc
+from mysocial.v1 import query_service_pb2
 from query_service.service import ReadSide
-from query_service.servicer import QueryServicer
+from query_service.servicer import QueryServicer, register
 
 log = logconf.get_logger("query.server")
 
@@ -44,7 +44,7 @@ class QueryServer:
         servicer = QueryServicer(read_side, media)
         running = await start_server(
             addr or settings.query_addr,
-            lambda s: query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, s),
+            lambda s: register(servicer, s),
             [SERVICE_NAME],
             serving=False,
         )

@@ -18,7 +18,7 @@ from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import resources_pb2 as res
 from query_service import queries
 from query_service.models import Change, ReadModel
-from query_service.streams import Hub
+from query_service.streams import FeedSubscription, Hub
 from query_service.tailer import COMMENT, POST, TRENDING, Item, Tailer
 
 log = get_logger("query.service")
@@ -43,6 +43,7 @@ class ReadSide:
         self.ready = asyncio.Event()
         self.tailer: Tailer | None = None
         self.on_ready: list[Callable[[], None]] = []
+        self._feed_cache: dict[tuple[str, int, int], bytes] = {}
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -183,28 +184,64 @@ class ReadSide:
             )
         return q.WatchPostsResponse(post=post, skipped_updates=skipped)
 
-    async def watch_feed(
-        self, author_id: str, snapshot_size: int
-    ) -> AsyncIterator[q.WatchFeedResponse]:
+    async def watch_feed(self, author_id: str, snapshot_size: int) -> AsyncIterator[bytes]:
+        """Snapshot, then the posts changed since this reader last looked (pre-serialized)."""
         author = queries.author_id(author_id)
         size = queries.page_size(snapshot_size, "snapshot_size")
-        sub = self.hub.watch_feed(author)
+        model = self.model
+        sub = self.hub.watch_feed(author, model.seq)
         try:
             for message in self._feed_snapshot(author, size, 0):
-                yield message
+                yield message.SerializeToString()
             while True:
                 await sub.wait()
-                if sub.resync:
-                    skipped = sub.resync_skipped
-                    sub.resync, sub.resync_skipped = False, 0
-                    sub.pending.clear()
-                    for message in self._feed_snapshot(author, size, skipped):
-                        yield message
+                changed = model.changed_since(sub.cursor)
+                seen, sub.cursor = sub.cursor, model.seq
+                if len(changed) > FEED_CAPACITY:
+                    # Too far behind to catch up post by post: a fresh snapshot instead.
+                    for message in self._feed_snapshot(author, size, len(changed)):
+                        yield message.SerializeToString()
                     continue
-                for pid, pending in sub.take():
-                    yield self._feed_message(pid, pending.change, pending.skipped)
+                for _, post_id in changed:
+                    update = self._feed_bytes(post_id, author, seen, sub)
+                    if update is not None:
+                        yield update
         finally:
-            self.hub.unsubscribe(sub)
+            self.hub.unsubscribe_feed(sub)
+
+    def _feed_bytes(
+        self, post_id: str, author: str, seen: int, sub: FeedSubscription
+    ) -> bytes | None:
+        """The serialized update for post_id, shared by every reader of that version."""
+        view = self.model.posts.get(post_id)
+        if view is None:
+            deleted = self.model.deleted_at.get(post_id)
+            if deleted is None or (author and deleted[1] != author):
+                return None
+            key = (post_id, deleted[0], q.FEED_EVENT_KIND_DELETED)
+            skipped = 0
+        else:
+            if author and view.post.author_id != author:
+                return None
+            kind = (
+                q.FEED_EVENT_KIND_CREATED if view.created_seq > seen else q.FEED_EVENT_KIND_UPDATED
+            )
+            key = (post_id, view.seq, kind)
+            skipped = sub.skipped(post_id, view.updates)
+        cached = self._feed_cache.get(key)
+        if cached is None:
+            if view is None:
+                message = q.WatchFeedResponse(kind=key[2], post=res.Post(post_id=post_id))
+            else:
+                message = q.WatchFeedResponse(kind=key[2], post=view.post)
+            cached = message.SerializeToString()
+            if len(self._feed_cache) > 20_000:
+                self._feed_cache.clear()
+            self._feed_cache[key] = cached
+        if skipped:
+            # Protobuf fields may be appended: the shared bytes plus this reader's count.
+            cached += q.WatchFeedResponse(skipped_updates=skipped).SerializeToString()
+        return cached
 
     def _feed_snapshot(self, author: str, size: int, skipped: int) -> list[q.WatchFeedResponse]:
         posts = self.model.newest(author, size)
@@ -214,17 +251,6 @@ class ReadSide:
         out = [q.WatchFeedResponse(kind=kind, post=p, skipped_updates=skipped) for p in posts]
         out[-1].snapshot_complete = True
         return out
-
-    def _feed_message(self, post_id: str, change: Change, skipped: int) -> q.WatchFeedResponse:
-        post = self.model.get(post_id)
-        if post is None or change == Change.DELETED:
-            return q.WatchFeedResponse(
-                kind=q.FEED_EVENT_KIND_DELETED,
-                post=res.Post(post_id=post_id),
-                skipped_updates=skipped,
-            )
-        kind = q.FEED_EVENT_KIND_CREATED if change == Change.CREATED else q.FEED_EVENT_KIND_UPDATED
-        return q.WatchFeedResponse(kind=kind, post=post, skipped_updates=skipped)
 
     async def watch_trending(self, limit: int) -> AsyncIterator[q.WatchTrendingResponse]:
         n = queries.limit(limit)

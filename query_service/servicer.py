@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
 
 from mysocial.media import RENDITION_TO_PROTO, MediaLibrary
 from mysocial.rpc import Ctx, stream, unary
@@ -70,9 +73,11 @@ class QueryServicer(q_grpc.QueryServiceServicer):
             yield message
 
     @stream
-    async def WatchFeed(
+    async def WatchFeed(  # type: ignore[override]
         self, request: q.WatchFeedRequest, context: Ctx
-    ) -> AsyncIterator[q.WatchFeedResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Yields serialized WatchFeedResponse messages (shared by all readers of a version;
+        see register())."""
         await self._prepare(request.consistency_token, context)
         async for message in self.read.watch_feed(request.author_id, request.snapshot_size):
             yield message
@@ -105,3 +110,35 @@ class QueryServicer(q_grpc.QueryServiceServicer):
             )
             async for chunk in self.media.chunks(opened):
                 yield q.GetImageResponse(chunk=chunk)
+
+
+def _serialize(message: Any) -> bytes:
+    """Streams may yield messages or bytes already serialized once for many readers."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def register(servicer: QueryServicer, server: grpc.aio.Server) -> None:
+    """add_QueryServiceServicer_to_server, with streaming responses that may be bytes."""
+
+    class Capture:
+        handlers: dict[str, Any] = {}
+
+        def add_generic_rpc_handlers(self, _: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, _: str, handlers: Any) -> None:
+            self.handlers = dict(handlers)
+
+    capture = Capture()
+    q_grpc.add_QueryServiceServicer_to_server(servicer, capture)  # type: ignore[arg-type]
+    handlers = capture.handlers
+    for name in ("WatchPosts", "WatchFeed", "WatchTrending", "GetImage"):
+        h = handlers[name]
+        handlers[name] = grpc.unary_stream_rpc_method_handler(
+            h.unary_stream,
+            request_deserializer=h.request_deserializer,
+            response_serializer=_serialize,
+        )
+    full_name = q.DESCRIPTOR.services_by_name["QueryService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(full_name, handlers),))
+    server.add_registered_method_handlers(full_name, handlers)

@@ -1,11 +1,13 @@
 """Fan-out of read-model changes to streaming subscribers, with bounded memory.
 
-Each subscriber owns a coalescing queue of *keys* (post ids), not messages: a post
-changed 500 times while the reader was busy is one pending entry, and the message is
-built from the latest state when it is finally sent. The queue has a capacity; a
-subscriber that falls further behind is switched to "resync": its pending entries are
-dropped and its next message starts with a fresh snapshot that says how many updates
-it skipped. Memory per subscriber is therefore bounded whatever the write rate.
+WatchPosts and WatchTrending subscribers own a coalescing queue of *keys* (post ids),
+not messages: a post changed 500 times while the reader was busy is one pending
+entry, and the message is built from the latest state when it is finally sent; the
+queue holds at most the watched posts. Feed subscribers (every post) hold only a
+cursor into the read model's change index and ask it, when ready to send, which posts
+changed since: one entry per change however many readers, and a reader too far
+behind gets a fresh snapshot saying how many updates it skipped. Memory per
+subscriber is therefore bounded whatever the write rate.
 """
 
 from __future__ import annotations
@@ -74,21 +76,48 @@ class Subscription:
         return out
 
 
+@dataclass(eq=False)
+class FeedSubscription:
+    """A feed stream: a cursor into the read model's change index, woken on changes.
+
+    It holds no queue at all: when it is ready to send, it asks the read model which
+    posts changed after its cursor, so a slow reader costs nothing while it is slow.
+    """
+
+    author_id: str
+    cursor: int = 0
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # Update count of each post when it was last sent here (bounded), for skipped_updates.
+    sent: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    closed: bool = False
+
+    async def wait(self) -> None:
+        await self.wakeup.wait()
+        self.wakeup.clear()
+
+    def skipped(self, post_id: str, updates: int, limit: int = 4096) -> int:
+        """Updates of post_id this reader never saw separately; remembers this send."""
+        previous = self.sent.pop(post_id, None)
+        self.sent[post_id] = updates
+        if len(self.sent) > limit:
+            self.sent.popitem(last=False)
+        return max(0, updates - previous - 1) if previous is not None else 0
+
+
 class Hub:
     """Routes read-model changes to the subscriptions interested in them."""
 
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = capacity
         self.by_post: dict[str, set[Subscription]] = {}
-        self.feed: set[Subscription] = set()
-        self.by_author: dict[str, set[Subscription]] = {}
-        self.author_of: dict[Subscription, str] = {}
+        self.feed: set[FeedSubscription] = set()
+        self.by_author: dict[str, set[FeedSubscription]] = {}
         self.trending: set[Subscription] = set()
 
     def __len__(self) -> int:
         posts = {s for subs in self.by_post.values() for s in subs}
-        authors = {s for subs in self.by_author.values() for s in subs}
-        return len(posts | authors | self.feed | self.trending)
+        authors = sum(len(subs) for subs in self.by_author.values())
+        return len(posts | self.trending) + len(self.feed) + authors
 
     # -- subscribe ------------------------------------------------------------------
     def watch_posts(self, post_ids: list[str]) -> Subscription:
@@ -97,11 +126,10 @@ class Hub:
             self.by_post.setdefault(pid, set()).add(sub)
         return sub
 
-    def watch_feed(self, author_id: str) -> Subscription:
-        sub = Subscription(capacity=self.capacity)
+    def watch_feed(self, author_id: str, cursor: int) -> FeedSubscription:
+        sub = FeedSubscription(author_id, cursor)
         if author_id:
             self.by_author.setdefault(author_id, set()).add(sub)
-            self.author_of[sub] = author_id
         else:
             self.feed.add(sub)
         return sub
@@ -119,27 +147,31 @@ class Hub:
                 subs.discard(sub)
                 if not subs:
                     del self.by_post[pid]
-        self.feed.discard(sub)
         self.trending.discard(sub)
-        author = self.author_of.pop(sub, None)
-        if author is not None:
-            subs = self.by_author.get(author)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self.by_author[author]
+
+    def unsubscribe_feed(self, sub: FeedSubscription) -> None:
+        sub.closed = True
+        self.feed.discard(sub)
+        subs = self.by_author.get(sub.author_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.by_author[sub.author_id]
 
     # -- publish ----------------------------------------------------------------------
     def on_changes(self, changes: list[tuple[Change, str]], author_of: dict[str, str]) -> None:
+        """After a batch: queue per-post watchers, wake feed streams once each."""
         for change, post_id in changes:
             for sub in self.by_post.get(post_id, ()):
                 sub.offer(change, post_id)
-            for sub in self.feed:
-                sub.offer(change, post_id)
-            author = author_of.get(post_id)
-            if author is not None:
-                for sub in self.by_author.get(author, ()):
-                    sub.offer(change, post_id)
+        if not changes:
+            return
+        for feed_sub in self.feed:
+            feed_sub.wakeup.set()
+        if self.by_author:
+            for author in {author_of.get(pid) for _, pid in changes}:
+                for feed_sub in self.by_author.get(author or "", ()):
+                    feed_sub.wakeup.set()
 
     def on_trending(self, version: int) -> None:
         for sub in self.trending:

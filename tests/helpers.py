@@ -12,14 +12,13 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-
 from mysocial.auth import mint_token
 from mysocial.config import DEV_JWT_SECRET, PROJECT_ROOT, Settings
+from mysocial.kafka import reader
+from mysocial.kafka.reader import Record as Record
 
 T = TypeVar("T")
 
@@ -66,90 +65,9 @@ def auth(user: str, secret: str = DEV_JWT_SECRET, ttl: int = 3600) -> Metadata:
     return (("authorization", f"Bearer {mint_token(user, secret, ttl)}"),)
 
 
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: dict[str, bytes]
-    timestamp_ms: int
-
-
-def to_record(msg: Any) -> Record:
-    """A consumed confluent-kafka Message as a plain Record."""
-    headers = {str(k): bytes(v) for k, v in (msg.headers() or [])}
-    return Record(
-        msg.topic(),
-        msg.partition(),
-        msg.offset(),
-        msg.key(),
-        msg.value(),
-        headers,
-        msg.timestamp()[1],
-    )
-
-
-def read_topic(
-    bootstrap: str, topic: str, timeout: float = 10.0, isolation: str = "read_committed"
-) -> list[Record]:
-    """Every record of topic from the beginning up to its current end."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-reader-{os.getpid()}-{time.monotonic_ns()}",
-            "enable.auto.commit": False,
-            "isolation.level": isolation,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        md = consumer.list_topics(topic, timeout=timeout)
-        parts = sorted(md.topics[topic].partitions)
-        ends = {}
-        for p in parts:
-            ends[p] = _high_watermark(consumer, topic, p, timeout)
-        todo = {p for p in parts if ends[p] > 0}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
-        out: list[Record] = []
-        deadline = time.monotonic() + timeout
-        while todo and time.monotonic() < deadline:
-            for msg in consumer.consume(500, 0.2):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(msg.partition())
-                        continue
-                    raise RuntimeError(str(err))
-                rec = to_record(msg)
-                out.append(rec)
-                if rec.offset + 1 >= ends[rec.partition]:
-                    todo.discard(rec.partition)
-        if todo:
-            raise AssertionError(f"could not read {topic} partitions {sorted(todo)} to the end")
-        return out
-    finally:
-        consumer.close()
-
-
-def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout: float) -> int:
-    """High watermark, retrying while a just-created partition's leader settles."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return int(
-                consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)[1]
-            )
-        except KafkaException as exc:
-            retriable = exc.args[0].code() in (
-                KafkaError.NOT_LEADER_FOR_PARTITION,
-                KafkaError.LEADER_NOT_AVAILABLE,
-                KafkaError.UNKNOWN_TOPIC_OR_PART,
-            )
-            if not retriable or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
+    """Every committed record of topic, from the beginning to its current end."""
+    return reader.read_topic(bootstrap, topic, timeout)
 
 
 def murmur2(data: bytes) -> int:

@@ -214,3 +214,21 @@ def test_readme_documents_every_setting() -> None:
     assert settings_markdown() in (PROJECT_ROOT / "README.md").read_text(), (
         "README settings table is stale: run `python -m mysocial.config`"
     )
+
+
+def test_token_cache_still_enforces_expiry() -> None:
+    from mysocial.auth import TokenCache
+
+    cache = TokenCache(size=2)
+    secret = "s" * 32
+    token = mint_token("alice", secret, 60)
+    assert cache.verify(token, secret) == "alice"
+    assert cache.verify(token, secret) == "alice"  # served from the cache
+    cache.entries[(token, secret)] = ("alice", time.time() - 1)  # time passes
+    with pytest.raises(Unauthenticated, match="expired"):
+        cache.verify(token, secret)
+    with pytest.raises(Unauthenticated):
+        cache.verify(token, "other" * 8)  # a different secret is not a hit
+    for user in ("a1", "a2", "a3"):
+        cache.verify(mint_token(user, secret, 60), secret)
+    assert len(cache.entries) <= 2

@@ -192,13 +192,36 @@ def test_a_reader_too_far_behind_is_switched_to_resync() -> None:
     assert len(sub.pending) == 0  # memory stays bounded whatever arrives
 
 
-def test_hub_routes_by_post_author_and_feed() -> None:
+def test_hub_routes_by_post_and_wakes_feeds_once_per_batch() -> None:
     hub = Hub(capacity=10)
-    feed, alice, post = hub.watch_feed(""), hub.watch_feed("alice"), hub.watch_posts(["p1"])
-    hub.on_changes([(Change.CREATED, "p1"), (Change.CREATED, "p2")], {"p1": "alice", "p2": "bob"})
-    assert list(feed.pending) == ["p1", "p2"]
-    assert list(alice.pending) == ["p1"]
+    feed, alice, bob = hub.watch_feed("", 0), hub.watch_feed("alice", 0), hub.watch_feed("bob", 0)
+    post = hub.watch_posts(["p1"])
+    hub.on_changes([(Change.CREATED, "p1"), (Change.UPDATED, "p1")], {"p1": "alice"})
     assert list(post.pending) == ["p1"]
+    assert feed.wakeup.is_set() and alice.wakeup.is_set() and not bob.wakeup.is_set()
     hub.unsubscribe(post, ["p1"])
-    hub.unsubscribe(alice)
-    assert not hub.by_post and not hub.by_author and len(hub) == 1
+    hub.unsubscribe_feed(alice)
+    assert not hub.by_post and "alice" not in hub.by_author and len(hub) == 2
+
+
+def test_change_index_lists_each_post_once_at_its_newest_change() -> None:
+    m = model()
+    a, b = ids(2)
+    m.apply_post_record(a, record(a, "x", T0))
+    cursor = m.seq
+    m.apply_post_record(b, record(b, "x", T0 + 1))
+    m.apply_post_record(a, record(a, "x", T0, likes=1))
+    m.apply_post_record(a, record(a, "x", T0, likes=2))
+    assert [pid for _, pid in m.changed_since(cursor)] == [b, a]
+    m.apply_post_record(b, None)
+    assert [pid for _, pid in m.changed_since(cursor)] == [a, b] and b in m.deleted_at
+    assert m.posts[a].updates == 2
+
+
+def test_feed_skipped_updates_count_what_a_reader_missed() -> None:
+    from query_service.streams import FeedSubscription
+
+    sub = FeedSubscription("")
+    assert sub.skipped("p", 3) == 0  # first time: nothing known
+    assert sub.skipped("p", 4) == 0
+    assert sub.skipped("p", 9) == 4
