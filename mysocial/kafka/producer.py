@@ -126,12 +126,12 @@ class AsyncProducer:
                 await asyncio.sleep(0.005)
             except KafkaException as exc:
                 raise DeliveryError(str(exc)) from exc
+        # A timer instead of wait_for(): no extra task per request on the hot path.
+        expiry = self._loop.call_at(deadline, _expire, fut, timeout)
         try:
-            return await asyncio.wait_for(
-                asyncio.shield(fut), max(0.0, deadline - self._loop.time())
-            )
-        except TimeoutError:
-            raise DeliveryError(f"no acknowledgement from Kafka within {timeout:.1f}s") from None
+            return await fut
+        finally:
+            expiry.cancel()
 
     def _recreate(self) -> None:
         """Replace a producer that hit a fatal error (idempotence state lost)."""
@@ -153,6 +153,11 @@ class AsyncProducer:
         self._thread.join(timeout=2.0)
         self._hand_over()
         return remaining
+
+
+def _expire(fut: asyncio.Future[Delivered], timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(DeliveryError(f"no acknowledgement from Kafka within {timeout:.1f}s"))
 
 
 def _resolve_all(batch: list[tuple[asyncio.Future[Delivered], KafkaError | None, Any]]) -> None:
