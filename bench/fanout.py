@@ -37,6 +37,8 @@ WATCH_FEED = "/mysocial.v1.QueryService/WatchFeed"
 def _subscriber_proc(addr: str, streams: int, seconds: float, warmup: float, out: Any) -> None:
     async def main() -> int:
         received = [0]
+        total = [0]
+        errors: list[str] = []
         counting = [False]
         channels = [grpc.aio.insecure_channel(addr) for _ in range(max(1, streams // 100))]
         request = q.WatchFeedRequest(snapshot_size=1).SerializeToString()
@@ -45,10 +47,11 @@ def _subscriber_proc(addr: str, streams: int, seconds: float, warmup: float, out
             call: Any = channel.unary_stream(WATCH_FEED)(request)  # type: ignore[arg-type]
             try:
                 async for _ in call:
+                    total[0] += 1
                     if counting[0]:
                         received[0] += 1
-            except grpc.aio.AioRpcError:
-                pass
+            except grpc.aio.AioRpcError as exc:
+                errors.append(f"{exc.code().name}: {exc.details()}")
 
         tasks = [asyncio.create_task(one(channels[i % len(channels)])) for i in range(streams)]
         await asyncio.sleep(warmup)
@@ -59,6 +62,12 @@ def _subscriber_proc(addr: str, streams: int, seconds: float, warmup: float, out
             task.cancel()
         for channel in channels:
             await channel.close()
+        if errors or not received[0]:
+            print(
+                f"subscriber: {received[0]} counted, {total[0]} in all, errors {errors[:3]}",
+                file=sys.stderr,
+                flush=True,
+            )
         return received[0]
 
     out.put(asyncio.run(main()))

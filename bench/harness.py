@@ -87,6 +87,8 @@ class Child:
 
     def __init__(self, module: str, settings: Settings, log: Path, *args: str, **env: str) -> None:
         self.log = log
+        # Logs are appended across runs: only lines written by this process count.
+        self.start_offset = log.stat().st_size if log.exists() else 0
         with open(log, "ab") as f:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module, *args],
@@ -98,7 +100,10 @@ class Child:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         out = []
-        for line in self.log.read_text(errors="replace").splitlines():
+        with open(self.log, "rb") as f:
+            f.seek(self.start_offset)
+            text = f.read().decode(errors="replace")
+        for line in text.splitlines():
             if f'"{name}"' in line:
                 try:
                     out.append(json.loads(line))

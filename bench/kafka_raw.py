@@ -62,7 +62,9 @@ def b2_produce(settings: Settings, messages: int) -> dict[str, Any]:
     }
 
 
-def _drain(bootstrap: str, group: str, topic_names: list[str], total: int, out: Any) -> None:
+def _drain(
+    bootstrap: str, group: str, topic_names: list[str], total: int, out: Any, first_at: Any
+) -> None:
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -75,7 +77,7 @@ def _drain(bootstrap: str, group: str, topic_names: list[str], total: int, out: 
     )
     consumer.subscribe(topic_names)
     count = 0
-    first = None
+    first: float | None = None
     event = ev.Event()
     idle_since = None
     while True:
@@ -89,7 +91,11 @@ def _drain(bootstrap: str, group: str, topic_names: list[str], total: int, out: 
                 break
             continue
         idle_since = None
-        first = first or time.perf_counter()
+        if first is None:
+            first = time.time()
+            with first_at.get_lock():
+                if first_at.value == 0 or first < first_at.value:
+                    first_at.value = first
         n = 0
         for msg in msgs:
             if msg.error() is None:
@@ -110,10 +116,13 @@ def b3_consume(settings: Settings, processes: int, timeout: float = 600.0) -> di
     total = sum(sum(end_offsets(admin, t, settings.likes_partitions).values()) for t in names)
     ctx = multiprocessing.get_context("spawn")
     counter = ctx.Value("q", 0)
+    first_at = ctx.Value("d", 0.0)
     group = f"bench-b3-{uuid.uuid4().hex}"
     started = time.perf_counter()
     procs = [
-        ctx.Process(target=_drain, args=(settings.bootstrap, group, names, total, counter))
+        ctx.Process(
+            target=_drain, args=(settings.bootstrap, group, names, total, counter, first_at)
+        )
         for _ in range(processes)
     ]
     for p in procs:
@@ -121,14 +130,17 @@ def b3_consume(settings: Settings, processes: int, timeout: float = 600.0) -> di
     deadline = started + timeout
     while counter.value < total and time.perf_counter() < deadline:
         time.sleep(0.05)
+    finished = time.time()
     seconds = time.perf_counter() - started
     for p in procs:
         p.join(60)
+    steady = finished - first_at.value if first_at.value else seconds
     return {
         "events": counter.value,
         "expected": total,
         "seconds": seconds,
         "events_per_s": counter.value / seconds,
+        "events_per_s_excl_startup": counter.value / max(steady, 1e-9),
         "processes": processes,
     }
 
