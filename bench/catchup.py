@@ -70,6 +70,7 @@ def run_processors(
         checked = time.perf_counter()
         report = audit(settings)
         result["audit_ok"] = report.ok
+        result["audit_mismatches"] = (report.mismatches + report.trending_mismatches)[:10]
         result["audit_posts"] = report.posts_checked
         result["audit_s"] = time.perf_counter() - checked
     return result

@@ -92,8 +92,11 @@ def settle(settings: Settings, timeout: float) -> bool:
     """Caught up, and trending recomputed since: the state an audit should see."""
     if not wait_caught_up(settings, timeout):
         return False
+    # Local lists go out on one tick, the merge publishes on the next: a ranking two
+    # intervals younger than the catch-up includes everything consumed.
+    interval_ms = settings.trending_interval_ms
     wait_fresh_ranking(
-        settings, int(time.time() * 1000), 3 * settings.trending_interval_ms / 1000 + 2
+        settings, int(time.time() * 1000) + 2 * interval_ms, 4 * interval_ms / 1000 + 2
     )
     return True
 
