@@ -22,6 +22,7 @@ from command_service.servicer import CommandServicer
 from mysocial import log as logconf
 from mysocial.config import DEV_JWT_SECRET, Settings, split_addr
 from mysocial.media import MediaLibrary
+from mysocial.process import tune_gc
 from mysocial.rpc import RunningServer, start_server, wait_for_signal
 from mysocial.v1 import command_service_pb2, command_service_pb2_grpc
 
@@ -81,6 +82,7 @@ class CommandServer:
 
 async def _worker_main(settings: Settings, addr: str) -> None:
     server = await CommandServer.start(settings, addr)
+    tune_gc()
     sig = await wait_for_signal()
     log.info("shutdown_requested", signal=signal.Signals(sig).name)
     await server.stop()

@@ -42,6 +42,7 @@ from mysocial.kafka import client_logger, consume_batch, topics
 from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.reader import watermarks
 from mysocial.log import get_logger
+from mysocial.process import tune_gc
 from mysocial.v1 import events_pb2 as ev
 from processor.ranking import Ranking
 from processor.state import LIVE, PendingOverflow, TaskState
@@ -667,6 +668,7 @@ class _Abortable(Exception):
 
 def main(settings: Settings) -> int:
     processor = Processor(settings)
+    tune_gc()
     signal.signal(signal.SIGTERM, processor.stop)
     signal.signal(signal.SIGINT, processor.stop)
     return processor.run()

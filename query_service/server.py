@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from mysocial import log as logconf
 from mysocial.config import Settings
 from mysocial.media import MediaLibrary
+from mysocial.process import tune_gc
 from mysocial.rpc import RunningServer, start_server, wait_for_signal
 from mysocial.v1 import query_service_pb2
 from query_service.service import ReadSide
@@ -71,6 +72,7 @@ class QueryServer:
 
 async def _main(settings: Settings) -> None:
     server = await QueryServer.start(settings)
+    tune_gc()
     sig = await wait_for_signal()
     log.info("shutdown_requested", signal=signal.Signals(sig).name)
     await server.stop()
