@@ -8,7 +8,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,22 +20,10 @@ from typing import Any
 
 from mysocial.config import PROJECT_ROOT, Settings
 from mysocial.kafka.broker import EmbeddedBroker, kafka_version
+from mysocial.kafka.broker import free_port as free_port
 from mysocial.kafka.topics import provision
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
 
 
 @contextmanager
@@ -47,7 +34,7 @@ def broker() -> Iterator[str]:
         yield existing
         return
     data = Path(tempfile.mkdtemp(prefix="mysocial-bench-kafka-"))
-    b = EmbeddedBroker(free_port(), data, heap="2g")
+    b = EmbeddedBroker(free_port(pair=True), data, heap="2g")
     b.start()
     try:
         yield b.bootstrap

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 from mysocial.auth import mint_token
 from mysocial.config import DEV_JWT_SECRET, PROJECT_ROOT, Settings
 from mysocial.kafka import reader
+from mysocial.kafka.broker import free_port as free_port
 from mysocial.kafka.reader import Record as Record
 
 T = TypeVar("T")
@@ -38,23 +38,6 @@ def wait_until(
                 f"timed out after {timeout}s waiting for {what or condition}: {last!r}"
             )
         time.sleep(interval)
-
-
-def free_port(pair: bool = False) -> int:
-    """A free TCP port on 127.0.0.1 (with pair=True, port+1 is free too)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if not pair or port >= 65535:
-            return port
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
 
 
 Metadata = tuple[tuple[str, str | bytes], ...]

@@ -268,6 +268,26 @@ class EmbeddedBroker:
         self.stop()
 
 
+def free_port(pair: bool = False) -> int:
+    """A free TCP port on 127.0.0.1; with pair=True port+1 is free too (a broker's
+    controller listens there)."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if not pair:
+            return port
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True when nothing listens on host:port."""
     import socket
