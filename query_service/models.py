@@ -13,6 +13,7 @@ waiters whose condition became true.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -34,7 +35,15 @@ class Change(Enum):
 
 @dataclass(slots=True)
 class PostView:
-    post: res.Post
+    """One post as the query side keeps it: serialized, parsed only when read.
+
+    A parsed protobuf Post costs ~1.5 KiB of Python objects; its serialized form is
+    ~250 bytes, and reads parse it in about a microsecond (M1 in the benchmarks).
+    """
+
+    data: bytes  # serialized res.Post
+    author_id: str  # interned: shared by every post of the author
+    feed_key: FeedKey  # one tuple shared by the feed and the author index
     posts_at: int  # offsets just past the newest applied event, per source
     likes_at: int
     comments_at: int
@@ -43,8 +52,8 @@ class PostView:
     updates: int = 0
 
     @property
-    def feed_key(self) -> FeedKey:
-        return (-self.post.created_at.ToMilliseconds(), self.post.post_id)
+    def post(self) -> res.Post:
+        return res.Post.FromString(self.data)
 
 
 @dataclass(slots=True)
@@ -110,28 +119,31 @@ class ReadModel:
                 self.seq += 1
                 self.by_seq.pop(view.seq, None)
                 self.by_seq[self.seq] = post_id
-                self.deleted_at[post_id] = (self.seq, view.post.author_id)
+                self.deleted_at[post_id] = (self.seq, view.author_id)
                 self._prune_deleted()
                 self.feed.discard(view.feed_key)
-                author = self.by_author.get(view.post.author_id)
+                author = self.by_author.get(view.author_id)
                 if author is not None:
                     author.discard(view.feed_key)
                     if not author:
-                        del self.by_author[view.post.author_id]
+                        del self.by_author[view.author_id]
             return Change.DELETED if first_time else None
         if post_id in self.deleted:
             return None
         view = self.posts.get(post_id)
         if view is None:
+            post = value.post
             view = PostView(
-                value.post,
+                post.SerializeToString(),
+                sys.intern(post.author_id),
+                (-post.created_at.ToMilliseconds(), post_id),
                 value.posts_applied_through,
                 value.likes_applied_through,
                 value.comments_applied_through,
             )
             self.posts[post_id] = view
             self.feed.add(view.feed_key)
-            self.by_author.setdefault(view.post.author_id, SortedList()).add(view.feed_key)
+            self.by_author.setdefault(view.author_id, SortedList()).add(view.feed_key)
             self.seq += 1
             view.seq = view.created_seq = self.seq
             self.by_seq[self.seq] = post_id
@@ -141,7 +153,7 @@ class ReadModel:
         view.seq = self.seq
         view.updates += 1
         self.by_seq[self.seq] = post_id
-        view.post = value.post
+        view.data = value.post.SerializeToString()
         view.posts_at = max(view.posts_at, value.posts_applied_through)
         view.likes_at = max(view.likes_at, value.likes_applied_through)
         view.comments_at = max(view.comments_at, value.comments_applied_through)
@@ -197,7 +209,7 @@ class ReadModel:
                     view.other_deleters = set()
                 view.other_deleters.add(event.actor_user_id)
                 post = self.posts.get(deleted.post_id)
-                if post is not None and post.post.author_id in view.other_deleters:
+                if post is not None and post.author_id in view.other_deleters:
                     self._drop_comment(comments, view)
             return deleted.post_id
         return None
@@ -247,7 +259,7 @@ class ReadModel:
         if comments is None:
             return [], None
         post = self.posts.get(post_id)
-        post_author = post.post.author_id if post is not None else None
+        post_author = post.author_id if post is not None else None
         out: list[res.Comment] = []
         start = comments.order.bisect_right(after) if after is not None else 0
         last: FeedKey | None = None

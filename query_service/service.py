@@ -75,7 +75,7 @@ class ReadSide:
                     changes.append((change, item.key))
                     view = model.posts.get(item.key) or before
                     if view is not None:
-                        authors[item.key] = view.post.author_id
+                        authors[item.key] = view.author_id
             elif item.kind == COMMENT:
                 post_id = model.apply_comment_event(
                     item.partition, item.offset, item.value, item.time_ms
@@ -221,7 +221,7 @@ class ReadSide:
             key = (post_id, deleted[0], q.FEED_EVENT_KIND_DELETED)
             skipped = 0
         else:
-            if author and view.post.author_id != author:
+            if author and view.author_id != author:
                 return None
             kind = (
                 q.FEED_EVENT_KIND_CREATED if view.created_seq > seen else q.FEED_EVENT_KIND_UPDATED
