@@ -152,6 +152,11 @@ class Processor:
                 "heartbeat.interval.ms": max(500, settings.processor_session_timeout_ms // 5),
                 "max.poll.interval.ms": 600000,
                 "fetch.wait.max.ms": 50,
+                # Bound the prefetch queue: librdkafka's defaults (100,000 messages per
+                # partition, 64 MiB) let a large backlog park hundreds of MiB of small
+                # records in RAM, which grows with the backlog rather than the state.
+                "queued.min.messages": 20_000,
+                "queued.max.messages.kbytes": 16_384,
                 "logger": client_logger(),
             }
         )
