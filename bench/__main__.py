@@ -237,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
             settings,
             sizes.fanout_subscribers,
             sizes.fanout_seconds,
-            update_rate=5000.0,
+            # What the processor writes for 200 hot posts: one record per changed post
+            # per commit (100 ms), however many likes they take.
+            update_rate=2000.0,
             log_dir=logs,
         )
         t3 = results["T3"]

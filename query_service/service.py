@@ -26,6 +26,18 @@ log = get_logger("query.service")
 FEED_CAPACITY = 1024
 
 
+def _varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int."""
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 class ReadSide:
     """Read models kept up to date from Kafka, and the operations on them."""
 
@@ -230,17 +242,17 @@ class ReadSide:
             skipped = sub.skipped(post_id, view.updates)
         cached = self._feed_cache.get(key)
         if cached is None:
-            if view is None:
-                message = q.WatchFeedResponse(kind=key[2], post=res.Post(post_id=post_id))
-            else:
-                message = q.WatchFeedResponse(kind=key[2], post=view.post)
-            cached = message.SerializeToString()
+            # WatchFeedResponse{kind, post} written directly around the stored post bytes:
+            # no parse and re-serialize per version (field 1 varint, field 2 message).
+            data = view.data if view is not None else res.Post(post_id=post_id).SerializeToString()
+            cached = b"\x08" + _varint(key[2]) + b"\x12" + _varint(len(data)) + data
             if len(self._feed_cache) > 20_000:
                 self._feed_cache.clear()
             self._feed_cache[key] = cached
         if skipped:
-            # Protobuf fields may be appended: the shared bytes plus this reader's count.
-            cached += q.WatchFeedResponse(skipped_updates=skipped).SerializeToString()
+            # Protobuf fields may be appended: the shared bytes plus this reader's count
+            # (field 4, skipped_updates, varint).
+            cached += b"\x20" + _varint(skipped)
         return cached
 
     def _feed_snapshot(self, author: str, size: int, skipped: int) -> list[q.WatchFeedResponse]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from mysocial.media import RENDITION_TO_PROTO, MediaLibrary
+from mysocial.media import RENDITION_TO_PROTO, MediaLibrary, OpenedRendition
 from mysocial.rpc import Ctx, stream, unary
 from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
@@ -65,37 +65,36 @@ class QueryServicer(q_grpc.QueryServiceServicer):
         return self.read.trending(request.limit)
 
     @stream
-    async def WatchPosts(
+    async def WatchPosts(  # type: ignore[override]  # writer API, see rpc.stream
         self, request: q.WatchPostsRequest, context: Ctx
     ) -> AsyncIterator[q.WatchPostsResponse]:
         await self._prepare(request.consistency_token, context)
-        async for message in self.read.watch_posts(list(request.post_ids)):
-            yield message
+        return self.read.watch_posts(list(request.post_ids))
 
     @stream
-    async def WatchFeed(  # type: ignore[override]
+    async def WatchFeed(  # type: ignore[override]  # writer API, see rpc.stream
         self, request: q.WatchFeedRequest, context: Ctx
     ) -> AsyncIterator[bytes]:
-        """Yields serialized WatchFeedResponse messages (shared by all readers of a version;
+        """Serialized WatchFeedResponse messages (shared by all readers of a version;
         see register())."""
         await self._prepare(request.consistency_token, context)
-        async for message in self.read.watch_feed(request.author_id, request.snapshot_size):
-            yield message
+        return self.read.watch_feed(request.author_id, request.snapshot_size)
 
     @stream
-    async def WatchTrending(
+    async def WatchTrending(  # type: ignore[override]  # writer API, see rpc.stream
         self, request: q.WatchTrendingRequest, context: Ctx
     ) -> AsyncIterator[q.WatchTrendingResponse]:
         self.read.require_ready()
-        async for message in self.read.watch_trending(request.limit):
-            yield message
+        return self.read.watch_trending(request.limit)
 
     @stream
-    async def GetImage(
+    async def GetImage(  # type: ignore[override]  # writer API, see rpc.stream
         self, request: q.GetImageRequest, context: Ctx
     ) -> AsyncIterator[q.GetImageResponse]:
         # Reads the media store only: images do not wait for the read models to load.
-        opened = await self.media.open(request.media_id, request.rendition)
+        return self._image(await self.media.open(request.media_id, request.rendition))
+
+    async def _image(self, opened: OpenedRendition) -> AsyncIterator[q.GetImageResponse]:
         with opened.file:
             rec = opened.record
             yield q.GetImageResponse(

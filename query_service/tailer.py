@@ -11,6 +11,7 @@ has reached the end it had when the service started, the service is ready.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
@@ -138,8 +139,7 @@ class Tailer:
                     if item is not None:
                         batch.append(item)
                 if batch:
-                    future = asyncio.run_coroutine_threadsafe(self._apply(batch), self.loop)
-                    future.result()  # back-pressure: one batch at a time
+                    self._hand_over(batch)
                     self.applied += len(batch)
                 if not self.ready and not behind:
                     self._mark_ready(started)
@@ -149,8 +149,24 @@ class Tailer:
         finally:
             self.consumer.close()
 
-    async def _apply(self, batch: list[Item]) -> None:
-        self.apply(batch)
+    def _hand_over(self, batch: list[Item]) -> None:
+        """Apply a batch on the event loop and wait for it (back-pressure: one at a time).
+
+        A plain callback and future: no coroutine and task per batch, which the loop
+        would otherwise pay hundreds of times a second under load.
+        """
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def apply() -> None:
+            try:
+                self.apply(batch)
+            except BaseException as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        self.loop.call_soon_threadsafe(apply)
+        done.result()
 
     def _mark_ready(self, started: float) -> None:
         self.ready = True

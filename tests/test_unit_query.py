@@ -225,3 +225,42 @@ def test_feed_skipped_updates_count_what_a_reader_missed() -> None:
     assert sub.skipped("p", 3) == 0  # first time: nothing known
     assert sub.skipped("p", 4) == 0
     assert sub.skipped("p", 9) == 4
+
+
+def test_feed_updates_are_written_as_protobuf_would_encode_them() -> None:
+    from mysocial.config import Settings
+    from mysocial.v1 import query_service_pb2 as q
+    from query_service.service import ReadSide, _varint
+    from query_service.streams import FeedSubscription
+
+    for value in (0, 1, 127, 128, 300, 16_383, 16_384, 2**40):
+        encoded = q.WatchFeedResponse(skipped_updates=value).SerializeToString()
+        assert (b"\x20" + _varint(value) if value else b"") == encoded
+    side = ReadSide(Settings())
+    pid = str(uuid.uuid4())
+    first = record(pid, "alice", T0, likes=1)
+    first.post.caption = "x" * 300  # a length prefix of two bytes
+    side.model.apply_post_record(pid, first)
+    sub = FeedSubscription("")
+    created = side._feed_bytes(pid, "", 0, sub)
+    assert created is not None
+    assert q.WatchFeedResponse.FromString(created) == q.WatchFeedResponse(
+        kind=q.FEED_EVENT_KIND_CREATED, post=first.post
+    )
+    seen = side.model.seq
+    for likes in (2, 3, 4):
+        side.model.apply_post_record(pid, record(pid, "alice", T0, likes=likes))
+    updated = side._feed_bytes(pid, "", seen, sub)
+    assert updated is not None
+    assert q.WatchFeedResponse.FromString(updated) == q.WatchFeedResponse(
+        kind=q.FEED_EVENT_KIND_UPDATED,
+        post=record(pid, "alice", T0, likes=4).post,
+        skipped_updates=2,
+    )
+    assert side._feed_bytes(pid, "bob", seen, sub) is None  # another author's feed
+    side.model.apply_post_record(pid, None)
+    deleted = side._feed_bytes(pid, "", seen, sub)
+    assert deleted is not None
+    assert q.WatchFeedResponse.FromString(deleted) == q.WatchFeedResponse(
+        kind=q.FEED_EVENT_KIND_DELETED, post=res.Post(post_id=pid)
+    )
