@@ -20,7 +20,13 @@ class Publisher:
 
     def __init__(self, settings: Settings, producer: AsyncProducer | None = None) -> None:
         self._settings = settings
-        self._producer = producer or AsyncProducer(producer_config(settings.bootstrap))
+        # Commands are ~100-byte events spread over many partitions: batches hold a
+        # record or two, so lz4 only costs CPU here and in the broker (measured: +10 %
+        # LikePost throughput without it), and a 5 ms linger lets concurrent commands
+        # share produce requests.
+        self._producer = producer or AsyncProducer(
+            producer_config(settings.bootstrap, **{"linger.ms": 5, "compression.type": "none"})
+        )
 
     async def publish(
         self, prepared: PreparedEvent, correlation_id: str, timeout: float
