@@ -56,6 +56,9 @@ SRC_PARTITION = "src-partition"
 SRC_OFFSET = "src-offset"
 SRC_INSTANCE = "src-instance"
 LOCAL_STATE_MAX_AGE_S = 12 * 3600  # well inside the changelog's delete.retention.ms
+# Post events in flight (not yet read back by id) above which likes and comments wait:
+# a backlog being caught up, not live traffic.
+PAUSE_ENGAGEMENTS_BEHIND = 500
 
 
 class FatalProcessorError(RuntimeError):
@@ -349,24 +352,28 @@ class Processor:
             self.repartitioned[p] = max(self.repartitioned.get(p, 0), offset + 1)
 
     def _flow_control(self) -> None:
-        """Posts first: hold likes and comments back while post events are still on
-        their way to this instance (posts not yet re-keyed, or re-keyed records not yet
-        read back). Otherwise a backlog would park every like in the pending queue of a
-        post that arrives a moment later, tripling the work of catching up."""
-        behind = ""
+        """Posts first, when catching up: hold likes and comments back while many post
+        events are still on their way to this instance (posts not yet re-keyed, or
+        re-keyed records not yet read back). Otherwise a backlog would park every like
+        in the pending queue of a post that arrives a moment later, tripling the work
+        of catching up. Live traffic, with a few posts in flight at any moment, is
+        never paused: a pause costs likes a fetch round trip, and the pending queue
+        handles a like that overtakes its post."""
+        behind = 0
+        where = ""
         for (topic, p), consumed in self.consumed.items():
             if topic == self.topic_posts:
                 _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
                 if high > 0 and consumed < high:
-                    behind = f"posts[{p}] at {consumed} of {high}"
-                    break
-        if not behind:
-            for p, target in self.repartitioned.items():
-                consumed = self.consumed.get((self.topic_by_id, p), 0)
-                if consumed < target:
-                    behind = f"posts-by-id[{p}] at {consumed} of {target}"
-                    break
-        paused = bool(behind)
+                    behind += high - consumed
+                    where = where or f"posts[{p}] at {consumed} of {high}"
+        for p, target in self.repartitioned.items():
+            consumed = self.consumed.get((self.topic_by_id, p), 0)
+            if consumed < target:
+                behind += target - consumed
+                where = where or f"posts-by-id[{p}] at {consumed} of {target}"
+        # Hysteresis: pause on a backlog, resume once every post has been read back.
+        paused = behind > 0 if self.engagement_paused else behind >= PAUSE_ENGAGEMENTS_BEHIND
         if paused != self.engagement_paused:
             held = [
                 TopicPartition(t, p)
@@ -378,7 +385,7 @@ class Processor:
             self.engagement_paused = paused
         elif paused and time.monotonic() - self.paused_logged > 10:
             self.paused_logged = time.monotonic()
-            log.info("engagement_still_paused", reason=behind)
+            log.info("engagement_still_paused", posts_behind=behind, reason=where)
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
         self.counters.dead_letters += 1
