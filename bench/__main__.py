@@ -185,17 +185,15 @@ def catchup_and_peers(bootstrap: str, sizes: Sizes, logs: Path) -> dict[str, Any
         out["P2"] = run_kstreams(settings, engagements, timeout=1800)
         log(f"P2 kstreams: {out['P2']['events_per_s']:.0f} events/s")
     # M1 processor: one instance on two backlog sizes → RSS slope per tracked like.
-    # Half and all of the T2 backlog: by half, the fixed caches (RocksDB block cache
-    # and memtables, the consumer's prefetch queue) are full, so the slope is what
+    # The T2 backlog and twice it: by then the fixed buffers (RocksDB block cache and
+    # memtables, the consumer's 64 MiB prefetch queue) are full, so the slope is what
     # grows with the likes tracked.
     runs = []
-    for fraction in (2, 1):
+    for multiple in (1, 2):
         m1_settings = fresh_settings(bootstrap, log_level="info")
-        m1_spec = BacklogSpec(
-            posts=sizes.posts, engagements=max(1000, sizes.engagements // fraction)
-        )
+        m1_spec = BacklogSpec(posts=sizes.posts, engagements=sizes.engagements * multiple)
         m1_events, _ = write_backlog(m1_settings, m1_spec)
-        run = run_processors(m1_settings, 1, m1_events, logs / f"m1-{fraction}", verify=False)
+        run = run_processors(m1_settings, 1, m1_events, logs / f"m1-x{multiple}", verify=False)
         runs.append((m1_spec.engagements, max(run["peak_rss_bytes"])))
     (small_likes, small_rss), (big_likes, big_rss) = runs
     out["M1_processor"] = {
