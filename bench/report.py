@@ -70,8 +70,8 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
         f"{c['B3']['events_per_s_excl_startup']:.0f} events/s steady ({c['B3']['events_per_s']:.0f} including group join) |",
         f"| T2 | processor catch-up, {c['T2']['instances']} instance(s), {c['T2']['events']} events "
         f"(counts + trending, exactly-once; audit {'agreed' if c['T2'].get('audit_ok') else 'DISAGREED'}) | "
-        f"{c['T2']['events_per_s_excl_startup']:.0f} events/s steady ({c['T2']['events_per_s']:.0f} "
-        f"including {c['T2']['startup_s']:.1f} s start-up) |",
+        f"{c['T2']['events_per_s_excl_startup']:.0f} events/s steady{_median(c['T2'])} "
+        f"({c['T2']['events_per_s']:.0f} including {c['T2']['startup_s']:.1f} s start-up) |",
     ]
     for peer, name in (
         ("P1", "Quix Streams peer, same aggregation, exactly-once"),
@@ -80,8 +80,9 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
         if peer in c:
             p = c[peer]
             lines.append(
-                f"| {peer} | {name} | {p['events_per_s_excl_startup']:.0f} events/s steady "
-                f"({p['events_per_s']:.0f} including start-up; correct: {p.get('correct')}) |"
+                f"| {peer} | {name} | {p['events_per_s_excl_startup']:.0f} events/s steady"
+                f"{_median(p)} ({p['events_per_s']:.0f} including start-up; "
+                f"correct: {p.get('correct')}) |"
             )
     t3 = results["T3"]
     t4 = results["T4"]
@@ -120,3 +121,8 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
 
 def _t(result: dict[str, Any]) -> str:
     return ", ".join(f"{v:.0f}" for v in result.get("trials", []))
+
+
+def _median(result: dict[str, Any]) -> str:
+    """' (median; trials a, b, c)' when the figure is a median of several runs."""
+    return f" (median; trials {_t(result)})" if result.get("trials") else ""
