@@ -188,6 +188,9 @@ def catchup_and_peers(bootstrap: str, sizes: Sizes, logs: Path) -> dict[str, Any
         )
     out["T2"] = median_of(t2_trials, "events_per_s_excl_startup")
     out["T2"]["audit_ok"] = all(t.get("audit_ok") for t in t2_trials)
+    out["T2"]["trial_audits"] = [
+        {"ok": t.get("audit_ok"), "mismatches": t.get("audit_mismatches")} for t in t2_trials
+    ]
     if sizes.peers:
         from bench.peers.kstreams_peer import run_kstreams
         from bench.peers.quix_peer import run_quix
