@@ -250,13 +250,19 @@ def test_slow_readers_stay_bounded_and_catch_up(system: System) -> None:
 
 def test_feed_pagination_is_stable_while_posts_arrive(system: System) -> None:
     commands, queries = system.commands(), system.queries()
-    before = [
-        commands.CreatePost(
-            cmd.CreatePostRequest(caption=f"old {i}"), metadata=auth(f"w{i % 7}")
-        ).post_id
+    created = [
+        commands.CreatePost(cmd.CreatePostRequest(caption=f"old {i}"), metadata=auth(f"w{i % 7}"))
         for i in range(120)
     ]
+    before = [c.post_id for c in created]
     last = commands.CreatePost(cmd.CreatePostRequest(caption="marker"), metadata=auth("w0"))
+    # "Existed when paging began" means visible to reads: posts of different authors
+    # travel through different partitions, so the marker's token alone does not make
+    # the others visible. Each post's own token does.
+    for c in created:
+        queries.GetPost(
+            q.GetPostRequest(post_id=c.post_id, consistency_token=c.consistency_token), timeout=10
+        )
     stop = threading.Event()
     created_during: list[str] = []
 
