@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from mysocial.config import Settings
 from mysocial.events import InvalidEvent, check
-from mysocial.kafka import admin_client, client_logger, consume_batch, topics
+from mysocial.kafka import LONG_POLL_MS, admin_client, client_logger, consume_batch, topics
 from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.reader import end_offsets, partitions_of, watermarks
 from mysocial.log import get_logger
@@ -95,7 +95,7 @@ class Directory:
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
-            "fetch.wait.max.ms": 5,
+            "fetch.wait.max.ms": LONG_POLL_MS,
             "logger": client_logger(),
         }
         self.consumer = Consumer(config)

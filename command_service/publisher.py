@@ -13,6 +13,7 @@ log = get_logger("command.publisher")
 
 EVENT_TYPE_HEADER = "event-type"
 CORRELATION_ID_HEADER = "correlation-id"
+PRODUCE_WINDOW_S = 0.003
 
 
 class Publisher:
@@ -22,10 +23,13 @@ class Publisher:
         self._settings = settings
         # Commands are ~100-byte events spread over many partitions: batches hold a
         # record or two, so lz4 only costs CPU here and in the broker (measured: +10 %
-        # LikePost throughput without it), and a 5 ms linger lets concurrent commands
-        # share produce requests.
+        # LikePost throughput without it). Concurrent commands share produce requests
+        # through the producer's 3 ms window (see AsyncProducer._produce_outbox)
+        # instead of linger.ms, which librdkafka times per partition (measured on
+        # LikePost: linger 5 ms 2,400 req/s; window 3 ms and linger 0 2,600-2,800).
         self._producer = producer or AsyncProducer(
-            producer_config(settings.bootstrap, **{"linger.ms": 5, "compression.type": "none"})
+            producer_config(settings.bootstrap, **{"linger.ms": 0, "compression.type": "none"}),
+            window_s=PRODUCE_WINDOW_S,
         )
 
     async def publish(

@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from mysocial.config import Settings
 from mysocial.events import InvalidEvent, check, event_time_ms
-from mysocial.kafka import client_logger, consume_batch, topics
+from mysocial.kafka import LONG_POLL_MS, client_logger, consume_batch, topics
 from mysocial.kafka.reader import partitions_of, watermarks
 from mysocial.log import get_logger
 from mysocial.v1 import events_pb2 as ev
@@ -81,7 +81,7 @@ class Tailer:
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
-                "fetch.wait.max.ms": 5,
+                "fetch.wait.max.ms": LONG_POLL_MS,
                 "fetch.min.bytes": 1,
                 "logger": client_logger(),
             }

@@ -1,9 +1,13 @@
 """An asyncio face for confluent-kafka's idempotent producer.
 
 `send()` resolves when the broker acknowledged the record (acks=all) without blocking
-the event loop: a background thread serves librdkafka's delivery reports and hands
-them to the loop in batches (one wake-up per poll, not one per record), so a gRPC
-handler can await its own event's delivery while thousands of others are in flight.
+the event loop, so a gRPC handler can await its own event's delivery while thousands
+of others are in flight. Records wait in an outbox for a short window and go to
+librdkafka together, so they share produce requests. The loop itself serves
+librdkafka's delivery reports: while records are in flight a 1 ms timer calls
+poll(0) and resolves what arrived, in one batch. A delivery thread would cost a GIL
+hand-off, a lock and a self-pipe wake-up per batch on top (measured: ~8 % of a
+command worker's CPU).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -23,6 +28,8 @@ from mysocial.log import get_logger
 log = get_logger("kafka.producer")
 
 Headers = Sequence[tuple[str, bytes]]
+_Fut = asyncio.Future["Delivered"]
+_Headers = list[tuple[str, str | bytes | None]]  # as Producer.produce takes them
 
 
 @dataclass(frozen=True)
@@ -62,19 +69,29 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
 class AsyncProducer:
     """Produce from asyncio code and await the broker's acknowledgement."""
 
+    POLL_INTERVAL_S = 0.001  # while records are in flight
+    IDLE_POLL_S = 0.5  # otherwise: serves error callbacks
+
     def __init__(
-        self, config: dict[str, Any], loop: asyncio.AbstractEventLoop | None = None
+        self,
+        config: dict[str, Any],
+        loop: asyncio.AbstractEventLoop | None = None,
+        window_s: float = 0.0,
     ) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self._config = dict(config)
         self._config["error_cb"] = self._on_error
         self._producer = Producer(self._config)
-        self._pending: list[tuple[asyncio.Future[Delivered], KafkaError | None, Any]] = []
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
+        self._pending: list[tuple[_Fut, KafkaError | None, Any]] = []
+        self._lock = threading.Lock()  # close() flushes from another thread
         self._fatal: KafkaError | None = None
-        self._thread = threading.Thread(target=self._poll_loop, name="kafka-delivery", daemon=True)
-        self._thread.start()
+        self._closed = False
+        self._tick: asyncio.TimerHandle | None = None
+        self._fast = False
+        self._schedule(self.IDLE_POLL_S)
+        self.window_s = window_s
+        self._window: asyncio.TimerHandle | None = None
+        self._outbox: list[tuple[str, bytes, bytes, _Headers, _Fut]] = []
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -83,12 +100,25 @@ class AsyncProducer:
         else:
             log.warning("producer_error", error=str(err))
 
-    def _poll_loop(self) -> None:
-        while not self._closing.is_set():
-            self._producer.poll(0.05)
-            self._hand_over()
+    def _schedule(self, delay: float) -> None:
+        if not self._closed:
+            self._tick = self._loop.call_later(delay, self._poll)
+
+    def _poll(self) -> None:
+        """Loop timer: serve delivery reports, resolve their futures in one pass."""
+        try:
+            self._producer.poll(0)
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if batch:
+                _resolve_all(batch)
+        finally:
+            # len(): records queued or in flight, whose reports are still to come.
+            self._fast = len(self._producer) > 0
+            self._schedule(self.POLL_INTERVAL_S if self._fast else self.IDLE_POLL_S)
 
     def _hand_over(self) -> None:
+        """From another thread (close): pass reports served there to the loop."""
         with self._lock:
             batch, self._pending = self._pending, []
         if batch:
@@ -107,31 +137,52 @@ class AsyncProducer:
         if self._fatal is not None:
             self._recreate()
         fut: asyncio.Future[Delivered] = self._loop.create_future()
-
-        def on_delivery(err: KafkaError | None, msg: Any) -> None:
-            with self._lock:
-                self._pending.append((fut, err, msg))
-
-        deadline = self._loop.time() + timeout
-        while True:
-            try:
-                self._producer.produce(
-                    topic, value, key, headers=list(headers), on_delivery=on_delivery
-                )
-                break
-            except BufferError:
-                # Local queue full: back-pressure until librdkafka drains or we time out.
-                if self._loop.time() >= deadline:
-                    raise DeliveryError("producer queue full") from None
-                await asyncio.sleep(0.005)
-            except KafkaException as exc:
-                raise DeliveryError(str(exc)) from exc
+        hdrs: _Headers = list(headers)
+        self._outbox.append((topic, value, key, hdrs, fut))
+        if self._window is None:
+            self._window = self._loop.call_later(self.window_s, self._produce_outbox)
         # A timer instead of wait_for(): no extra task per request on the hot path.
-        expiry = self._loop.call_at(deadline, _expire, fut, timeout)
+        expiry = self._loop.call_at(self._loop.time() + timeout, _expire, fut, timeout)
         try:
             return await fut
         finally:
             expiry.cancel()
+
+    def _produce_outbox(self) -> None:
+        """Hand the window's records to librdkafka together.
+
+        librdkafka times linger.ms per partition, so records spread over many
+        partitions left one by one go out about one per produce request (measured:
+        1.4 records per request at 1,200 records/s over 48 partitions). Produced in one
+        burst, their batches are ready together and share one request: the broker's
+        cost per command drops with it.
+        """
+        self._window = None
+        outbox, self._outbox = self._outbox, []
+        for i, (topic, value, key, headers, fut) in enumerate(outbox):
+            if fut.done():  # timed out or cancelled before it was written: stays unwritten
+                continue
+            try:
+                self._producer.produce(
+                    topic, value, key, headers=headers, on_delivery=partial(self._delivered, fut)
+                )
+            except BufferError:
+                # Local queue full: back-pressure; the rest waits for the next window
+                # (each record's own deadline still applies).
+                self._outbox[:0] = outbox[i:]
+                self._window = self._loop.call_later(0.005, self._produce_outbox)
+                break
+            except KafkaException as exc:
+                fut.set_exception(DeliveryError(str(exc)))
+        if not self._fast:  # switch the idle poll timer to the in-flight one
+            self._fast = True
+            if self._tick is not None:
+                self._tick.cancel()
+            self._schedule(self.POLL_INTERVAL_S)
+
+    def _delivered(self, fut: asyncio.Future[Delivered], err: KafkaError | None, msg: Any) -> None:
+        with self._lock:
+            self._pending.append((fut, err, msg))
 
     def _recreate(self) -> None:
         """Replace a producer that hit a fatal error (idempotence state lost)."""
@@ -147,11 +198,9 @@ class AsyncProducer:
         return remaining
 
     def close(self, timeout: float = 10.0) -> int:
-        """Flush, stop the delivery thread; returns the count of undelivered records."""
+        """Flush (callable from a worker thread); returns the count of undelivered records."""
         remaining = self.flush(timeout)
-        self._closing.set()
-        self._thread.join(timeout=2.0)
-        self._hand_over()
+        self._closed = True
         return remaining
 
 
