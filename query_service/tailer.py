@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from mysocial.config import Settings
 from mysocial.events import InvalidEvent, check, event_time_ms
-from mysocial.kafka import LONG_POLL_MS, client_logger, consume_batch, topics
+from mysocial.kafka import client_logger, consume_batch, topics
 from mysocial.kafka.reader import partitions_of, watermarks
 from mysocial.log import get_logger
 from mysocial.v1 import events_pb2 as ev
@@ -81,7 +81,10 @@ class Tailer:
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
-                "fetch.wait.max.ms": LONG_POLL_MS,
+                # Not LONG_POLL_MS: the processor's output is transactional, and the
+                # broker does not answer a waiting read_committed fetch when the commit
+                # marker lands (measured at 500 ms: freshness p50 7 -> 20 ms).
+                "fetch.wait.max.ms": 5,
                 "fetch.min.bytes": 1,
                 "logger": client_logger(),
             }

@@ -7,10 +7,10 @@ from typing import Any
 
 import structlog
 
-# fetch.wait.max.ms for readers that follow live topics. The broker answers a fetch as
-# soon as data arrives (fetch.min.bytes 1, a commit marker included), so this bounds
-# only how often an idle reader asks: at 5 ms, the command directory's and query
-# tailer's empty fetches alone cost the broker a third of a core (measured).
+# fetch.wait.max.ms for readers that follow live non-transactional topics. The broker
+# answers a fetch as soon as data arrives (fetch.min.bytes 1), so this bounds only how
+# often an idle reader asks: at 5 ms, the command directory's empty fetches alone cost
+# the broker a third of a core (measured).
 LONG_POLL_MS = 500
 
 
