@@ -142,6 +142,12 @@ class Settings:
         "How often the processor commits its transaction: lower = fresher counts, "
         "higher = more coalescing and throughput.",
     )
+    processor_catchup_commit_interval_ms: int = _setting(
+        "MYSOCIAL_PROCESSOR_CATCHUP_COMMIT_INTERVAL_MS",
+        1000,
+        "Commit interval while working through a backlog (consume returns full batches): "
+        "fewer, larger transactions; live traffic keeps the commit interval above.",
+    )
     processor_batch_size: int = _setting(
         "MYSOCIAL_PROCESSOR_BATCH_SIZE", 10000, "Most records the processor takes per consume()."
     )
