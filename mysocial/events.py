@@ -7,8 +7,8 @@ which events count.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -29,9 +29,9 @@ class InvalidEvent(ValueError):
     """The record cannot be applied; str(exc) is the dead-letter reason."""
 
 
-@dataclass(frozen=True, slots=True)
-class Checked:
-    """A decoded, valid event and the fields every consumer needs."""
+class Checked(NamedTuple):
+    """A decoded, valid event and the fields every consumer needs (a tuple: built once
+    per input event, a frozen dataclass cost ~1 us more)."""
 
     event: ev.Event
     kind: str

@@ -482,15 +482,16 @@ class Processor:
         changelog, changed = task.state.drain()
         p = task.partition
         if changelog:
-            last = len(changelog) - 1
-            for i, (key, value) in enumerate(changelog.items()):
-                self._produce(
-                    self.topic_changelog,
-                    key,
-                    value,
-                    p,
-                    on_delivery=self._on_changelog_delivery if i == last else None,
-                )
+            # One record per changed key, the bulk of what the processor writes: a
+            # direct loop (no per-record kwargs), the last one reporting its offset.
+            topic, produce = self.topic_changelog, self.producer.produce
+            *head, (last_key, last_value) = changelog.items()
+            for key, value in head:
+                try:
+                    produce(topic, value, key, p)
+                except BufferError:
+                    self._produce(topic, key, value, p)
+            self._produce(topic, last_key, last_value, p, on_delivery=self._on_changelog_delivery)
         for rec in changed:
             post_id = rec.post.post_id
             value = None

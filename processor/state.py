@@ -150,7 +150,7 @@ class TaskState:
             return
         if offset >= rec.likes_applied_through:
             rec.likes_applied_through = offset + 1
-        self._set_liked(rec, actor, liked, time_ms)
+        self._set_liked(rec, post_id, actor, liked, time_ms)
         self.dirty_posts.add(post_id)
         self.changed_posts.add(post_id)
 
@@ -225,9 +225,9 @@ class TaskState:
             rec.comments_applied_through = max(rec.comments_applied_through, offset + 1)
         actor = event.actor_user_id
         if kind == "post_liked":
-            self._set_liked(rec, actor, True, time_ms)
+            self._set_liked(rec, post_id, actor, True, time_ms)
         elif kind == "post_unliked":
-            self._set_liked(rec, actor, False, time_ms)
+            self._set_liked(rec, post_id, actor, False, time_ms)
         elif kind == "comment_added":
             self._comment_added(rec, event, time_ms)
         elif kind == "comment_deleted":
@@ -236,14 +236,20 @@ class TaskState:
 
     # -- likes --------------------------------------------------------------------
     def _update_engager(
-        self, rec: st.PostRecord, user: str, time_ms: int, liked: bool | None, comments: int
+        self,
+        rec: st.PostRecord,
+        post_id: str,
+        user: str,
+        time_ms: int,
+        liked: bool | None,
+        comments: int,
     ) -> bool:
         """Change a user's like flag and/or live comment count; returns True if changed.
 
         This runs for nearly every input event, so the record is a fixed 17-byte struct
         (liked, live comments, first engagement ms) rather than a protobuf message.
         """
-        key = b"E" + rec.post.post_id.encode() + user.encode()
+        key = b"E" + post_id.encode() + user.encode()
         raw = self.store.get(key)
         if raw is None:
             old = None
@@ -278,8 +284,10 @@ class TaskState:
         self._put(key, ENGAGER.pack(*new))
         return True
 
-    def _set_liked(self, rec: st.PostRecord, user: str, liked: bool, time_ms: int) -> None:
-        if self._update_engager(rec, user, time_ms, liked, 0):
+    def _set_liked(
+        self, rec: st.PostRecord, post_id: str, user: str, liked: bool, time_ms: int
+    ) -> None:
+        if self._update_engager(rec, post_id, user, time_ms, liked, 0):
             rec.post.like_count += 1 if liked else -1
             self.stats.applied += 1
         else:
@@ -299,7 +307,7 @@ class TaskState:
         comment = st.CommentRecord(author_id=event.actor_user_id, created_at_ms=time_ms)
         self._put(key, comment.SerializeToString())
         rec.post.comment_count += 1
-        self._update_engager(rec, event.actor_user_id, time_ms, None, +1)
+        self._update_engager(rec, added.post_id, event.actor_user_id, time_ms, None, +1)
         self.stats.applied += 1
 
     def _comment_deleted(self, rec: st.PostRecord, event: ev.Event) -> None:
@@ -327,7 +335,9 @@ class TaskState:
         comment.deleted = True
         self._put(key, comment.SerializeToString())
         rec.post.comment_count -= 1
-        self._update_engager(rec, comment.author_id, comment.created_at_ms, None, -1)
+        self._update_engager(
+            rec, deleted.post_id, comment.author_id, comment.created_at_ms, None, -1
+        )
         self.stats.applied += 1
 
     # -- events waiting for their post -------------------------------------------
