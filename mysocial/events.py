@@ -47,11 +47,6 @@ def _post_partition(post_id: str, partitions: int) -> int:
     return partition_for(post_id.encode(), partitions)
 
 
-@lru_cache(maxsize=262_144)
-def _valid_user(user_id: str) -> bool:
-    return ids.is_user_id(user_id)
-
-
 _COMMENT_KINDS = frozenset({"comment_added", "comment_deleted"})
 
 
@@ -79,7 +74,7 @@ def check(
     if not event.event_id:
         raise InvalidEvent("missing event_id")
     actor = event.actor_user_id
-    if not _valid_user(actor):
+    if not ids.is_user_id(actor):
         raise InvalidEvent("missing or malformed actor_user_id")
     payload = getattr(event, kind)
     post_id = payload.post_id
@@ -101,7 +96,8 @@ def check(
 
 def event_time_ms(event: ev.Event, accepted_ms: int) -> int:
     """Event time, clamped to when the broker accepted the record (no future times)."""
-    occurred = event.occurred_at.seconds * 1000 + event.occurred_at.nanos // 1_000_000
+    ts = event.occurred_at
+    occurred = ts.seconds * 1000 + ts.nanos // 1_000_000
     if occurred <= 0:
         return accepted_ms
     return min(occurred, accepted_ms) if accepted_ms > 0 else occurred

@@ -8,6 +8,7 @@ processor counts it once; without one they are random (UUIDv4).
 from __future__ import annotations
 
 import re
+import string
 import uuid
 
 # Namespace of every derived id; changing it would change the ids of retried commands.
@@ -15,14 +16,23 @@ ID_NAMESPACE = uuid.UUID("6f1c2b1e-6a0d-4d59-9b73-5d1a8e6f7c21")
 
 USER_ID_MAX = 64
 REQUEST_ID_MAX = 128
-_USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
+_USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")  # the rule, as a pattern
+_USER_FIRST = frozenset(string.ascii_letters + string.digits)
+_USER_CHARS = string.ascii_letters + string.digits + "_.@-"
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _MEDIA_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def is_user_id(value: str) -> bool:
-    """1-64 characters: letters, digits and _ . @ - (not starting with punctuation)."""
-    return 0 < len(value) <= USER_ID_MAX and _USER_ID.fullmatch(value) is not None
+    """1-64 characters: letters, digits and _ . @ - (not starting with punctuation).
+
+    The processor checks every event's actor: str.strip over the allowed characters
+    is a third of the regex's cost (tests hold the two equal)."""
+    return (
+        0 < len(value) <= USER_ID_MAX
+        and value[0] in _USER_FIRST
+        and not value.strip(_USER_CHARS)
+    )
 
 
 def is_entity_id(value: str) -> bool:

@@ -232,3 +232,20 @@ def test_token_cache_still_enforces_expiry() -> None:
     for user in ("a1", "a2", "a3"):
         cache.verify(mint_token(user, secret, 60), secret)
     assert len(cache.entries) <= 2
+
+
+def test_fast_user_id_check_agrees_with_the_pattern() -> None:
+    """is_user_id (str.strip over the allowed set) accepts exactly what the rule's
+    pattern accepts, within the length limit."""
+    import random
+
+    alphabet = "aZ09_.@-é \t\n/+ßİ\u0130\u212a\x00"  # includes non-ASCII look-alikes
+    rng = random.Random(7)
+    samples = ["", "a", "-", "_a", "a-", "a b", "K", "\u212a", "a\n"]
+    samples += [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(5000)
+    ]
+    samples += ["a" * 64, "a" * 65]
+    for value in samples:
+        expected = 0 < len(value) <= ids.USER_ID_MAX and ids._USER_ID.fullmatch(value) is not None
+        assert ids.is_user_id(value) == expected, repr(value)
