@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from bench.harness import Child, free_port
+from bench.harness import Child, free_ports
 from mysocial import loadgen
 from mysocial.auth import mint_token
 from mysocial.config import DEV_JWT_SECRET, Settings
@@ -37,9 +37,10 @@ class RunningSystem:
     """Processor + command service (N workers) + query service as processes."""
 
     def __init__(self, settings: Settings, log_dir: Path, command_workers: int = 2) -> None:
+        command_port, query_port = free_ports(2)
         self.settings = settings.with_(
-            command_addr=f"127.0.0.1:{free_port()}",
-            query_addr=f"127.0.0.1:{free_port()}",
+            command_addr=f"127.0.0.1:{command_port}",
+            query_addr=f"127.0.0.1:{query_port}",
             command_workers=command_workers,
         )
         log_dir.mkdir(parents=True, exist_ok=True)

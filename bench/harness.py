@@ -21,6 +21,7 @@ from typing import Any
 from mysocial.config import PROJECT_ROOT, Settings
 from mysocial.kafka.broker import EmbeddedBroker, kafka_version
 from mysocial.kafka.broker import free_port as free_port
+from mysocial.kafka.broker import free_ports as free_ports
 from mysocial.kafka.topics import provision
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
@@ -47,12 +48,13 @@ def fresh_settings(bootstrap: str, **overrides: Any) -> Settings:
     """Settings with a unique topic namespace and state folder; topics provisioned."""
     ns = f"bench{uuid.uuid4().hex[:8]}."
     state = Path(tempfile.mkdtemp(prefix="mysocial-bench-state-"))
+    command_port, query_port = free_ports(2)
     base = Settings(
         kafka_bootstrap_servers=bootstrap,
         topic_namespace=ns,
         processor_state_dir=str(state),
-        command_addr=f"127.0.0.1:{free_port()}",
-        query_addr=f"127.0.0.1:{free_port()}",
+        command_addr=f"127.0.0.1:{command_port}",
+        query_addr=f"127.0.0.1:{query_port}",
         log_level="info",
         log_format="json",
     )

@@ -133,6 +133,8 @@ class Processor:
         self.repartitioned: dict[int, int] = {}
         self.engagement_paused = False
         self.paused_logged = 0.0
+        # Bumped by every rebalance callback; see _after_rebalance.
+        self.assignment_epoch = 0
         self.in_txn = False
         self.txn_started = 0.0
         self.running = True
@@ -234,7 +236,10 @@ class Processor:
                     else max(0.0, self.txn_started + interval - time.monotonic())
                 )
                 timeout = min(timeout, self.ranking.seconds_to_tick(self.clock()))
+                epoch = self.assignment_epoch
                 msgs = consume_batch(self.consumer, batch_size, timeout)
+                if self.assignment_epoch != epoch:
+                    msgs = self._after_rebalance(msgs)
                 if msgs:
                     self._process(msgs)
                 self.producer.poll(0)
@@ -357,6 +362,22 @@ class Processor:
         if err is None and msg.partition() in self.tasks:
             p, offset = msg.partition() or 0, msg.offset() or 0
             self.repartitioned[p] = max(self.repartitioned.get(p, 0), offset + 1)
+
+    def _after_rebalance(self, msgs: list[Message]) -> list[Message]:
+        """A rebalance ran inside the consume calls that returned msgs.
+
+        The batch may then hold records of partitions revoked in between
+        (confluent-kafka-python#1013). Those are dropped here, before they could move
+        this instance's positions: otherwise its next commit would write offsets for
+        partitions another instance owns now. Records of partitions revoked and given
+        back may be read again from the committed offset; applying an event twice
+        changes nothing (every transition is idempotent: tests/test_unit_state.py).
+        """
+        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        kept = [m for m in msgs if (m.topic(), m.partition()) in owned]
+        if len(kept) != len(msgs):
+            log.info("records_of_revoked_partitions_dropped", records=len(msgs) - len(kept))
+        return kept
 
     def _flow_control(self) -> None:
         """Posts first, when catching up: hold likes and comments back while many post
@@ -554,11 +575,13 @@ class Processor:
 
     # -- rebalancing --------------------------------------------------------------
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assignment_epoch += 1
         if self.in_txn:
             self._commit()
         self._drop(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assignment_epoch += 1
         log.warning("partitions_lost", count=len(partitions))
         if self.in_txn:
             self._abort_and_rewind("partitions lost")
@@ -580,6 +603,7 @@ class Processor:
         # Committed offsets are fetched with require_stable: this waits until any
         # transaction of a previous owner that carries offsets is resolved, so the
         # changelog read next matches the offsets we resume from.
+        self.assignment_epoch += 1
         started = time.monotonic()
         committed = consumer.committed(partitions, timeout=60) if partitions else []
         for tp in committed:

@@ -16,6 +16,7 @@ Store keys (all under the task's partition):
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -161,6 +162,8 @@ class TaskState:
         rec = self._post(post_id)
         if rec is not None and rec.status in (LIVE, DELETED):
             self.stats.duplicates += 1  # a retried CreatePost, or a create after delete
+            if rec.status == LIVE and event.actor_user_id == rec.post.author_id:
+                self._adopt_earlier_creation(rec, time_ms)
             return
         if rec is None:
             rec = st.PostRecord()
@@ -180,6 +183,22 @@ class TaskState:
         self.stats.applied += 1
         self._touch(post_id)
         self._replay_pending(post_id, rec)
+
+    def _adopt_earlier_creation(self, rec: st.PostRecord, time_ms: int) -> None:
+        """A retry of CreatePost carries the retry's time. Read in log order the original
+        comes first; a record read again after a rebalance may put the retry first.
+        The earliest attempt is the post's time either way, so the state does not
+        depend on the order of reading (trending masses rescaled to the new epoch)."""
+        if time_ms >= rec.post.created_at.ToMilliseconds():
+            return
+        rec.post.created_at.FromMilliseconds(time_ms)
+        tr = rec.trending
+        if tr.epoch_ms > time_ms:
+            factor = math.pow(2.0, (tr.epoch_ms - time_ms) / self.config.half_life_ms)
+            tr.like_mass *= factor
+            tr.comment_mass *= factor
+            tr.epoch_ms = time_ms
+        self._touch(rec.post.post_id)
 
     def _post_deleted(self, event: ev.Event, rec: st.PostRecord, offset: int) -> None:
         post_id = event.post_deleted.post_id
@@ -244,7 +263,9 @@ class TaskState:
         liked: bool | None,
         comments: int,
     ) -> bool:
-        """Change a user's like flag and/or live comment count; returns True if changed.
+        """Change a user's like flag and/or live comment count; returns whether the
+        user liked the post before (the record may change only its first-engagement
+        time, which is not a change of the like: see _set_liked).
 
         This runs for nearly every input event, so the record is a fixed 17-byte struct
         (liked, live comments, first engagement ms) rather than a protobuf message.
@@ -263,12 +284,13 @@ class TaskState:
             new_liked = liked
         new_comments = max(0, new_comments + comments)
         new = (new_liked, new_comments, first)
+        was_liked = old is not None and old[0]
         if old == new:
             rec.trending.ignored_events += 1  # a repeat: changes nothing
-            return False
+            return was_liked
         if old is None and not new_liked and new_comments == 0:
             rec.trending.ignored_events += 1
-            return False  # unlike without like: nothing to remember
+            return was_liked  # unlike without like: nothing to remember
         cfg = self.config
         if user == rec.post.author_id:
             rec.trending.ignored_events += 1  # self-engagement never counts for trending
@@ -282,12 +304,15 @@ class TaskState:
                 old[2] if old is not None else None,
             )
         self._put(key, ENGAGER.pack(*new))
-        return True
+        return was_liked
 
     def _set_liked(
         self, rec: st.PostRecord, post_id: str, user: str, liked: bool, time_ms: int
     ) -> None:
-        if self._update_engager(rec, post_id, user, time_ms, liked, 0):
+        # The count moves only when the flag does. A repeated like dated earlier than
+        # the first one read (clock skew between command services, or a record read
+        # again after a rebalance) only moves the first-engagement time.
+        if self._update_engager(rec, post_id, user, time_ms, liked, 0) != liked:
             rec.post.like_count += 1 if liked else -1
             self.stats.applied += 1
         else:

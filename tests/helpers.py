@@ -18,6 +18,7 @@ from mysocial.auth import mint_token
 from mysocial.config import DEV_JWT_SECRET, PROJECT_ROOT, Settings
 from mysocial.kafka import reader
 from mysocial.kafka.broker import free_port as free_port
+from mysocial.kafka.broker import free_ports as free_ports
 from mysocial.kafka.reader import Record as Record
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mysocial.config import PROJECT_ROOT, Settings
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
-from tests.helpers import free_port, python_env
+from tests.helpers import free_ports, python_env
 from tests.test_processor import ProcessorProc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -92,8 +92,9 @@ class System:
     """Processor + command service + query service, with stubs for both APIs."""
 
     def __init__(self, settings: Settings, log_dir: Path, command_workers: int = 1) -> None:
-        command_addr = f"127.0.0.1:{free_port()}"
-        query_addr = f"127.0.0.1:{free_port()}"
+        command_port, query_port = free_ports(2)
+        command_addr = f"127.0.0.1:{command_port}"
+        query_addr = f"127.0.0.1:{query_port}"
         self.settings = settings.with_(
             command_addr=command_addr,
             query_addr=query_addr,

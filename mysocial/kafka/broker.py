@@ -288,6 +288,25 @@ def free_port(pair: bool = False) -> int:
     raise RuntimeError("no free port")
 
 
+def free_ports(count: int) -> list[int]:
+    """count distinct free TCP ports on 127.0.0.1.
+
+    Two free_port() calls may return the same port (nothing holds it in between), and
+    gRPC servers bind with SO_REUSEPORT: two services would then share one port and
+    split its connections. The sockets here stay bound until every port is chosen.
+    """
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True when nothing listens on host:port."""
     import socket
