@@ -91,6 +91,10 @@ async def _worker_main(settings: Settings, addr: str) -> None:
 def _worker(settings: Settings, addr: str) -> None:
     logconf.configure(settings.log_level, settings.log_format, "command_service")
     asyncio.run(_worker_main(settings, addr))
+    # Drained and flushed: a late signal (Ctrl-C reaches the whole process group, the
+    # parent then sends SIGTERM too) must not turn a clean exit into a kill.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _reserve_port(addr: str) -> tuple[str, socket.socket | None]:
@@ -120,6 +124,8 @@ def run(settings: Settings) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if stopping:  # Ctrl-C, then a supervisor's SIGTERM: the workers know already
+            return
         stopping = True
         for p in procs:
             if p.is_alive() and p.pid is not None:

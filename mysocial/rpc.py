@@ -217,22 +217,25 @@ async def start_server(
 
 
 async def wait_for_signal(signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
-    """Return the first of the given signals received; handlers only set a flag."""
+    """Return the first of the given signals received; handlers only set a flag.
+
+    The handlers stay installed: a later signal during the graceful shutdown is
+    ignored. Ctrl-C in a terminal sends SIGINT to the whole process group and the
+    command service's parent then sends its workers SIGTERM; with the default action
+    restored, that second signal killed the workers in the middle of their drain.
+    """
     loop = asyncio.get_running_loop()
     received: asyncio.Future[int] = loop.create_future()
-    sigs = list(signals)
 
     def on_signal(sig: int) -> None:
         if not received.done():
             received.set_result(sig)
+        else:
+            log.info("signal_ignored_shutdown_in_progress", signal=signal.Signals(sig).name)
 
-    for sig in sigs:
+    for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        return await received
-    finally:
-        for sig in sigs:
-            loop.remove_signal_handler(sig)
+    return await received
 
 
 def monotonic_ms() -> float:

@@ -122,9 +122,17 @@ def python_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def service_process(
-    module: str, settings: Settings, log_path: Path, *args: str, **extra_env: str
+    module: str,
+    settings: Settings,
+    log_path: Path,
+    *args: str,
+    new_session: bool = False,
+    **extra_env: str,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `python -m module` with settings; kill it on exit if still running."""
+    """Run `python -m module` with settings; kill it on exit if still running.
+
+    new_session: its own process group, so a test can signal the group as a
+    terminal's Ctrl-C does."""
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],
@@ -132,6 +140,7 @@ def service_process(
             stdout=logf,
             stderr=subprocess.STDOUT,
             cwd=PROJECT_ROOT,
+            start_new_session=new_session,
         )
     try:
         yield proc
