@@ -370,8 +370,8 @@ class Processor:
         (confluent-kafka-python#1013). Those are dropped here, before they could move
         this instance's positions: otherwise its next commit would write offsets for
         partitions another instance owns now. Records of partitions revoked and given
-        back may be read again from the committed offset; applying an event twice
-        changes nothing (every transition is idempotent: tests/test_unit_state.py).
+        back may be read again from the committed offset; that leaves the same state as
+        reading them once (test_records_read_again_after_a_rebalance_change_nothing).
         """
         owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         kept = [m for m in msgs if (m.topic(), m.partition()) in owned]

@@ -16,7 +16,6 @@ Store keys (all under the task's partition):
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -192,12 +191,8 @@ class TaskState:
         if time_ms >= rec.post.created_at.ToMilliseconds():
             return
         rec.post.created_at.FromMilliseconds(time_ms)
-        tr = rec.trending
-        if tr.epoch_ms > time_ms:
-            factor = math.pow(2.0, (tr.epoch_ms - time_ms) / self.config.half_life_ms)
-            tr.like_mass *= factor
-            tr.comment_mass *= factor
-            tr.epoch_ms = time_ms
+        if rec.trending.epoch_ms > time_ms:
+            trending.move_epoch(self.config, rec.trending, time_ms)
         self._touch(rec.post.post_id)
 
     def _post_deleted(self, event: ev.Event, rec: st.PostRecord, offset: int) -> None:

@@ -62,14 +62,19 @@ def _term(cfg: TrendingConfig, w: float, t_ms: int, epoch_ms: int) -> float:
     return w * math.pow(2.0, (t_ms - epoch_ms) / cfg.half_life_ms)
 
 
-def _rebase(cfg: TrendingConfig, state: st.TrendingState, t_ms: int) -> None:
-    """Move the epoch forward so exponents stay small (mass rescaled exactly)."""
-    if (t_ms - state.epoch_ms) / cfg.half_life_ms <= _MAX_EXPONENT:
-        return
-    factor = math.pow(2.0, (state.epoch_ms - t_ms) / cfg.half_life_ms)
+def move_epoch(cfg: TrendingConfig, state: st.TrendingState, epoch_ms: int) -> None:
+    """Express the masses relative to another epoch (same scores, rescaled exactly)."""
+    factor = math.pow(2.0, (state.epoch_ms - epoch_ms) / cfg.half_life_ms)
     state.like_mass *= factor
     state.comment_mass *= factor
-    state.epoch_ms = t_ms
+    state.epoch_ms = epoch_ms
+
+
+def _rebase(cfg: TrendingConfig, state: st.TrendingState, t_ms: int) -> None:
+    """Move the epoch forward so exponents stay small."""
+    if (t_ms - state.epoch_ms) / cfg.half_life_ms <= _MAX_EXPONENT:
+        return
+    move_epoch(cfg, state, t_ms)
 
 
 def change_weight(

@@ -136,7 +136,7 @@ class AsyncProducer:
         """
         if self._fatal is not None:
             self._recreate()
-        fut: asyncio.Future[Delivered] = self._loop.create_future()
+        fut: _Fut = self._loop.create_future()
         hdrs: _Headers = list(headers)
         self._outbox.append((topic, value, key, hdrs, fut))
         if self._window is None:
@@ -180,7 +180,7 @@ class AsyncProducer:
                 self._tick.cancel()
             self._schedule(self.POLL_INTERVAL_S)
 
-    def _delivered(self, fut: asyncio.Future[Delivered], err: KafkaError | None, msg: Any) -> None:
+    def _delivered(self, fut: _Fut, err: KafkaError | None, msg: Any) -> None:
         with self._lock:
             self._pending.append((fut, err, msg))
 
@@ -204,12 +204,12 @@ class AsyncProducer:
         return remaining
 
 
-def _expire(fut: asyncio.Future[Delivered], timeout: float) -> None:
+def _expire(fut: _Fut, timeout: float) -> None:
     if not fut.done():
         fut.set_exception(DeliveryError(f"no acknowledgement from Kafka within {timeout:.1f}s"))
 
 
-def _resolve_all(batch: list[tuple[asyncio.Future[Delivered], KafkaError | None, Any]]) -> None:
+def _resolve_all(batch: list[tuple[_Fut, KafkaError | None, Any]]) -> None:
     for fut, err, msg in batch:
         if fut.done():
             continue
