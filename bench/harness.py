@@ -35,7 +35,15 @@ def broker() -> Iterator[str]:
         yield existing
         return
     data = Path(tempfile.mkdtemp(prefix="mysocial-bench-kafka-"))
-    b = EmbeddedBroker(free_port(pair=True), data, heap="2g")
+    # Kafka's production default for the first rebalance of a new group (tests use 0):
+    # processors started together join one generation, and none gets a head start on
+    # every partition followed by a rebalance mid-run.
+    b = EmbeddedBroker(
+        free_port(pair=True),
+        data,
+        heap="2g",
+        overrides={"group.initial.rebalance.delay.ms": "3000"},
+    )
     b.start()
     try:
         yield b.bootstrap

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from mysocial.config import Settings
 from mysocial.kafka import consume_batch, topics
@@ -63,78 +63,87 @@ def b2_produce(settings: Settings, messages: int) -> dict[str, Any]:
 
 
 def _drain(
-    bootstrap: str, group: str, topic_names: list[str], total: int, out: Any, first_at: Any
+    bootstrap: str, assignment: list[tuple[str, int, int]], out: Any, first_at: Any, last_at: Any
 ) -> None:
+    """Consume and parse this process's partitions up to their end offsets.
+
+    The partitions are assigned, not subscribed: a consumer group's rebalance while the
+    second process joins would hand partitions over without committed offsets, and
+    their records would be read (and counted) twice.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": group,
+            "group.id": f"bench-b3-{uuid.uuid4().hex}",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "range",
         }
     )
-    consumer.subscribe(topic_names)
+    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p, _ in assignment])
+    remaining = sum(end for _, _, end in assignment)
     count = 0
     first: float | None = None
     event = ev.Event()
-    idle_since = None
-    while True:
+    deadline = time.monotonic() + 600
+    while count < remaining and time.monotonic() < deadline:
         msgs = consume_batch(consumer, 10000, 0.5)
         if not msgs:
-            with out.get_lock():
-                if out.value >= total:
-                    break
-            idle_since = idle_since or time.perf_counter()
-            if time.perf_counter() - idle_since > 30:
-                break
             continue
-        idle_since = None
         if first is None:
             first = time.time()
-            with first_at.get_lock():
-                if first_at.value == 0 or first < first_at.value:
-                    first_at.value = first
-        n = 0
         for msg in msgs:
             if msg.error() is None:
                 event.ParseFromString(msg.value())
-                n += 1
-        count += n
-        with out.get_lock():
-            out.value += n
+                count += 1
+    finished = time.time()
     consumer.close()
+    with out.get_lock():
+        out.value += count
+    if first is not None:
+        with first_at.get_lock():
+            if first_at.value == 0 or first < first_at.value:
+                first_at.value = first
+    with last_at.get_lock():
+        last_at.value = max(last_at.value, finished)
 
 
 def b3_consume(settings: Settings, processes: int, timeout: float = 600.0) -> dict[str, Any]:
-    """Drain likes + comments with N consumer processes that parse every event."""
+    """Drain likes + comments with N consumer processes that parse every event.
+
+    Each process reads a contiguous range of partitions of both topics, as the range
+    assignor gives the processor's instances; every event is read exactly once.
+    """
     names = [settings.topic(topics.LIKES), settings.topic(topics.COMMENTS)]
     from mysocial.kafka import admin_client
 
     admin = admin_client(settings.bootstrap)
-    total = sum(sum(end_offsets(admin, t, settings.likes_partitions).values()) for t in names)
+    ends: dict[tuple[str, int], int] = {}
+    for name in names:
+        ends.update(end_offsets(admin, name, settings.likes_partitions))
+    total = sum(ends.values())
+    parts = settings.likes_partitions
     ctx = multiprocessing.get_context("spawn")
     counter = ctx.Value("q", 0)
     first_at = ctx.Value("d", 0.0)
-    group = f"bench-b3-{uuid.uuid4().hex}"
+    last_at = ctx.Value("d", 0.0)
     started = time.perf_counter()
-    procs = [
-        ctx.Process(
-            target=_drain, args=(settings.bootstrap, group, names, total, counter, first_at)
+    procs = []
+    for i in range(processes):
+        mine = range(i * parts // processes, (i + 1) * parts // processes)
+        assignment = [(t, p, ends[(t, p)]) for t in names for p in mine if ends[(t, p)] > 0]
+        procs.append(
+            ctx.Process(
+                target=_drain, args=(settings.bootstrap, assignment, counter, first_at, last_at)
+            )
         )
-        for _ in range(processes)
-    ]
     for p in procs:
         p.start()
-    deadline = started + timeout
-    while counter.value < total and time.perf_counter() < deadline:
-        time.sleep(0.05)
-    finished = time.time()
-    seconds = time.perf_counter() - started
     for p in procs:
-        p.join(60)
-    steady = finished - first_at.value if first_at.value else seconds
+        p.join(timeout)
+    seconds = time.perf_counter() - started
+    steady = last_at.value - first_at.value if first_at.value else seconds
+    if counter.value != total:
+        raise RuntimeError(f"B3 read {counter.value} events of {total}")
     return {
         "events": counter.value,
         "expected": total,

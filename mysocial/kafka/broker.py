@@ -92,7 +92,7 @@ def _java() -> str:
     return java
 
 
-def server_properties(port: int, data_dir: Path) -> str:
+def server_properties(port: int, data_dir: Path, overrides: dict[str, str] | None = None) -> str:
     """Broker configuration for one node acting as broker and controller."""
     controller = port + 1
     props = {
@@ -119,6 +119,7 @@ def server_properties(port: int, data_dir: Path) -> str:
         "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         "num.partitions": "1",
         "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),
+        **(overrides or {}),
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -154,7 +155,14 @@ def _null_logger() -> logging.Logger:
 class EmbeddedBroker:
     """A single-node KRaft broker on 127.0.0.1 running as a child process."""
 
-    def __init__(self, port: int, data_dir: Path, heap: str = "1g") -> None:
+    def __init__(
+        self,
+        port: int,
+        data_dir: Path,
+        heap: str = "1g",
+        overrides: dict[str, str] | None = None,
+    ) -> None:
+        self.overrides = overrides or {}
         self.port = port
         self.data_dir = Path(data_dir)
         self.heap = heap
@@ -210,7 +218,7 @@ class EmbeddedBroker:
                 )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "server.properties"
-        config.write_text(server_properties(self.port, self.data_dir))
+        config.write_text(server_properties(self.port, self.data_dir, self.overrides))
         self._format_if_needed(config)
         cmd = [
             _java(),
