@@ -13,6 +13,8 @@ BIN := $(VENV)/bin
 TOOLS := .cache/bin
 GRPCURL_VERSION := v1.9.3
 GHZ_VERSION := v0.120.0
+NATIVE_SRC := $(wildcard processor/native/src/*.rs) processor/native/Cargo.toml \
+  processor/native/Cargo.lock processor/native/pyproject.toml processor/native/processor_native.pyi
 PROTOS := $(wildcard protos/mysocial/v1/*.proto protos/mysocial/internal/v1/*.proto)
 PYTEST_ARGS ?=
 
@@ -26,12 +28,18 @@ test: check
 
 check: deps gen tools broker-fetch lint typecheck buf-lint
 
-deps: $(VENV)/.installed
+deps: $(VENV)/.installed $(VENV)/.native
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade -c constraints.txt pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+# The processor's compiled core (Rust, PyO3; built by maturin with the locked crates).
+$(VENV)/.native: $(VENV)/.installed $(NATIVE_SRC)
+	CARGO_TARGET_DIR="$(abspath .cache/cargo-target)" \
+	  $(BIN)/pip install -q -c constraints.txt ./processor/native
 	@touch $@
 
 gen: mysocial/v1/.generated

@@ -151,6 +151,13 @@ class Settings:
     processor_batch_size: int = _setting(
         "MYSOCIAL_PROCESSOR_BATCH_SIZE", 10000, "Most records the processor takes per consume()."
     )
+    processor_core: str = _setting(
+        "MYSOCIAL_PROCESSOR_CORE",
+        "native",
+        "Implementation of the processor's per-event rules: 'native' (compiled, "
+        "processor/native) or 'python' (processor/state.py, the reference it is tested "
+        "against; a few times slower).",
+    )
     processor_cache_mb: int = _setting(
         "MYSOCIAL_PROCESSOR_CACHE_MB", 64, "RocksDB block cache of a processor instance."
     )
@@ -233,6 +240,10 @@ class Settings:
             )
         for name in ("command_addr", "query_addr"):
             split_addr(getattr(self, name), _env_name(name))
+        if self.processor_core not in ("native", "python"):
+            raise ConfigError(
+                f"MYSOCIAL_PROCESSOR_CORE must be native or python, not {self.processor_core!r}"
+            )
 
     def with_(self, **changes: Any) -> Settings:
         """Return a copy with some values changed (tests, sub-processes)."""

@@ -10,6 +10,9 @@ and one transactional producer. Every commit interval, in one Kafka transaction:
 - trending candidates and rankings (processor/ranking.py),
 - dead letters, and the consumed offsets (send_offsets_to_transaction).
 
+The per-event work (decode, check, apply the rules of processor/state.py) runs in a
+Core (processor/core.py): compiled by default, the Python rules on request.
+
 State reaches the local RocksDB only after the commit succeeded. On an abortable
 error the transaction is aborted, uncommitted state dropped and the consumer
 rewound to the committed offsets. Fenced or fatal errors end the process.
@@ -37,15 +40,23 @@ from confluent_kafka import (
 )
 
 from mysocial.config import Settings
-from mysocial.events import InvalidEvent, check, event_time_ms
+from mysocial.events import InvalidEvent, check
+from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import client_logger, consume_batch, topics
 from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.reader import watermarks
 from mysocial.log import get_logger
 from mysocial.process import tune_gc
-from mysocial.v1 import events_pb2 as ev
+from processor.core import (
+    DONE,
+    ROUTE_OF_CONTRACT,
+    STOP_CANDIDATES,
+    STOP_ERROR,
+    STOP_POSTS,
+    apply_checked,
+    make_core,
+)
 from processor.ranking import Ranking
-from processor.state import LIVE, PendingOverflow, TaskState
 from processor.store import LocalStore, TaskStore
 from processor.trending import TrendingConfig
 
@@ -79,9 +90,10 @@ def trending_config(settings: Settings) -> TrendingConfig:
 
 @dataclass
 class Task:
+    """A partition this instance owns (its state lives in the Core)."""
+
     partition: int
     store: TaskStore
-    state: TaskState
 
 
 @dataclass
@@ -119,6 +131,12 @@ class Processor:
         self.trending = trending_config(settings)
         self.ranking = Ranking(settings, self.trending)
         self.contract[self.ranking.topic_candidates] = topics.TRENDING_CANDIDATES
+        self.core = make_core(
+            settings.processor_core,
+            {topic: ROUTE_OF_CONTRACT[name] for topic, name in self.contract.items()},
+            self.partitions,
+            self.trending,
+        )
         state_path = (
             Path(settings.processor_state_dir)
             / f"{settings.topic_namespace}{settings.processor_instance_id}"
@@ -283,58 +301,49 @@ class Processor:
             self.txn_started = time.monotonic()
 
     def _process(self, msgs: list[Message]) -> None:
+        """Hand the batch to the core; handle here what it stops at (in order)."""
         self._begin()
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal():
-                    raise FatalProcessorError(str(err))
-                log.warning("consume_error", error=str(err))
+        core, positions, consumed = self.core, self.positions, self.consumed
+        errors = 0
+        i = 0
+        while True:
+            i, why = core.process(msgs, i, positions, consumed)
+            if why == DONE:
+                break
+            msg = msgs[i]
+            i += 1
+            if why == STOP_ERROR:
+                errors += 1
+                self._consume_error(msg)
                 continue
             topic = msg.topic()
-            assert topic is not None
             partition = msg.partition()
             offset = msg.offset()
-            assert partition is not None and offset is not None
-            self.positions[(topic, partition)] = offset + 1
-            self.consumed[(topic, partition)] = offset + 1
-            self.counters.consumed += 1
-            source = self.contract[topic]
-            if source == topics.POSTS:
+            assert topic is not None and partition is not None and offset is not None
+            positions[(topic, partition)] = offset + 1
+            consumed[(topic, partition)] = offset + 1
+            if why == STOP_POSTS:
                 self._repartition(msg, partition, offset)
-            elif source == topics.TRENDING_CANDIDATES:
+            elif why == STOP_CANDIDATES:
                 self.ranking.on_candidates(msg)
             else:
-                self._apply(msg, source, partition, offset)
+                source = self.contract[topic]
+                owned = partition in self.tasks
+                reason = apply_checked(core, msg, source, self.partitions, owned)
+                if reason is not None:
+                    self._dead_letter(msg, reason)
+        self.counters.consumed += len(msgs) - errors
+        for event, fields in core.take_warnings():
+            log.warning(event, **fields)
 
-    def _apply(self, msg: Message, source: str, partition: int, offset: int) -> None:
-        try:
-            checked = check(source, msg.key(), msg.value(), partition, self.partitions)
-        except InvalidEvent as exc:
-            self._dead_letter(msg, str(exc))
+    def _consume_error(self, msg: Message) -> None:
+        err = msg.error()
+        assert err is not None
+        if err.code() == KafkaError._PARTITION_EOF:
             return
-        task = self.tasks.get(partition)
-        if task is None:  # not ours any more (revoked inside this batch)
-            return
-        accepted = msg.timestamp()[1]
-        if source == topics.POSTS_BY_ID:
-            headers = dict(msg.headers() or [])
-            src_offset = int(headers.get(SRC_OFFSET) or b"-1")
-        else:
-            src_offset = offset
-        try:
-            time_ms = event_time_ms(checked.event, accepted)
-            if source == topics.LIKES:
-                liked = checked.kind == "post_liked"
-                task.state.apply_like(
-                    checked.post_id, checked.actor, liked, src_offset, checked.event, time_ms
-                )
-            else:
-                task.state.apply(source, src_offset, checked.event, time_ms)
-        except PendingOverflow as exc:
-            self._dead_letter(msg, str(exc))
+        if err.fatal():
+            raise FatalProcessorError(str(err))
+        log.warning("consume_error", error=str(err))
 
     def _repartition(self, msg: Message, partition: int, offset: int) -> None:
         try:
@@ -495,37 +504,26 @@ class Processor:
         self.positions.clear()
         self.counters.commits += 1
         for task in self.tasks.values():
-            task.store.commit(self.changelog_next.get(task.partition))
-            task.state.trim_cache(50_000)
+            task.store.commit(self.core, self.changelog_next.get(task.partition))
+            self.core.trim_cache(task.partition, 50_000)
         self.ranking.after_commit()
 
     def _flush_task(self, task: Task) -> None:
-        changelog, changed = task.state.drain()
         p = task.partition
-        if changelog:
-            # One record per changed key, the bulk of what the processor writes: a
-            # direct loop (no per-record kwargs), the last one reporting its offset.
-            topic, produce = self.topic_changelog, self.producer.produce
-            *head, (last_key, last_value) = changelog.items()
-            for key, value in head:
-                try:
-                    produce(topic, value, key, p)
-                except BufferError:
-                    self._produce(topic, key, value, p)
-            self._produce(topic, last_key, last_value, p, on_delivery=self._on_changelog_delivery)
-        for rec in changed:
-            post_id = rec.post.post_id
-            value = None
-            if rec.status == LIVE:
-                value = ev.PostWithCounts(
-                    post=rec.post,
-                    posts_applied_through=rec.posts_applied_through,
-                    likes_applied_through=rec.likes_applied_through,
-                    comments_applied_through=rec.comments_applied_through,
-                ).SerializeToString()
+        changed = self.core.drain(p)
+        # One record per changed key, the bulk of what the processor writes; the last
+        # one reports its offset (the store's checkpoint).
+        self.core.produce_changelog(
+            p, self.producer, self.topic_changelog, self._on_changelog_delivery
+        )
+        records = []
+        for post_id, value, raw in changed:
             self._produce(self.topic_output, post_id.encode(), value, p)
-            self.counters.outputs += 1
-        self.ranking.on_task_changes(task, changed, self.clock())
+            rec = st.PostRecord()
+            rec.ParseFromString(raw)
+            records.append(rec)
+        self.counters.outputs += len(changed)
+        self.ranking.on_task_changes(task, records, self.clock())
 
     def _on_changelog_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
@@ -563,8 +561,7 @@ class Processor:
         self.positions.clear()
         self.repartitioned.clear()  # what the aborted transaction re-keyed never shows up
         for task in self.tasks.values():
-            task.store.discard()
-            task.state.forget_cache()
+            self.core.discard(task.partition)
         self.ranking.discard()
         assignment = self.consumer.assignment()
         if assignment:
@@ -589,8 +586,9 @@ class Processor:
 
     def _drop(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            if tp.topic == self.topic_likes:
-                self.tasks.pop(tp.partition, None)
+            if tp.topic == self.topic_likes and tp.partition in self.tasks:
+                del self.tasks[tp.partition]
+                self.core.remove_task(tp.partition)
             if tp.topic == self.ranking.topic_candidates:
                 self.ranking.unassign()
             self.positions.pop((tp.topic, tp.partition), None)
@@ -618,7 +616,8 @@ class Processor:
         restored = self._restore(new)
         for p in new:
             store = self.store.task(p)
-            self.tasks[p] = Task(p, store, TaskState(store, self.trending))
+            self.core.add_task(p, store)
+            self.tasks[p] = Task(p, store)
         changelog_done = time.monotonic()
         self.ranking.on_assign(committed, self.tasks, self.restore_consumer, self.clock())
         # Assign now (restore is done), with likes and comments paused until the posts
@@ -709,7 +708,8 @@ class Processor:
             commits=c.commits,
             aborts=c.aborts,
             tasks=len(self.tasks),
-            unauthorized=sum(t.state.stats.unauthorized for t in self.tasks.values()),
+            unauthorized=sum(self.core.stats(p)[4] for p in self.tasks),
+            store_reads=sum(self.core.stats(p)[5] for p in self.tasks),
         )
         c.last_log = now
         c.last_consumed = c.consumed

@@ -1,5 +1,9 @@
 """Per-partition state transitions: the rules of invariants 1-3, as plain Python.
 
+This is the specification. The processor runs the same rules compiled
+(processor/native, through processor/core.py); tests/test_unit_native.py holds the two
+equal record for record, and MYSOCIAL_PROCESSOR_CORE=python runs this one.
+
 One TaskState owns the state of one partition number p (its posts, likes, comments
 and repartitioned post events all live on partition p). It reads and writes through
 a key-value Store; it never talks to Kafka, so every rule is unit-testable with a
@@ -96,6 +100,7 @@ class TaskState:
     # Keys written since the last drain, for the changelog (None = deleted).
     changelog: dict[bytes, bytes | None] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
+    max_pending: int = MAX_PENDING_PER_POST
 
     # -- store access -------------------------------------------------------------
     def _post(self, post_id: str) -> st.PostRecord | None:
@@ -373,10 +378,8 @@ class TaskState:
         if rec is None:
             rec = st.PostRecord(status=PENDING)
             self.posts[post_id] = rec
-        if rec.pending_next - rec.pending_first >= MAX_PENDING_PER_POST:
-            raise PendingOverflow(
-                f"more than {MAX_PENDING_PER_POST} events wait for post {post_id}"
-            )
+        if rec.pending_next - rec.pending_first >= self.max_pending:
+            raise PendingOverflow(f"more than {self.max_pending} events wait for post {post_id}")
         pending = st.PendingEvent(
             source=source, offset=offset, event=event.SerializeToString(), accepted_at_ms=time_ms
         )

@@ -15,12 +15,17 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 _META = b"\xff"  # sorts after every data key type (C, E, P, Q)
 _CHECKPOINT = _META + b"checkpoint"
-_MISSING = object()
+_NO_WAL = WriteOptions()
+setattr(_NO_WAL, "disable_wal", True)  # noqa: B010 (a property; the stubs call it a method)
+
+if TYPE_CHECKING:
+    from processor.core import Core
 
 
 def _prefix(partition: int) -> bytes:
@@ -56,30 +61,20 @@ class LocalStore:
 
 
 class TaskStore:
-    """Store for one task: reads see uncommitted writes; commit() persists them."""
+    """The committed state of one task. Uncommitted writes live in the Core (processor/
+    core.py) and reach RocksDB through commit() once their transaction committed."""
 
     def __init__(self, db: Rdict, partition: int) -> None:
         self.db = db
         self.partition = partition
         self.prefix = _prefix(partition)
-        self.overlay: dict[bytes, bytes | None] = {}
 
-    # Store protocol -------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
-        value = self.overlay.get(key, _MISSING)
-        if value is _MISSING:
-            raw = self.db.get(self.prefix + key)
-            return raw if isinstance(raw, bytes) else None
-        return value  # type: ignore[return-value]
-
-    def put(self, key: bytes, value: bytes) -> None:
-        self.overlay[key] = value
-
-    def delete(self, key: bytes) -> None:
-        self.overlay[key] = None
+        raw = self.db.get(self.prefix + key)
+        return raw if isinstance(raw, bytes) else None
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Committed records with this key prefix (the overlay is not included)."""
+        """Committed records with this key prefix."""
         start = self.prefix + prefix
         n = len(self.prefix)
         for key, value in self.db.items(from_key=start):
@@ -88,23 +83,28 @@ class TaskStore:
                 break
             yield key[n:], value
 
-    # Transaction support ----------------------------------------------------------
-    def commit(self, changelog_next_offset: int | None) -> None:
-        """Persist the overlay (after the Kafka transaction committed)."""
+    def keys(self, *prefixes: bytes) -> Iterator[bytes]:
+        """Committed keys under each of these key prefixes."""
+        n = len(self.prefix)
+        for prefix in prefixes:
+            start = self.prefix + prefix
+            for key in self.db.keys(from_key=start):
+                assert isinstance(key, bytes)
+                if not key.startswith(start):
+                    break
+                yield key[n:]
+
+    def commit(self, core: Core, changelog_next_offset: int | None) -> None:
+        """Persist the transaction's writes (after the Kafka transaction committed).
+
+        Without the write-ahead log: the changelog topic is the durable copy, and the
+        checkpoint goes in the same batch, so after a crash RocksDB holds a prefix of
+        the batches with the checkpoint that matches it (restore replays the rest)."""
         batch = WriteBatch(raw_mode=True)
-        for key, value in self.overlay.items():
-            if value is None:
-                batch.delete(self.prefix + key)
-            else:
-                batch.put(self.prefix + key, value)
+        core.write_batch(self.partition, batch, self.prefix)
         if changelog_next_offset is not None:
             batch.put(self.prefix + _CHECKPOINT, _encode_checkpoint(changelog_next_offset))
-        self.db.write(batch)
-        self.overlay.clear()
-
-    def discard(self) -> None:
-        """Forget uncommitted writes (the transaction was aborted)."""
-        self.overlay.clear()
+        self.db.write(batch, _NO_WAL)
 
     # Restore support --------------------------------------------------------------
     def checkpoint(self) -> tuple[int, float] | None:
@@ -117,7 +117,6 @@ class TaskStore:
 
     def wipe(self) -> None:
         """Delete this task's local copy (it will be rebuilt from the changelog)."""
-        self.overlay.clear()
         self.db.delete_range(self.prefix, _prefix(self.partition + 1))
 
     def restore(self, records: list[tuple[bytes, bytes | None]], next_offset: int) -> None:
@@ -129,7 +128,7 @@ class TaskStore:
             else:
                 batch.put(self.prefix + key, value)
         batch.put(self.prefix + _CHECKPOINT, _encode_checkpoint(next_offset))
-        self.db.write(batch)
+        self.db.write(batch, _NO_WAL)
 
 
 def _encode_checkpoint(offset: int) -> bytes:

@@ -210,10 +210,13 @@ def test_scale_out_and_kill_one_instance(proc_settings: Settings, log_dir: Path)
         second.terminate()
 
 
+@pytest.mark.parametrize("core", ["native", "python"])
 def test_poison_records_go_to_the_dead_letter_topic_once(
-    proc_settings: Settings, log_dir: Path
+    proc_settings: Settings, log_dir: Path, core: str
 ) -> None:
-    s = proc_settings
+    """Both cores (compiled and the Python rules) dead-letter the same records and
+    ignore the same forged events, end to end."""
+    s = proc_settings.with_(processor_core=core)
     processor = ProcessorProc(s, "a", log_dir)
     processor.start()
     try:

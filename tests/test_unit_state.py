@@ -151,9 +151,9 @@ def test_events_before_their_post_wait_and_then_count() -> None:
     assert queue_keys and all(changelog[k] is None for k in queue_keys)  # queue emptied
 
 
-def test_pending_queue_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state_mod, "MAX_PENDING_PER_POST", 3)
+def test_pending_queue_is_bounded() -> None:
     h = Harness()
+    h.state.max_pending = 3
     for i in range(3):
         h.like(P, f"u{i}")
     with pytest.raises(state_mod.PendingOverflow):

@@ -1,0 +1,351 @@
+"""The processor's per-event work behind one interface, in two implementations.
+
+The engine (processor/engine.py) hands each consumed batch to a Core, which decodes,
+checks and applies the events of the partitions it owns, and at commit time gives
+back the changed posts and writes the changed keys to the changelog and RocksDB.
+
+- NativeCore (the default) is processor_native, Rust compiled by `make`
+  (processor/native): the whole per-message loop runs without Python bytecode, at a
+  fraction of the CPU per event that the Python rules take (docs/BENCHMARKS.md).
+- PyCore is the same contract in plain Python over TaskState (processor/state.py):
+  the executable specification of the rules. tests/test_unit_native.py runs both on
+  the same random records and requires identical records, outputs and changelogs;
+  MYSOCIAL_PROCESSOR_CORE=python runs the processor on it.
+
+`process` stops at the first record the engine must handle itself (a consume error,
+a `posts` record to re-key, trending candidates, an event that is invalid or that the
+native decoder leaves to Python's protobuf) and returns its index: the order of each
+partition's events is kept. The engine's `_apply_checked` then applies it through
+`apply` with its canonical encoding, or dead-letters it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from confluent_kafka import Message, Producer
+
+from mysocial.events import InvalidEvent, check, event_time_ms
+from mysocial.kafka import topics
+from mysocial.v1 import events_pb2 as ev
+from processor.state import LIVE, MAX_PENDING_PER_POST, PendingOverflow, TaskState
+from processor.store import TaskStore
+from processor.trending import TrendingConfig
+
+# Routes of input topics (processor_native uses the same numbers).
+ROUTE_POSTS = 0
+ROUTE_CANDIDATES = 1
+ROUTE_POSTS_BY_ID = 2
+ROUTE_LIKES = 3
+ROUTE_COMMENTS = 4
+ROUTE_OF_CONTRACT = {
+    topics.POSTS: ROUTE_POSTS,
+    topics.TRENDING_CANDIDATES: ROUTE_CANDIDATES,
+    topics.POSTS_BY_ID: ROUTE_POSTS_BY_ID,
+    topics.LIKES: ROUTE_LIKES,
+    topics.COMMENTS: ROUTE_COMMENTS,
+}
+SOURCE_OF_ROUTE = {
+    ROUTE_POSTS_BY_ID: topics.POSTS_BY_ID,
+    ROUTE_LIKES: topics.LIKES,
+    ROUTE_COMMENTS: topics.COMMENTS,
+}
+
+# Why process() stopped.
+DONE = 0
+STOP_ERROR = 1
+STOP_POSTS = 2
+STOP_CANDIDATES = 3
+STOP_PYTHON = 4
+
+SRC_OFFSET = "src-offset"
+
+Positions = dict[tuple[str, int], int]
+# A changed post: (post_id, posts_with_counts value or None for a tombstone, PostRecord).
+Change = tuple[str, bytes | None, bytes]
+OnDelivery = Callable[[Any, Message], None]
+
+
+class Core(Protocol):
+    """Per-partition state and the per-event loop (see the module docstring)."""
+
+    max_pending: int  # events that may wait for a post that has not arrived
+
+    def add_task(self, partition: int, store: TaskStore) -> None: ...
+
+    def remove_task(self, partition: int) -> None: ...
+
+    def process(
+        self, msgs: list[Message], start: int, positions: Positions, consumed: Positions
+    ) -> tuple[int, int]: ...
+
+    def apply(self, partition: int, route: int, offset: int, event: bytes, time_ms: int) -> bool:
+        """Apply a checked event (canonical encoding); False if its post's pending
+        queue is full (nothing changed)."""
+        ...
+
+    def drain(self, partition: int) -> list[Change]: ...
+
+    def produce_changelog(
+        self, partition: int, producer: Producer, topic: str, on_delivery: OnDelivery
+    ) -> int: ...
+
+    def write_batch(self, partition: int, batch: Any, prefix: bytes) -> int: ...
+
+    def discard(self, partition: int) -> None: ...
+
+    def trim_cache(self, partition: int, max_posts: int) -> None: ...
+
+    def post(self, partition: int, post_id: str) -> bytes | None: ...
+
+    def stats(self, partition: int) -> tuple[int, int, int, int, int, int]:
+        """(applied, duplicates, queued, ignored_deleted, unauthorized, store_reads)"""
+        ...
+
+    def take_warnings(self) -> list[tuple[str, dict[str, str]]]: ...
+
+
+def make_core(
+    kind: str,
+    routes: dict[str, int],
+    partitions: int,
+    cfg: TrendingConfig,
+    max_pending: int = MAX_PENDING_PER_POST,
+) -> Core:
+    """The core named by MYSOCIAL_PROCESSOR_CORE ("native" or "python")."""
+    if kind == "python":
+        return PyCore(routes, partitions, cfg, max_pending)
+    if kind != "native":
+        raise ValueError(f"unknown processor core {kind!r} (native or python)")
+    return NativeCore(routes, partitions, cfg, max_pending)
+
+
+def src_offset(msg: Message) -> int:
+    """The source offset a re-keyed post carries (engine.py _repartition)."""
+    headers = dict(msg.headers() or [])
+    return int(headers.get(SRC_OFFSET) or b"-1")
+
+
+def apply_checked(
+    core: Core, msg: Message, source: str, partitions: int, owned: bool
+) -> str | None:
+    """An event the core left to Python: the dead-letter reason if it is invalid (or
+    its post's pending queue is full), else None once applied through its canonical
+    encoding (unknown fields dropped: what the native decoder reads without doubt).
+    `owned`: whether this instance still owns the record's partition."""
+    partition, offset = msg.partition(), msg.offset()
+    assert partition is not None and offset is not None
+    try:
+        checked = check(source, msg.key(), msg.value(), partition, partitions)
+    except InvalidEvent as exc:
+        return str(exc)
+    if not owned:  # revoked inside this batch: another instance applies it
+        return None
+    applied_offset = src_offset(msg) if source == topics.POSTS_BY_ID else offset
+    time_ms = event_time_ms(checked.event, msg.timestamp()[1])
+    checked.event.DiscardUnknownFields()
+    event = checked.event.SerializeToString()
+    if not core.apply(partition, ROUTE_OF_CONTRACT[source], applied_offset, event, time_ms):
+        return f"more than {core.max_pending} events wait for post {checked.post_id}"
+    return None
+
+
+class NativeCore:
+    """processor_native.Core, plus what needs Python objects (the task's store)."""
+
+    def __init__(
+        self,
+        routes: dict[str, int],
+        partitions: int,
+        cfg: TrendingConfig,
+        max_pending: int = MAX_PENDING_PER_POST,
+    ) -> None:
+        import processor_native
+
+        self.max_pending = max_pending
+        self._core = processor_native.Core(
+            list(routes.items()),
+            partitions,
+            cfg.half_life_ms,
+            cfg.like_weight,
+            cfg.comment_weight,
+            max_pending,
+            (topics.POSTS_BY_ID, topics.LIKES, topics.COMMENTS),
+        )
+        core = self._core
+        self.process = core.process
+        self.apply = core.apply
+        self.drain = core.drain
+        self.produce_changelog = core.produce_changelog
+        self.write_batch = core.write_batch
+        self.discard = core.discard
+        self.trim_cache = core.trim_cache
+        self.post = core.post
+        self.stats = core.stats
+        self.take_warnings = core.take_warnings
+        self.remove_task = core.remove_task
+
+    def add_task(self, partition: int, store: TaskStore) -> None:
+        self._core.add_task(partition, store.get, store.keys(b"E", b"C"))
+
+
+class _Overlay:
+    """TaskState's Store over a task's committed RocksDB: reads see this
+    transaction's writes; the writes wait here until write_batch."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self.committed = store
+        self.writes: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self.writes:
+            return self.writes[key]
+        return self.committed.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.writes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.writes[key] = None
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self.committed.scan(prefix)
+
+
+class _PyTask:
+    def __init__(self, store: TaskStore, cfg: TrendingConfig, max_pending: int) -> None:
+        self.overlay = _Overlay(store)
+        self.state = TaskState(self.overlay, cfg, max_pending=max_pending)
+        self.committing: dict[bytes, bytes | None] = {}
+        self.store_reads = 0
+
+
+class PyCore:
+    """The Core contract in plain Python over processor/state.py (the reference)."""
+
+    def __init__(
+        self,
+        routes: dict[str, int],
+        partitions: int,
+        cfg: TrendingConfig,
+        max_pending: int = MAX_PENDING_PER_POST,
+    ) -> None:
+        self.routes = routes
+        self.max_pending = max_pending
+        self.partitions = partitions
+        self.cfg = cfg
+        self.tasks: dict[int, _PyTask] = {}
+        self.warnings: list[tuple[str, dict[str, str]]] = []
+
+    def add_task(self, partition: int, store: TaskStore) -> None:
+        self.tasks[partition] = _PyTask(store, self.cfg, self.max_pending)
+
+    def remove_task(self, partition: int) -> None:
+        self.tasks.pop(partition, None)
+
+    def process(
+        self, msgs: list[Message], start: int, positions: Positions, consumed: Positions
+    ) -> tuple[int, int]:
+        for i in range(start, len(msgs)):
+            msg = msgs[i]
+            if msg.error() is not None:
+                return i, STOP_ERROR
+            topic = msg.topic()
+            route = self.routes.get(topic or "")
+            if route is None:
+                return i, STOP_PYTHON
+            if route == ROUTE_POSTS:
+                return i, STOP_POSTS
+            if route == ROUTE_CANDIDATES:
+                return i, STOP_CANDIDATES
+            partition, offset = msg.partition(), msg.offset()
+            assert topic is not None and partition is not None and offset is not None
+            source = SOURCE_OF_ROUTE[route]
+            try:
+                checked = check(source, msg.key(), msg.value(), partition, self.partitions)
+            except InvalidEvent:
+                return i, STOP_PYTHON
+            task = self.tasks.get(partition)
+            if task is not None:
+                applied_offset = src_offset(msg) if route == ROUTE_POSTS_BY_ID else offset
+                time_ms = event_time_ms(checked.event, msg.timestamp()[1])
+                try:
+                    task.state.apply(source, applied_offset, checked.event, time_ms)
+                except PendingOverflow:
+                    return i, STOP_PYTHON
+            positions[(topic, partition)] = offset + 1
+            consumed[(topic, partition)] = offset + 1
+        return len(msgs), DONE
+
+    def apply(self, partition: int, route: int, offset: int, event: bytes, time_ms: int) -> bool:
+        decoded = ev.Event()
+        decoded.ParseFromString(event)
+        try:
+            self.tasks[partition].state.apply(SOURCE_OF_ROUTE[route], offset, decoded, time_ms)
+        except PendingOverflow:
+            return False
+        return True
+
+    def drain(self, partition: int) -> list[Change]:
+        task = self.tasks[partition]
+        changelog, changed = task.state.drain()
+        task.committing.update(changelog)
+        task.overlay.writes.clear()
+        out: list[Change] = []
+        for rec in changed:
+            value = None
+            if rec.status == LIVE:
+                value = ev.PostWithCounts(
+                    post=rec.post,
+                    posts_applied_through=rec.posts_applied_through,
+                    likes_applied_through=rec.likes_applied_through,
+                    comments_applied_through=rec.comments_applied_through,
+                ).SerializeToString()
+            out.append((rec.post.post_id, value, rec.SerializeToString()))
+        return out
+
+    def produce_changelog(
+        self, partition: int, producer: Producer, topic: str, on_delivery: OnDelivery
+    ) -> int:
+        records = list(self.tasks[partition].committing.items())
+        for i, (key, value) in enumerate(records):
+            kwargs: dict[str, Any] = {"on_delivery": on_delivery} if i == len(records) - 1 else {}
+            while True:
+                try:
+                    producer.produce(topic, value, key, partition, **kwargs)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        return len(records)
+
+    def write_batch(self, partition: int, batch: Any, prefix: bytes) -> int:
+        task = self.tasks[partition]
+        records, task.committing = task.committing, {}
+        for key, value in records.items():
+            if value is None:
+                batch.delete(prefix + key)
+            else:
+                batch.put(prefix + key, value)
+        return len(records)
+
+    def discard(self, partition: int) -> None:
+        task = self.tasks[partition]
+        task.state.forget_cache()
+        task.overlay.writes.clear()
+        task.committing.clear()
+
+    def trim_cache(self, partition: int, max_posts: int) -> None:
+        self.tasks[partition].state.trim_cache(max_posts)
+
+    def post(self, partition: int, post_id: str) -> bytes | None:
+        rec = self.tasks[partition].state.post(post_id)
+        return None if rec is None else rec.SerializeToString()
+
+    def stats(self, partition: int) -> tuple[int, int, int, int, int, int]:
+        s = self.tasks[partition].state.stats
+        return (s.applied, s.duplicates, s.queued, s.ignored_deleted, s.unauthorized, 0)
+
+    def take_warnings(self) -> list[tuple[str, dict[str, str]]]:
+        out, self.warnings = self.warnings, []
+        return out

@@ -1,0 +1,115 @@
+//! processor/trending.py: the decayed engagement mass of one post, operation for
+//! operation (the same libm pow, the same order), so both implementations agree to
+//! the last bit.
+
+const MAX_EXPONENT: f64 = 512.0;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    pub half_life_ms: f64,
+    pub like_weight: f64,
+    pub comment_weight: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trending {
+    pub like_mass: f64,
+    pub comment_mass: f64,
+    pub epoch_ms: i64,
+    pub counted_likers: i64,
+    pub counted_commenters: i64,
+    pub ignored_events: i64,
+    pub last_engagement_ms: i64,
+}
+
+/// 2^x through libm's pow, as Python's math.pow(2.0, x). (LLVM would rewrite a
+/// literal-base pow(2, x) into exp2(x), which can differ in the last bit.)
+fn pow2(x: f64) -> f64 {
+    std::hint::black_box(2f64).powf(x)
+}
+
+fn ratio(cfg: &Config, delta_ms: i128) -> f64 {
+    delta_ms as f64 / cfg.half_life_ms
+}
+
+fn max0(x: f64) -> f64 {
+    // Python's max(0.0, x): 0.0 unless x is greater.
+    if x > 0.0 {
+        x
+    } else {
+        0.0
+    }
+}
+
+pub fn weight_of(cfg: &Config, liked: bool, live_comments: i64) -> f64 {
+    if live_comments > 0 {
+        cfg.comment_weight
+    } else if liked {
+        cfg.like_weight
+    } else {
+        0.0
+    }
+}
+
+fn term(cfg: &Config, w: f64, t_ms: i64, epoch_ms: i64) -> f64 {
+    w * pow2(ratio(cfg, i128::from(t_ms) - i128::from(epoch_ms)))
+}
+
+pub fn move_epoch(cfg: &Config, state: &mut Trending, epoch_ms: i64) {
+    let factor = pow2(ratio(cfg, i128::from(state.epoch_ms) - i128::from(epoch_ms)));
+    state.like_mass *= factor;
+    state.comment_mass *= factor;
+    state.epoch_ms = epoch_ms;
+}
+
+fn rebase(cfg: &Config, state: &mut Trending, t_ms: i64) {
+    if ratio(cfg, i128::from(t_ms) - i128::from(state.epoch_ms)) <= MAX_EXPONENT {
+        return;
+    }
+    move_epoch(cfg, state, t_ms);
+}
+
+/// Replace a user's contribution old_w dated old_t (default t_ms) by new_w dated t_ms.
+pub fn change_weight(
+    cfg: &Config,
+    state: &mut Trending,
+    old_w: f64,
+    new_w: f64,
+    t_ms: i64,
+    old_t_ms: Option<i64>,
+) -> bool {
+    let old_t = old_t_ms.unwrap_or(t_ms);
+    if old_w == new_w && (old_t == t_ms || new_w == 0.0) {
+        state.ignored_events += 1;
+        return false;
+    }
+    rebase(cfg, state, t_ms.max(old_t));
+    if old_w != 0.0 {
+        let t = term(cfg, old_w, old_t, state.epoch_ms);
+        if old_w == cfg.comment_weight {
+            state.comment_mass = max0(state.comment_mass - t);
+            state.counted_commenters -= 1;
+        } else {
+            state.like_mass = max0(state.like_mass - t);
+            state.counted_likers -= 1;
+        }
+    }
+    if new_w != 0.0 {
+        let t = term(cfg, new_w, t_ms, state.epoch_ms);
+        if new_w == cfg.comment_weight {
+            state.comment_mass += t;
+            state.counted_commenters += 1;
+        } else {
+            state.like_mass += t;
+            state.counted_likers += 1;
+        }
+        state.last_engagement_ms = state.last_engagement_ms.max(t_ms);
+    }
+    if state.counted_likers == 0 {
+        state.like_mass = 0.0;
+    }
+    if state.counted_commenters == 0 {
+        state.comment_mass = 0.0;
+    }
+    true
+}
