@@ -67,12 +67,19 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
         f"| B2 | raw idempotent acks=all producer, {results['B2']['value_bytes']}-byte events | "
         f"{results['B2']['msg_per_s']:.0f} msg/s |",
         f"| B3 | raw batched consume + protobuf parse, {c['B3']['processes']} process(es) | "
-        f"{c['B3']['events_per_s_excl_startup']:.0f} events/s steady ({c['B3']['events_per_s']:.0f} including group join) |",
+        f"{c['B3']['events_per_s_excl_startup']:.0f} events/s steady{_median(c['B3'])} ({c['B3']['events_per_s']:.0f} including process start) |",
         f"| T2 | processor catch-up, {c['T2']['instances']} instance(s), {c['T2']['events']} events "
         f"(counts + trending, exactly-once; audit {'agreed' if c['T2'].get('audit_ok') else 'DISAGREED'}) | "
         f"{c['T2']['events_per_s_excl_startup']:.0f} events/s steady{_median(c['T2'])} "
         f"({c['T2']['events_per_s']:.0f} including {c['T2']['startup_s']:.1f} s start-up) |",
     ]
+    if "T2_python" in c:
+        tp = c["T2_python"]
+        lines.append(
+            f"| T2 (Python rules) | the same catch-up with MYSOCIAL_PROCESSOR_CORE=python, one trial | "
+            f"{tp['events_per_s_excl_startup']:.0f} events/s steady "
+            f"(the compiled core: {c['T2']['events_per_s_excl_startup'] / max(tp['events_per_s_excl_startup'], 1e-9):.1f} ×) |"
+        )
     for peer, name in (
         ("P1", "Quix Streams peer, same aggregation, exactly-once"),
         ("P2", "Kafka Streams peer (Java, exactly_once_v2)"),
