@@ -1,6 +1,6 @@
 # MySocial backend. The two commands a new user needs:
 #   make run    the whole system (embedded Kafka broker, processor, services)
-#   make test   every check: ruff, mypy, buf lint, unit and integration tests
+#   make test   every check: ruff, mypy, rustfmt, clippy, buf lint, unit and integration tests
 # Everything else is installed on demand into ignored folders (.venv, .cache,
 # node_modules); versions are pinned (constraints.txt, package-lock.json,
 # kafka/pom.xml, GRPCURL_VERSION below).
@@ -68,6 +68,9 @@ broker-fetch: deps
 lint: deps gen
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	cargo fmt --check --manifest-path processor/native/Cargo.toml
+	CARGO_TARGET_DIR="$(abspath .cache/cargo-target)" cargo clippy --quiet --locked \
+	  --manifest-path processor/native/Cargo.toml -- -D warnings
 
 typecheck: deps gen
 	$(BIN)/mypy .

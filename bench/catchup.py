@@ -29,6 +29,18 @@ def input_lag(settings: Settings) -> int:
     return group_lag(settings.bootstrap, settings.topic(GROUP), names)
 
 
+def settled(children: list[Child], seconds: float = 3.0) -> list[int]:
+    """RSS once caught up: the lowest of each process over a few idle seconds, after
+    the last transaction and the prefetched batches were released (what stays is the
+    state held, plus the fixed caches)."""
+    lowest = [child.rss_bytes() for child in children]
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        time.sleep(0.2)
+        lowest = [min(low, child.rss_bytes()) for low, child in zip(lowest, children, strict=True)]
+    return lowest
+
+
 def run_processors(
     settings: Settings,
     instances: int,
@@ -73,6 +85,7 @@ def run_processors(
         assert first is not None
         for i, child in enumerate(children):
             peak_rss[i] = max(peak_rss[i], child.rss_bytes())
+        settled_rss = settled(children)
         if verify:
             wait_caught_up(settings, 60)  # internal topics too (re-keyed posts, candidates)
             settle(settings, 60)  # let trending publish what it has caught up on
@@ -90,6 +103,7 @@ def run_processors(
         "lag_at_first_commit": first[1],
         "events_per_s_excl_startup": first[1] / max(steady_s, 1e-9),
         "peak_rss_bytes": peak_rss,
+        "settled_rss_bytes": settled_rss,
     }
     if verify:
         checked = time.perf_counter()

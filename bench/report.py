@@ -103,9 +103,12 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
         f"{results['T5']['knee_per_s']:.0f} commands/s |",
         f"| B4 | raw Kafka produce → consume latency | p50 {results['B4']['p50_ms']:.1f} ms, "
         f"p99 {results['B4']['p99_ms']:.1f} ms |",
-        f"| M1 | processor RSS slope | {c['M1_processor']['bytes_per_like']:.1f} bytes per tracked like "
-        f"({c['M1_processor']['peak_rss_bytes'][1] / 2**20:.0f} MiB at "
-        f"{c['M1_processor']['likes'][1]} likes) |",
+        f"| M1 | processor RSS slope, settled after catch-up (peak during it) | "
+        f"{c['M1_processor']['bytes_per_like']:.1f} bytes per tracked like "
+        f"({c['M1_processor']['peak_bytes_per_like']:.1f}); "
+        f"{c['M1_processor']['settled_rss_bytes'][1] / 2**20:.0f} MiB settled, "
+        f"{c['M1_processor']['peak_rss_bytes'][1] / 2**20:.0f} MiB peak at "
+        f"{c['M1_processor']['likes'][1]} likes |",
         f"| M1 | query service RSS slope | {results['M1_query']['bytes_per_post']:.0f} bytes per post |",
         "",
         "## Knee search (T5 windows)",

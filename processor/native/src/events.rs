@@ -212,7 +212,8 @@ pub fn is_user_id(value: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'@' | b'-'))
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'@' | b'-'))
 }
 
 /// mysocial/ids.py is_entity_id: a lowercase canonical UUID.
@@ -265,8 +266,7 @@ pub fn check<'a>(
 /// mysocial/events.py event_time_ms: event time clamped to the broker's accept time.
 /// None where Python's arithmetic would leave the i64 range (Python decides).
 pub fn event_time_ms(event: &Event<'_>, accepted_ms: i64) -> Option<i64> {
-    let occurred =
-        i128::from(event.seconds) * 1000 + i128::from(event.nanos).div_euclid(1_000_000);
+    let occurred = i128::from(event.seconds) * 1000 + i128::from(event.nanos).div_euclid(1_000_000);
     if occurred <= 0 {
         return Some(accepted_ms);
     }

@@ -46,6 +46,9 @@ fn source_of(route: u8) -> Option<Source> {
     }
 }
 
+/// A changed post as drain() returns it: (post_id, output or tombstone, PostRecord).
+type Changed<'py> = (String, Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>);
+
 struct Topic {
     name: String,
     route: u8,
@@ -94,7 +97,9 @@ fn src_offset(msg: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Ok(None);
     }
-    Ok(std::str::from_utf8(&raw).ok().and_then(|s| s.parse::<i64>().ok()))
+    Ok(std::str::from_utf8(&raw)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok()))
 }
 
 impl Core {
@@ -110,6 +115,7 @@ impl Core {
     /// topics: (topic name, route) pairs; names: the contract names of the re-keyed
     /// posts, likes and comments topics (stored in pending events).
     #[new]
+    #[allow(clippy::too_many_arguments)] // the Python constructor's keyword list
     #[pyo3(signature = (topics, partitions, half_life_ms, like_weight, comment_weight, max_pending, names))]
     fn new(
         py: Python<'_>,
@@ -134,8 +140,16 @@ impl Core {
                 })
                 .collect(),
             partitions,
-            cfg: trending::Config { half_life_ms, like_weight, comment_weight },
-            names: Names { posts_by_id: names.0, likes: names.1, comments: names.2 },
+            cfg: trending::Config {
+                half_life_ms,
+                like_weight,
+                comment_weight,
+            },
+            names: Names {
+                posts_by_id: names.0,
+                likes: names.1,
+                comments: names.2,
+            },
             max_pending,
             tasks: HashMap::new(),
         })
@@ -177,11 +191,12 @@ impl Core {
         consumed: &Bound<'_, PyDict>,
     ) -> PyResult<(usize, u8)> {
         let mut seen: Vec<(usize, u32, i64)> = Vec::with_capacity(64);
-        let mut note = |topic: usize, partition: u32, next: i64| {
-            match seen.iter_mut().find(|(t, p, _)| *t == topic && *p == partition) {
-                Some(entry) => entry.2 = next,
-                None => seen.push((topic, partition, next)),
-            }
+        let mut note = |topic: usize, partition: u32, next: i64| match seen
+            .iter_mut()
+            .find(|(t, p, _)| *t == topic && *p == partition)
+        {
+            Some(entry) => entry.2 = next,
+            None => seen.push((topic, partition, next)),
         };
         let n = msgs.len();
         let mut stop = (n, DONE);
@@ -199,7 +214,14 @@ impl Core {
             };
             let route = self.topics[t].route;
             let Some(source) = source_of(route) else {
-                stop = (i, if route == ROUTE_POSTS { STOP_POSTS } else { STOP_CANDIDATES });
+                stop = (
+                    i,
+                    if route == ROUTE_POSTS {
+                        STOP_POSTS
+                    } else {
+                        STOP_CANDIDATES
+                    },
+                );
                 break;
             };
             let partition: u32 = msg.call_method0(intern!(py, "partition"))?.extract()?;
@@ -210,7 +232,11 @@ impl Core {
                 break;
             };
             let key = msg.call_method0(intern!(py, "key"))?;
-            let key = if key.is_none() { None } else { Some(key.cast::<PyBytes>()?.as_bytes()) };
+            let key = if key.is_none() {
+                None
+            } else {
+                Some(key.cast::<PyBytes>()?.as_bytes())
+            };
             let Ok(event) =
                 events::check(source, key, value.as_bytes(), partition, self.partitions)
             else {
@@ -238,7 +264,14 @@ impl Core {
             } else {
                 offset
             };
-            match task.apply(py, source, applied_offset, &event, value.as_bytes(), time_ms)? {
+            match task.apply(
+                py,
+                source,
+                applied_offset,
+                &event,
+                value.as_bytes(),
+                time_ms,
+            )? {
                 Applied::Done => note(t, partition, offset + 1),
                 Applied::Overflow => {
                     stop = (i, STOP_PYTHON);
@@ -247,7 +280,13 @@ impl Core {
             }
         }
         for (t, partition, next) in seen {
-            let key = PyTuple::new(py, [self.topics[t].py_name.bind(py).clone().into_any(), partition.into_bound_py_any(py)?])?;
+            let key = PyTuple::new(
+                py,
+                [
+                    self.topics[t].py_name.bind(py).clone().into_any(),
+                    partition.into_bound_py_any(py)?,
+                ],
+            )?;
             positions.set_item(&key, next)?;
             consumed.set_item(&key, next)?;
         }
@@ -269,16 +308,15 @@ impl Core {
         let decoded = events::decode(event)
             .map_err(|_| PyValueError::new_err("event does not decode (expected canonical)"))?;
         let task = self.task(partition)?;
-        Ok(matches!(task.apply(py, source, offset, &decoded, event, time_ms)?, Applied::Done))
+        Ok(matches!(
+            task.apply(py, source, offset, &decoded, event, time_ms)?,
+            Applied::Done
+        ))
     }
 
     /// Changed posts since the last drain: [(post_id, posts_with_counts value or None
     /// for a tombstone, PostRecord bytes)]. The changed keys wait in `committing`.
-    fn drain<'py>(
-        &mut self,
-        py: Python<'py>,
-        partition: u32,
-    ) -> PyResult<Vec<(String, Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>)>> {
+    fn drain<'py>(&mut self, py: Python<'py>, partition: u32) -> PyResult<Vec<Changed<'py>>> {
         let task = self.task(partition)?;
         Ok(task
             .drain()
@@ -390,11 +428,21 @@ impl Core {
             .get(&partition)
             .ok_or_else(|| PyKeyError::new_err(format!("no task for partition {partition}")))?;
         let s = task.io.stats;
-        Ok((s.applied, s.duplicates, s.queued, s.ignored_deleted, s.unauthorized, task.io.store_reads))
+        Ok((
+            s.applied,
+            s.duplicates,
+            s.queued,
+            s.ignored_deleted,
+            s.unauthorized,
+            task.io.store_reads,
+        ))
     }
 
     /// Warnings raised by the rules since the last call: [(event, {field: value})].
-    fn take_warnings<'py>(&mut self, py: Python<'py>) -> PyResult<Vec<(String, Bound<'py, PyDict>)>> {
+    fn take_warnings<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> PyResult<Vec<(String, Bound<'py, PyDict>)>> {
         let mut out = Vec::new();
         for task in self.tasks.values_mut() {
             for (event, fields) in task.io.warnings.drain(..) {
@@ -427,18 +475,25 @@ fn check(
     partitions: u32,
 ) -> PyResult<Option<(String, String, String, String)>> {
     let source = source_of(route).ok_or_else(|| PyValueError::new_err("not an event route"))?;
-    Ok(events::check(source, key, value, partition, partitions).ok().map(|e| {
-        let kind = match e.kind {
-            Some(events::Kind::PostCreated) => "post_created",
-            Some(events::Kind::PostDeleted) => "post_deleted",
-            Some(events::Kind::PostLiked) => "post_liked",
-            Some(events::Kind::PostUnliked) => "post_unliked",
-            Some(events::Kind::CommentAdded) => "comment_added",
-            Some(events::Kind::CommentDeleted) => "comment_deleted",
-            None => "",
-        };
-        (kind.to_owned(), e.post_id.to_owned(), e.actor.to_owned(), e.comment_id.to_owned())
-    }))
+    Ok(events::check(source, key, value, partition, partitions)
+        .ok()
+        .map(|e| {
+            let kind = match e.kind {
+                Some(events::Kind::PostCreated) => "post_created",
+                Some(events::Kind::PostDeleted) => "post_deleted",
+                Some(events::Kind::PostLiked) => "post_liked",
+                Some(events::Kind::PostUnliked) => "post_unliked",
+                Some(events::Kind::CommentAdded) => "comment_added",
+                Some(events::Kind::CommentDeleted) => "comment_deleted",
+                None => "",
+            };
+            (
+                kind.to_owned(),
+                e.post_id.to_owned(),
+                e.actor.to_owned(),
+                e.comment_id.to_owned(),
+            )
+        }))
 }
 
 #[pymodule]

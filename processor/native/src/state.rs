@@ -55,7 +55,10 @@ pub struct PostRecord {
 }
 
 fn from_millis(ms: i64) -> (i64, i32) {
-    (ms.div_euclid(1000), (ms.rem_euclid(1000) * 1_000_000) as i32)
+    (
+        ms.div_euclid(1000),
+        (ms.rem_euclid(1000) * 1_000_000) as i32,
+    )
 }
 
 fn to_millis(ts: Option<(i64, i32)>) -> i64 {
@@ -121,7 +124,11 @@ pub fn encode_post_record(rec: &PostRecord) -> Vec<u8> {
 /// ev.PostWithCounts of a live post: what posts_with_counts carries.
 pub fn encode_output(rec: &PostRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(192);
-    put_len(&mut out, 1, &encode_post(rec.post.as_ref().unwrap_or(&Post::default())));
+    put_len(
+        &mut out,
+        1,
+        &encode_post(rec.post.as_ref().unwrap_or(&Post::default())),
+    );
     put_int(&mut out, 2, rec.posts_applied_through);
     put_int(&mut out, 3, rec.likes_applied_through);
     put_int(&mut out, 4, rec.comments_applied_through);
@@ -316,7 +323,12 @@ fn encode_pending(p: &Pending<'_>) -> Vec<u8> {
 }
 
 fn decode_pending(buf: &[u8]) -> Parse<Pending<'_>> {
-    let mut p = Pending { source: "", offset: 0, event: &[], accepted_at_ms: 0 };
+    let mut p = Pending {
+        source: "",
+        offset: 0,
+        event: &[],
+        accepted_at_ms: 0,
+    };
     let mut r = Reader::new(buf);
     while !r.done() {
         let (field, wire) = r.key()?;
@@ -613,14 +625,18 @@ impl Task {
         let rec = self
             .posts
             .entry(post_id.to_owned())
-            .or_insert_with(|| PostRecord { status: PENDING, ..PostRecord::default() });
+            .or_insert_with(|| PostRecord {
+                status: PENDING,
+                ..PostRecord::default()
+            });
         let value = encode_pending(&Pending {
             source: self.io.names.of(source),
             offset,
             event: raw,
             accepted_at_ms: time_ms,
         });
-        self.io.put(queue_key(post_id, rec.pending_next), Some(value));
+        self.io
+            .put(queue_key(post_id, rec.pending_next), Some(value));
         rec.pending_next += 1;
         self.io.stats.queued += 1;
         self.io.touch(post_id, false);
@@ -669,11 +685,17 @@ impl Task {
         let changed = std::mem::take(&mut self.io.changed);
         let mut out = Vec::with_capacity(changed.len());
         for post_id in dirty {
-            let Some(rec) = self.posts.get(&post_id) else { continue };
+            let Some(rec) = self.posts.get(&post_id) else {
+                continue;
+            };
             let record = encode_post_record(rec);
             if changed.contains(&post_id) {
                 let output = (rec.status == LIVE).then(|| encode_output(rec));
-                out.push(Change { post_id: post_id.clone(), output, record: record.clone() });
+                out.push(Change {
+                    post_id: post_id.clone(),
+                    output,
+                    record: record.clone(),
+                });
             }
             self.io.put(post_key(&post_id), Some(record));
         }
@@ -698,7 +720,9 @@ impl Task {
 }
 
 fn adopt_earlier_creation(rec: &mut PostRecord, io: &mut Io, time_ms: i64) {
-    let Some(post) = rec.post.as_mut() else { return };
+    let Some(post) = rec.post.as_mut() else {
+        return;
+    };
     if time_ms >= to_millis(post.created_at) {
         return;
     }
@@ -721,14 +745,20 @@ fn post_deleted(rec: &mut PostRecord, io: &mut Io, event: &Event<'_>, offset: i6
         io.stats.unauthorized += 1;
         io.warnings.push((
             "unauthorized_post_delete_ignored",
-            vec![("post_id", post_id.to_owned()), ("actor", event.actor.to_owned())],
+            vec![
+                ("post_id", post_id.to_owned()),
+                ("actor", event.actor.to_owned()),
+            ],
         ));
         return;
     }
     rec.status = DELETED;
     rec.posts_applied_through = rec.posts_applied_through.max(offset + 1);
     // Keep only what is needed to ignore late events: no content, no counts.
-    rec.post = Some(Post { post_id: post_id.to_owned(), ..Post::default() });
+    rec.post = Some(Post {
+        post_id: post_id.to_owned(),
+        ..Post::default()
+    });
     rec.trending = None;
     io.stats.applied += 1;
     io.touch(post_id, true);
@@ -748,7 +778,10 @@ fn apply_live(
         post_deleted(rec, io, event, offset);
         return Ok(());
     }
-    let post_id = rec.post.as_ref().map_or_else(String::new, |p| p.post_id.clone());
+    let post_id = rec
+        .post
+        .as_ref()
+        .map_or_else(String::new, |p| p.post_id.clone());
     match source {
         Source::Likes => rec.likes_applied_through = rec.likes_applied_through.max(offset + 1),
         Source::Comments => {
@@ -767,17 +800,30 @@ fn apply_live(
     Ok(())
 }
 
+/// What an event changes of one user's engagement with a post.
+struct Engagement<'a> {
+    user: &'a str,
+    time_ms: i64,
+    /// The like flag to set, if the event is a like or unlike.
+    liked: Option<bool>,
+    /// Change of the user's live comments.
+    comments: i64,
+}
+
 /// state.py _update_engager: returns whether the user liked the post before.
 fn update_engager(
     py: Python<'_>,
     rec: &mut PostRecord,
     io: &mut Io,
     post_id: &str,
-    user: &str,
-    time_ms: i64,
-    liked: Option<bool>,
-    comments: i64,
+    change: Engagement<'_>,
 ) -> PyResult<bool> {
+    let Engagement {
+        user,
+        time_ms,
+        liked,
+        comments,
+    } = change;
     let key = key2(b'E', post_id, user);
     let old = match io.read(py, &key)? {
         None => None,
@@ -833,7 +879,19 @@ fn set_liked(
     time_ms: i64,
 ) -> PyResult<()> {
     // The count moves only when the flag does (see state.py _set_liked).
-    if update_engager(py, rec, io, post_id, user, time_ms, Some(liked), 0)? != liked {
+    if update_engager(
+        py,
+        rec,
+        io,
+        post_id,
+        Engagement {
+            user,
+            time_ms,
+            liked: Some(liked),
+            comments: 0,
+        },
+    )? != liked
+    {
         if let Some(post) = rec.post.as_mut() {
             post.like_count += if liked { 1 } else { -1 };
         }
@@ -854,7 +912,9 @@ fn comment_added(
     let key = key2(b'C', event.post_id, event.comment_id);
     if io.read(py, &key)?.is_some() {
         io.stats.duplicates += 1; // retried add, or an attempt to revive a deleted one
-        rec.trending.get_or_insert_with(Trending::default).ignored_events += 1;
+        rec.trending
+            .get_or_insert_with(Trending::default)
+            .ignored_events += 1;
         return Ok(());
     }
     let comment = Comment {
@@ -866,7 +926,13 @@ fn comment_added(
     if let Some(post) = rec.post.as_mut() {
         post.comment_count += 1;
     }
-    update_engager(py, rec, io, event.post_id, event.actor, time_ms, None, 1)?;
+    let added = Engagement {
+        user: event.actor,
+        time_ms,
+        liked: None,
+        comments: 1,
+    };
+    update_engager(py, rec, io, event.post_id, added)?;
     io.stats.applied += 1;
     Ok(())
 }
@@ -906,13 +972,24 @@ fn comment_deleted(
         post.comment_count -= 1;
     }
     let (author, created) = (comment.author_id, comment.created_at_ms);
-    update_engager(py, rec, io, event.post_id, &author, created, None, -1)?;
+    let removed = Engagement {
+        user: &author,
+        time_ms: created,
+        liked: None,
+        comments: -1,
+    };
+    update_engager(py, rec, io, event.post_id, removed)?;
     io.stats.applied += 1;
     Ok(())
 }
 
 /// The post arrived: apply its queued events in their original order.
-fn replay_pending(py: Python<'_>, rec: &mut PostRecord, io: &mut Io, post_id: &str) -> PyResult<()> {
+fn replay_pending(
+    py: Python<'_>,
+    rec: &mut PostRecord,
+    io: &mut Io,
+    post_id: &str,
+) -> PyResult<()> {
     for seq in rec.pending_first..rec.pending_next {
         let key = queue_key(post_id, seq);
         let raw = io.read(py, &key)?;
@@ -923,7 +1000,15 @@ fn replay_pending(py: Python<'_>, rec: &mut PostRecord, io: &mut Io, post_id: &s
         // state.py moves no applied-through mark for a source it does not know.
         let source = io.names.source(pending.source).unwrap_or(Source::PostsById);
         if rec.status == LIVE {
-            apply_live(py, rec, io, source, pending.offset, &event, pending.accepted_at_ms)?;
+            apply_live(
+                py,
+                rec,
+                io,
+                source,
+                pending.offset,
+                &event,
+                pending.accepted_at_ms,
+            )?;
         }
     }
     rec.pending_first = 0;

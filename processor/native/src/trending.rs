@@ -56,7 +56,10 @@ fn term(cfg: &Config, w: f64, t_ms: i64, epoch_ms: i64) -> f64 {
 }
 
 pub fn move_epoch(cfg: &Config, state: &mut Trending, epoch_ms: i64) {
-    let factor = pow2(ratio(cfg, i128::from(state.epoch_ms) - i128::from(epoch_ms)));
+    let factor = pow2(ratio(
+        cfg,
+        i128::from(state.epoch_ms) - i128::from(epoch_ms),
+    ));
     state.like_mass *= factor;
     state.comment_mass *= factor;
     state.epoch_ms = epoch_ms;
