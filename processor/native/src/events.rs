@@ -7,7 +7,7 @@
 //! returns `Undecodable` and the record goes to the Python path, which dead-letters it
 //! with the reason or applies its canonical re-encoding.
 
-use crate::wire::{expect, Reader, Result, Undecodable, LEN, VARINT};
+use crate::wire::{decode_timestamp, each_field, Result, Undecodable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -45,8 +45,8 @@ pub enum Source {
 #[derive(Debug, Default)]
 pub struct Event<'a> {
     pub event_id: &'a str,
-    pub seconds: i64,
-    pub nanos: i32,
+    /// occurred_at as (seconds, nanos).
+    pub occurred_at: (i64, i32),
     pub actor: &'a str,
     pub kind: Option<Kind>,
     pub post_id: &'a str,
@@ -58,25 +58,14 @@ pub struct Event<'a> {
 
 pub fn decode(buf: &[u8]) -> Result<Event<'_>> {
     let mut event = Event::default();
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    each_field(buf, |field, wire, r| {
         match field {
-            1 => {
-                expect(wire, LEN)?;
-                event.event_id = r.string()?;
-            }
-            2 => {
-                expect(wire, LEN)?;
-                decode_timestamp(r.bytes()?, &mut event.seconds, &mut event.nanos)?;
-            }
-            3 => {
-                expect(wire, LEN)?;
-                event.actor = r.string()?;
-            }
+            1 => event.event_id = r.str_of(wire)?,
+            2 => decode_timestamp(r.bytes_of(wire)?, &mut event.occurred_at)?,
+            3 => event.actor = r.str_of(wire)?,
             10..=15 => {
-                expect(wire, LEN)?;
                 let kind = Kind::of_field(field);
+                let payload = r.bytes_of(wire)?;
                 if kind != event.kind {
                     // Another oneof member replaces the previous one (which had to
                     // parse all the same, as protobuf parses every occurrence).
@@ -86,88 +75,51 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>> {
                     event.caption = "";
                     event.media.clear();
                 }
-                decode_payload(r.bytes()?, &mut event)?;
+                decode_payload(payload, &mut event)?;
             }
-            _ => r.skip(wire)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(event)
-}
-
-fn decode_timestamp(buf: &[u8], seconds: &mut i64, nanos: &mut i32) -> Result<()> {
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
-        match field {
-            1 => {
-                expect(wire, VARINT)?;
-                *seconds = r.varint()? as i64;
-            }
-            2 => {
-                expect(wire, VARINT)?;
-                *nanos = r.varint()? as i32;
-            }
-            _ => r.skip(wire)?,
-        }
-    }
-    Ok(())
 }
 
 fn decode_payload<'a>(buf: &'a [u8], event: &mut Event<'a>) -> Result<()> {
     let kind = event.kind.ok_or(Undecodable)?;
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    each_field(buf, |field, wire, r| {
         match (kind, field) {
-            (_, 1) => {
-                expect(wire, LEN)?;
-                event.post_id = r.string()?;
-            }
-            (Kind::CommentAdded | Kind::CommentDeleted, 2) => {
-                expect(wire, LEN)?;
-                event.comment_id = r.string()?;
-            }
+            (_, 1) => event.post_id = r.str_of(wire)?,
+            (Kind::CommentAdded | Kind::CommentDeleted, 2) => event.comment_id = r.str_of(wire)?,
             (Kind::CommentAdded, 3) => {
-                expect(wire, LEN)?;
-                r.string()?; // the text: validated as UTF-8, not kept
+                r.str_of(wire)?; // the text: validated as UTF-8, not kept
             }
-            (Kind::PostCreated, 2) => {
-                expect(wire, LEN)?;
-                event.caption = r.string()?;
-            }
+            (Kind::PostCreated, 2) => event.caption = r.str_of(wire)?,
             (Kind::PostCreated, 3) => {
-                expect(wire, LEN)?;
-                let raw = r.bytes()?;
+                let raw = r.bytes_of(wire)?;
                 event.media.push((raw, media_id(raw)?));
             }
-            _ => r.skip(wire)?,
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 /// The media_id of a Media message (its other fields checked for type and UTF-8).
 fn media_id(buf: &[u8]) -> Result<&str> {
     let mut id = "";
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    each_field(buf, |field, wire, r| {
         match field {
-            1 => {
-                expect(wire, LEN)?;
-                id = r.string()?;
-            }
+            1 => id = r.str_of(wire)?,
             2 => {
-                expect(wire, LEN)?;
-                r.string()?;
+                r.str_of(wire)?;
             }
             3 | 4 => {
-                expect(wire, VARINT)?;
-                r.varint()?;
+                r.varint_of(wire)?;
             }
-            _ => r.skip(wire)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(id)
 }
 
@@ -266,7 +218,8 @@ pub fn check<'a>(
 /// mysocial/events.py event_time_ms: event time clamped to the broker's accept time.
 /// None where Python's arithmetic would leave the i64 range (Python decides).
 pub fn event_time_ms(event: &Event<'_>, accepted_ms: i64) -> Option<i64> {
-    let occurred = i128::from(event.seconds) * 1000 + i128::from(event.nanos).div_euclid(1_000_000);
+    let occurred = i128::from(event.occurred_at.0) * 1000
+        + i128::from(event.occurred_at.1).div_euclid(1_000_000);
     if occurred <= 0 {
         return Some(accepted_ms);
     }

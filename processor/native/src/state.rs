@@ -20,8 +20,7 @@ use pyo3::types::PyBytes;
 use crate::events::{decode, Event, Kind, Source};
 use crate::trending::{self, Config, Trending};
 use crate::wire::{
-    expect, put_bool, put_double, put_int, put_len, put_str, Reader, Undecodable, FIXED64, LEN,
-    VARINT,
+    decode_timestamp, each_field, put_bool, put_double, put_int, put_len, put_str, Undecodable,
 };
 
 pub const PENDING: i32 = 1;
@@ -137,131 +136,61 @@ pub fn encode_output(rec: &PostRecord) -> Vec<u8> {
 
 type Parse<T> = std::result::Result<T, Undecodable>;
 
-fn decode_timestamp(buf: &[u8], ts: &mut (i64, i32)) -> Parse<()> {
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
-        match field {
-            1 => {
-                expect(wire, VARINT)?;
-                ts.0 = r.varint()? as i64;
-            }
-            2 => {
-                expect(wire, VARINT)?;
-                ts.1 = r.varint()? as i32;
-            }
-            _ => r.skip(wire)?,
-        }
-    }
-    Ok(())
-}
-
 fn decode_post(buf: &[u8], post: &mut Post) -> Parse<()> {
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    each_field(buf, |field, wire, r| {
         match field {
-            1 => {
-                expect(wire, LEN)?;
-                post.post_id = r.string()?.to_owned();
-            }
-            2 => {
-                expect(wire, LEN)?;
-                post.author_id = r.string()?.to_owned();
-            }
-            3 => {
-                expect(wire, LEN)?;
-                post.caption = r.string()?.to_owned();
-            }
-            4 => {
-                expect(wire, LEN)?;
-                post.media_ids.push(r.string()?.to_owned());
-            }
-            5 => {
-                expect(wire, LEN)?;
-                let ts = post.created_at.get_or_insert((0, 0));
-                decode_timestamp(r.bytes()?, ts)?;
-            }
-            6 => {
-                expect(wire, VARINT)?;
-                post.like_count = r.varint()? as i64;
-            }
-            7 => {
-                expect(wire, VARINT)?;
-                post.comment_count = r.varint()? as i64;
-            }
-            8 => {
-                expect(wire, LEN)?;
-                post.media.push(r.bytes()?.to_vec());
-            }
-            _ => r.skip(wire)?,
+            1 => post.post_id = r.str_of(wire)?.to_owned(),
+            2 => post.author_id = r.str_of(wire)?.to_owned(),
+            3 => post.caption = r.str_of(wire)?.to_owned(),
+            4 => post.media_ids.push(r.str_of(wire)?.to_owned()),
+            5 => decode_timestamp(r.bytes_of(wire)?, post.created_at.get_or_insert((0, 0)))?,
+            6 => post.like_count = r.varint_of(wire)? as i64,
+            7 => post.comment_count = r.varint_of(wire)? as i64,
+            8 => post.media.push(r.bytes_of(wire)?.to_vec()),
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 fn decode_trending(buf: &[u8], t: &mut Trending) -> Parse<()> {
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    each_field(buf, |field, wire, r| {
         match field {
-            1 | 2 => {
-                expect(wire, FIXED64)?;
-                let v = f64::from_bits(r.fixed64()?);
-                if field == 1 {
-                    t.like_mass = v;
-                } else {
-                    t.comment_mass = v;
-                }
-            }
-            3..=7 => {
-                expect(wire, VARINT)?;
-                let v = r.varint()? as i64;
-                match field {
-                    3 => t.epoch_ms = v,
-                    4 => t.counted_likers = v,
-                    5 => t.counted_commenters = v,
-                    6 => t.ignored_events = v,
-                    _ => t.last_engagement_ms = v,
-                }
-            }
-            _ => r.skip(wire)?,
+            1 => t.like_mass = r.double_of(wire)?,
+            2 => t.comment_mass = r.double_of(wire)?,
+            3 => t.epoch_ms = r.varint_of(wire)? as i64,
+            4 => t.counted_likers = r.varint_of(wire)? as i64,
+            5 => t.counted_commenters = r.varint_of(wire)? as i64,
+            6 => t.ignored_events = r.varint_of(wire)? as i64,
+            7 => t.last_engagement_ms = r.varint_of(wire)? as i64,
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 pub fn decode_post_record(buf: &[u8]) -> Parse<PostRecord> {
     let mut rec = PostRecord::default();
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    each_field(buf, |field, wire, r| {
         match field {
-            2 => {
-                expect(wire, LEN)?;
-                let post = rec.post.get_or_insert_with(Post::default);
-                decode_post(r.bytes()?, post)?;
-            }
+            1 => rec.status = r.varint_of(wire)? as i32,
+            2 => decode_post(
+                r.bytes_of(wire)?,
+                rec.post.get_or_insert_with(Post::default),
+            )?,
+            3 => rec.posts_applied_through = r.varint_of(wire)? as i64,
+            4 => rec.likes_applied_through = r.varint_of(wire)? as i64,
+            5 => rec.comments_applied_through = r.varint_of(wire)? as i64,
+            6 => rec.pending_first = r.varint_of(wire)? as i64,
+            7 => rec.pending_next = r.varint_of(wire)? as i64,
             8 => {
-                expect(wire, LEN)?;
                 let t = rec.trending.get_or_insert_with(Trending::default);
-                decode_trending(r.bytes()?, t)?;
+                decode_trending(r.bytes_of(wire)?, t)?;
             }
-            1 | 3..=7 => {
-                expect(wire, VARINT)?;
-                let v = r.varint()? as i64;
-                match field {
-                    1 => rec.status = v as i32,
-                    3 => rec.posts_applied_through = v,
-                    4 => rec.likes_applied_through = v,
-                    5 => rec.comments_applied_through = v,
-                    6 => rec.pending_first = v,
-                    _ => rec.pending_next = v,
-                }
-            }
-            _ => r.skip(wire)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(rec)
 }
 
@@ -283,25 +212,15 @@ fn encode_comment(c: &Comment) -> Vec<u8> {
 
 fn decode_comment(buf: &[u8]) -> Parse<Comment> {
     let mut c = Comment::default();
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    each_field(buf, |field, wire, r| {
         match field {
-            1 => {
-                expect(wire, LEN)?;
-                c.author_id = r.string()?.to_owned();
-            }
-            2 => {
-                expect(wire, VARINT)?;
-                c.created_at_ms = r.varint()? as i64;
-            }
-            3 => {
-                expect(wire, VARINT)?;
-                c.deleted = r.varint()? != 0;
-            }
-            _ => r.skip(wire)?,
+            1 => c.author_id = r.str_of(wire)?.to_owned(),
+            2 => c.created_at_ms = r.varint_of(wire)? as i64,
+            3 => c.deleted = r.varint_of(wire)? != 0,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(c)
 }
 
@@ -329,29 +248,16 @@ fn decode_pending(buf: &[u8]) -> Parse<Pending<'_>> {
         event: &[],
         accepted_at_ms: 0,
     };
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    each_field(buf, |field, wire, r| {
         match field {
-            1 => {
-                expect(wire, LEN)?;
-                p.source = r.string()?;
-            }
-            2 => {
-                expect(wire, VARINT)?;
-                p.offset = r.varint()? as i64;
-            }
-            3 => {
-                expect(wire, LEN)?;
-                p.event = r.bytes()?;
-            }
-            4 => {
-                expect(wire, VARINT)?;
-                p.accepted_at_ms = r.varint()? as i64;
-            }
-            _ => r.skip(wire)?,
+            1 => p.source = r.str_of(wire)?,
+            2 => p.offset = r.varint_of(wire)? as i64,
+            3 => p.event = r.bytes_of(wire)?,
+            4 => p.accepted_at_ms = r.varint_of(wire)? as i64,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(p)
 }
 

@@ -99,12 +99,68 @@ impl<'a> Reader<'a> {
 
 /// A known field must arrive with its declared wire type; anything else is left to
 /// Python (which keeps it as an unknown field).
-pub fn expect(wire: u32, want: u32) -> Result<()> {
+fn expect(wire: u32, want: u32) -> Result<()> {
     if wire == want {
         Ok(())
     } else {
         Err(Undecodable)
     }
+}
+
+impl<'a> Reader<'a> {
+    /// A string field's value (checked: wire type, UTF-8).
+    pub fn str_of(&mut self, wire: u32) -> Result<&'a str> {
+        expect(wire, LEN)?;
+        self.string()
+    }
+
+    /// A bytes or message field's value.
+    pub fn bytes_of(&mut self, wire: u32) -> Result<&'a [u8]> {
+        expect(wire, LEN)?;
+        self.bytes()
+    }
+
+    /// An integer field's value (int64, int32, enum, bool: the caller casts).
+    pub fn varint_of(&mut self, wire: u32) -> Result<u64> {
+        expect(wire, VARINT)?;
+        self.varint()
+    }
+
+    /// A double field's value.
+    pub fn double_of(&mut self, wire: u32) -> Result<f64> {
+        expect(wire, FIXED64)?;
+        Ok(f64::from_bits(self.fixed64()?))
+    }
+}
+
+/// Walk a message's fields in order: `read(number, wire type, reader)` reads a field it
+/// knows and returns true, or returns false and the field is skipped (an unknown field).
+/// Reading every occurrence in order gives protobuf's merge semantics: the last value
+/// of a scalar wins, repeated fields append, sub-messages merge.
+pub fn each_field<'a>(
+    buf: &'a [u8],
+    mut read: impl FnMut(u32, u32, &mut Reader<'a>) -> Result<bool>,
+) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        if !read(field, wire, &mut r)? {
+            r.skip(wire)?;
+        }
+    }
+    Ok(())
+}
+
+/// google.protobuf.Timestamp (seconds, nanos), merged into `ts`.
+pub fn decode_timestamp(buf: &[u8], ts: &mut (i64, i32)) -> Result<()> {
+    each_field(buf, |field, wire, r| {
+        match field {
+            1 => ts.0 = r.varint_of(wire)? as i64,
+            2 => ts.1 = r.varint_of(wire)? as i32,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })
 }
 
 pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
