@@ -22,6 +22,7 @@ partition's events is kept. The engine's `_apply_checked` then applies it throug
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import Message, Producer
@@ -114,11 +115,23 @@ def make_core(
     max_pending: int = MAX_PENDING_PER_POST,
 ) -> Core:
     """The core named by MYSOCIAL_PROCESSOR_CORE ("native" or "python")."""
+    spec = CoreSpec(routes, partitions, cfg, max_pending)
     if kind == "python":
-        return PyCore(routes, partitions, cfg, max_pending)
+        return PyCore(spec)
     if kind != "native":
         raise ValueError(f"unknown processor core {kind!r} (native or python)")
-    return NativeCore(routes, partitions, cfg, max_pending)
+    return NativeCore(spec)
+
+
+@dataclass(frozen=True)
+class CoreSpec:
+    """What a core is built from: input topic -> route, the partition count of the
+    co-partitioned topics, the trending constants and the pending-queue bound."""
+
+    routes: dict[str, int]
+    partitions: int
+    cfg: TrendingConfig
+    max_pending: int = MAX_PENDING_PER_POST
 
 
 def src_offset(msg: Message) -> int:
@@ -154,23 +167,17 @@ def apply_checked(
 class NativeCore:
     """processor_native.Core, plus what needs Python objects (the task's store)."""
 
-    def __init__(
-        self,
-        routes: dict[str, int],
-        partitions: int,
-        cfg: TrendingConfig,
-        max_pending: int = MAX_PENDING_PER_POST,
-    ) -> None:
+    def __init__(self, spec: CoreSpec) -> None:
         import processor_native
 
-        self.max_pending = max_pending
+        self.max_pending = spec.max_pending
         self._core = processor_native.Core(
-            list(routes.items()),
-            partitions,
-            cfg.half_life_ms,
-            cfg.like_weight,
-            cfg.comment_weight,
-            max_pending,
+            list(spec.routes.items()),
+            spec.partitions,
+            spec.cfg.half_life_ms,
+            spec.cfg.like_weight,
+            spec.cfg.comment_weight,
+            spec.max_pending,
             (topics.POSTS_BY_ID, topics.LIKES, topics.COMMENTS),
         )
         core = self._core
@@ -224,17 +231,11 @@ class _PyTask:
 class PyCore:
     """The Core contract in plain Python over processor/state.py (the reference)."""
 
-    def __init__(
-        self,
-        routes: dict[str, int],
-        partitions: int,
-        cfg: TrendingConfig,
-        max_pending: int = MAX_PENDING_PER_POST,
-    ) -> None:
-        self.routes = routes
-        self.max_pending = max_pending
-        self.partitions = partitions
-        self.cfg = cfg
+    def __init__(self, spec: CoreSpec) -> None:
+        self.routes = spec.routes
+        self.max_pending = spec.max_pending
+        self.partitions = spec.partitions
+        self.cfg = spec.cfg
         self.tasks: dict[int, _PyTask] = {}
         self.warnings: list[tuple[str, dict[str, str]]] = []
 
