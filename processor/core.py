@@ -107,6 +107,10 @@ class Core(Protocol):
     def take_warnings(self) -> list[tuple[str, dict[str, str]]]: ...
 
 
+class CoreUnavailable(RuntimeError):
+    """The configured core cannot run here (the compiled one is not built)."""
+
+
 def make_core(
     kind: str,
     routes: dict[str, int],
@@ -168,7 +172,13 @@ class NativeCore:
     """processor_native.Core, plus what needs Python objects (the task's store)."""
 
     def __init__(self, spec: CoreSpec) -> None:
-        import processor_native
+        try:
+            import processor_native
+        except ImportError as exc:
+            raise CoreUnavailable(
+                "the compiled processor core is not installed (processor_native): build it "
+                "with `make deps`, or run the Python rules with MYSOCIAL_PROCESSOR_CORE=python"
+            ) from exc
 
         self.max_pending = spec.max_pending
         self._core = processor_native.Core(

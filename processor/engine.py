@@ -53,6 +53,7 @@ from processor.core import (
     STOP_CANDIDATES,
     STOP_ERROR,
     STOP_POSTS,
+    CoreUnavailable,
     apply_checked,
     make_core,
 )
@@ -720,7 +721,11 @@ class _Abortable(Exception):
 
 
 def main(settings: Settings) -> int:
-    processor = Processor(settings)
+    try:
+        processor = Processor(settings)
+    except CoreUnavailable as exc:
+        log.error("processor_core_unavailable", error=str(exc))
+        return 2
     tune_gc()
     signal.signal(signal.SIGTERM, processor.stop)
     signal.signal(signal.SIGINT, processor.stop)
