@@ -515,3 +515,11 @@ def test_the_python_reference_is_what_make_core_python_builds() -> None:
     assert isinstance(make_core("native", ROUTES, PARTITIONS, CFG), core_mod.NativeCore)
     with pytest.raises(ValueError, match="unknown processor core"):
         make_core("java", ROUTES, PARTITIONS, CFG)
+
+
+def test_a_missing_native_build_says_how_to_fix_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "processor_native", None)  # the import fails
+    with pytest.raises(core_mod.CoreUnavailable, match="make deps"):
+        make_core("native", ROUTES, PARTITIONS, CFG)
