@@ -60,7 +60,7 @@ STOP_POSTS = 2
 STOP_CANDIDATES = 3
 STOP_PYTHON = 4
 
-SRC_OFFSET = "src-offset"
+SRC_OFFSET = "src-offset"  # header of a re-keyed post: its offset in `posts`
 
 Positions = dict[tuple[str, int], int]
 # A changed post: (post_id, posts_with_counts value or None for a tombstone, PostRecord).

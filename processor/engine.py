@@ -50,6 +50,7 @@ from mysocial.process import tune_gc
 from processor.core import (
     DONE,
     ROUTE_OF_CONTRACT,
+    SRC_OFFSET,
     STOP_CANDIDATES,
     STOP_ERROR,
     STOP_POSTS,
@@ -65,7 +66,6 @@ log = get_logger("processor")
 
 GROUP = "mysocial.processor"
 SRC_PARTITION = "src-partition"
-SRC_OFFSET = "src-offset"
 SRC_INSTANCE = "src-instance"
 LOCAL_STATE_MAX_AGE_S = 12 * 3600  # well inside the changelog's delete.retention.ms
 # Post events in flight (not yet read back by id) above which likes and comments wait:
@@ -700,6 +700,7 @@ class Processor:
             return
         c = self.counters
         rate = (c.consumed - c.last_consumed) / elapsed
+        stats = [self.core.stats(p) for p in self.tasks]
         log.info(
             "processor_stats",
             consumed=c.consumed,
@@ -709,8 +710,8 @@ class Processor:
             commits=c.commits,
             aborts=c.aborts,
             tasks=len(self.tasks),
-            unauthorized=sum(self.core.stats(p)[4] for p in self.tasks),
-            store_reads=sum(self.core.stats(p)[5] for p in self.tasks),
+            unauthorized=sum(s[4] for s in stats),
+            store_reads=sum(s[5] for s in stats),
         )
         c.last_log = now
         c.last_consumed = c.consumed
