@@ -203,7 +203,7 @@ def catchup_and_peers(bootstrap: str, sizes: Sizes, logs: Path) -> dict[str, Any
     out["T2"]["trial_audits"] = [
         {"ok": t.get("audit_ok"), "mismatches": t.get("audit_mismatches")} for t in t2_trials
     ]
-    # The same catch-up on the Python rules (processor/state.py): what the compiled core
+    # The same catch-up on the Python rules (processor/rules.py): what the compiled core
     # buys, in this run. One trial, no audit (the rules are the same; tests hold them so).
     py_settings = fresh_settings(bootstrap, log_level="info", processor_core="python")
     write_backlog(py_settings, spec)

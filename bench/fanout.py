@@ -112,7 +112,7 @@ def _feed_updates(settings: Settings, posts: list[str], stop: threading.Event, r
                 topic,
                 record.SerializeToString(),
                 pid.encode(),
-                partition=partition_for(pid.encode(), settings.likes_partitions),
+                partition=partition_for(pid.encode(), settings.copartitions),
             )
         producer.poll(0)
         ahead = n / rate - (time.perf_counter() - start)

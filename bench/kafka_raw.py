@@ -119,9 +119,9 @@ def b3_consume(settings: Settings, processes: int, timeout: float = 600.0) -> di
     admin = admin_client(settings.bootstrap)
     ends: dict[tuple[str, int], int] = {}
     for name in names:
-        ends.update(end_offsets(admin, name, settings.likes_partitions))
+        ends.update(end_offsets(admin, name, settings.copartitions))
     total = sum(ends.values())
-    parts = settings.likes_partitions
+    parts = settings.copartitions
     ctx = multiprocessing.get_context("spawn")
     counter = ctx.Value("q", 0)
     first_at = ctx.Value("d", 0.0)

@@ -49,7 +49,7 @@ def write_posts(settings: Settings, n: int) -> None:
                     topic,
                     value,
                     pid.encode(),
-                    partition=partition_for(pid.encode(), settings.likes_partitions),
+                    partition=partition_for(pid.encode(), settings.copartitions),
                 )
                 break
             except BufferError:

@@ -23,9 +23,7 @@ from processor.audit import wait_caught_up
 
 def run(engagements: int, posts: int, partitions: int) -> dict[str, object]:
     with broker() as bootstrap:
-        settings = fresh_settings(
-            bootstrap, likes_partitions=partitions, posts_partitions=partitions
-        )
+        settings = fresh_settings(bootstrap, copartitions=partitions, posts_partitions=partitions)
         events, _ = write_backlog(settings, BacklogSpec(posts=posts, engagements=engagements))
         logs = Path(settings.processor_state_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)

@@ -144,7 +144,7 @@ class Directory:
                     partitions = (
                         self.settings.posts_partitions
                         if source == topics.POSTS
-                        else self.settings.likes_partitions
+                        else self.settings.copartitions
                     )
                     try:
                         events.append(check(source, msg.key(), msg.value(), p, partitions).event)
@@ -193,7 +193,7 @@ class Directory:
         found = self.state.comments.get(comment_id)
         if found is not None:
             return found
-        partition = partition_for(post_id.encode(), self.settings.likes_partitions)
+        partition = partition_for(post_id.encode(), self.settings.copartitions)
         await self._catch_up(self.topic_comments, partition, timeout)
         return self.state.comments.get(comment_id)
 
@@ -230,7 +230,7 @@ class Directory:
     def _partition_count(self, topic: str) -> int:
         if topic == self.topic_posts:
             return self.settings.posts_partitions
-        return self.settings.likes_partitions
+        return self.settings.copartitions
 
     def _launch(self, topic: str, query: _Query) -> None:
         query.started = True

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from command_service.commands import PreparedEvent
 from mysocial.config import Settings
+from mysocial.consistency import ConsistencyToken
 from mysocial.errors import Unavailable
 from mysocial.kafka.producer import AsyncProducer, Delivered, DeliveryError, producer_config
 from mysocial.log import get_logger
-from mysocial.tokens import ConsistencyToken
 
 log = get_logger("command.publisher")
 

@@ -30,8 +30,9 @@ class Setting:
     doc: str
 
 
-def _setting(env: str, default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"env": env, "doc": doc})
+def _setting(env: str, default: Any, doc: str, *, aliases: tuple[str, ...] = ()) -> Any:
+    """A field read from `env` (or, for renamed settings, from an older name in `aliases`)."""
+    return field(default=default, metadata={"env": env, "doc": doc, "aliases": aliases})
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,13 @@ class Settings:
         "MYSOCIAL_REPLICATION_FACTOR", 1, "Replication factor of topics the project creates."
     )
     posts_partitions: int = _setting("MYSOCIAL_POSTS_PARTITIONS", 32, "Partitions of `posts`.")
-    likes_partitions: int = _setting(
-        "MYSOCIAL_LIKES_PARTITIONS",
+    copartitions: int = _setting(
+        "MYSOCIAL_COPARTITIONS",
         48,
         "Partitions of `likes`, `comments`, `posts_with_counts` and the processor's "
-        "internal topics (they must be co-partitioned).",
+        "internal topics: they are co-partitioned by post id, so one count serves all "
+        "(the older name MYSOCIAL_LIKES_PARTITIONS still works).",
+        aliases=("MYSOCIAL_LIKES_PARTITIONS",),
     )
     engagement_retention_ms: int = _setting(
         "MYSOCIAL_ENGAGEMENT_RETENTION_MS", 7 * DAY_MS, "retention.ms of `likes` and `comments`."
@@ -155,7 +158,7 @@ class Settings:
         "MYSOCIAL_PROCESSOR_CORE",
         "native",
         "Implementation of the processor's per-event rules: 'native' (compiled, "
-        "processor/native) or 'python' (processor/state.py, the reference it is tested "
+        "processor/native) or 'python' (processor/rules.py, the reference it is tested "
         "against; a few times slower).",
     )
     processor_cache_mb: int = _setting(
@@ -212,6 +215,9 @@ class Settings:
         for f in fields(cls):
             name = f.metadata["env"]
             raw = env.get(name)
+            for alias in f.metadata["aliases"]:
+                if raw is None or raw == "":
+                    name, raw = alias, env.get(alias)
             if raw is None or raw == "":
                 continue
             values[f.name] = _parse(name, raw, f.default)
@@ -227,7 +233,7 @@ class Settings:
                 raise ConfigError(f"{f.metadata['env']} must not be negative, got {value}")
         for name in (
             "posts_partitions",
-            "likes_partitions",
+            "copartitions",
             "replication_factor",
             "media_max_bytes",
             "media_max_pixels",

@@ -110,7 +110,7 @@ def audit(settings: Settings, check_trending: bool = True) -> AuditReport:
         read_topic(bootstrap, t(topics.LIKES)),
         read_topic(bootstrap, t(topics.COMMENTS)),
         settings.posts_partitions,
-        settings.likes_partitions,
+        settings.copartitions,
     )
     report.invalid_events = truth.invalid
     table = latest_by_key(bootstrap, t(topics.POSTS_WITH_COUNTS))

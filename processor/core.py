@@ -7,8 +7,8 @@ back the changed posts and writes the changed keys to the changelog and RocksDB.
 - NativeCore (the default) is processor_native, Rust compiled by `make`
   (processor/native): the whole per-message loop runs without Python bytecode, at a
   fraction of the CPU per event that the Python rules take (docs/BENCHMARKS.md).
-- PyCore is the same contract in plain Python over TaskState (processor/state.py):
-  the executable specification of the rules. tests/test_unit_native.py runs both on
+- PyCore is the same contract in plain Python over TaskState (processor/rules.py):
+  the executable specification of the rules. tests/unit/test_native_core.py runs both on
   the same random records and requires identical records, outputs and changelogs;
   MYSOCIAL_PROCESSOR_CORE=python runs the processor on it.
 
@@ -30,8 +30,8 @@ from confluent_kafka import Message, Producer
 from mysocial.events import InvalidEvent, check, event_time_ms
 from mysocial.kafka import topics
 from mysocial.v1 import events_pb2 as ev
-from processor.state import LIVE, MAX_PENDING_PER_POST, PendingOverflow, TaskState
-from processor.store import TaskStore
+from processor.local_store import TaskStore
+from processor.rules import LIVE, MAX_PENDING_PER_POST, PendingOverflow, TaskState
 from processor.trending import TrendingConfig
 
 # Routes of input topics (processor_native uses the same numbers).
@@ -239,7 +239,7 @@ class _PyTask:
 
 
 class PyCore:
-    """The Core contract in plain Python over processor/state.py (the reference)."""
+    """The Core contract in plain Python over processor/rules.py (the reference)."""
 
     def __init__(self, spec: CoreSpec) -> None:
         self.routes = spec.routes

@@ -10,7 +10,7 @@ and one transactional producer. Every commit interval, in one Kafka transaction:
 - trending candidates and rankings (processor/ranking.py),
 - dead letters, and the consumed offsets (send_offsets_to_transaction).
 
-The per-event work (decode, check, apply the rules of processor/state.py) runs in a
+The per-event work (decode, check, apply the rules of processor/rules.py) runs in a
 Core (processor/core.py): compiled by default, the Python rules on request.
 
 State reaches the local RocksDB only after the commit succeeded. On an abortable
@@ -58,8 +58,8 @@ from processor.core import (
     apply_checked,
     make_core,
 )
+from processor.local_store import LocalStore, TaskStore
 from processor.ranking import Ranking
-from processor.store import LocalStore, TaskStore
 from processor.trending import TrendingConfig
 
 log = get_logger("processor")
@@ -128,7 +128,7 @@ class Processor:
             self.topic_likes: topics.LIKES,
             self.topic_comments: topics.COMMENTS,
         }
-        self.partitions = settings.likes_partitions
+        self.partitions = settings.copartitions
         self.trending = trending_config(settings)
         self.ranking = Ranking(settings, self.trending)
         self.contract[self.ranking.topic_candidates] = topics.TRENDING_CANDIDATES

@@ -38,7 +38,7 @@ from mysocial.kafka.reader import watermarks
 from mysocial.log import get_logger
 from mysocial.v1 import resources_pb2 as res
 from processor import trending
-from processor.state import LIVE
+from processor.rules import LIVE
 from processor.trending import TrendingConfig
 
 if TYPE_CHECKING:

@@ -10,10 +10,10 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from mysocial.config import Settings
+from mysocial.consistency import ConsistencyToken
 from mysocial.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from mysocial.kafka import topics
 from mysocial.log import get_logger
-from mysocial.tokens import ConsistencyToken
 from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import resources_pb2 as res
 from query_service import queries
@@ -111,7 +111,7 @@ class ReadSide:
             raise InvalidArgument(
                 "consistency_token does not come from this deployment", field="consistency_token"
             )
-        if kind != topics.POSTS and not 0 <= parsed.partition < self.settings.likes_partitions:
+        if kind != topics.POSTS and not 0 <= parsed.partition < self.settings.copartitions:
             raise InvalidArgument("consistency_token is malformed", field="consistency_token")
         model = self.model
 

@@ -63,7 +63,7 @@ class Tailer:
         self.topic_posts = settings.topic(topics.POSTS_WITH_COUNTS)
         self.topic_comments = settings.topic(topics.COMMENTS)
         self.topic_trending = settings.topic(topics.TRENDING_POSTS)
-        self.comment_partitions = settings.likes_partitions
+        self.comment_partitions = settings.copartitions
         self.kinds = {
             self.topic_posts: POST,
             self.topic_comments: COMMENT,

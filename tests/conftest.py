@@ -20,7 +20,7 @@ from mysocial import log as logconf
 from mysocial.config import Settings
 from mysocial.kafka.broker import EmbeddedBroker
 from mysocial.kafka.topics import provision
-from tests.helpers import LoopThread, free_port
+from tests.support.helpers import LoopThread, free_port
 
 logconf.configure("warning", "console", "tests")
 
@@ -45,7 +45,7 @@ def make_settings(bootstrap: str, **overrides: object) -> Settings:
         kafka_bootstrap_servers=bootstrap,
         topic_namespace=f"t{uuid.uuid4().hex[:10]}.",
         posts_partitions=4,
-        likes_partitions=6,
+        copartitions=6,
         command_workers=1,
         grace_period_s=5.0,
         log_level="warning",

@@ -59,7 +59,7 @@ def group_id(settings: Settings, name: str) -> str:
 def create_output_topic(settings: Settings, name: str) -> str:
     """Create the peer's compacted output topic, co-partitioned with likes; its name."""
     topic = output_topic(settings, name)
-    spec = TopicSpec(topic, settings.likes_partitions, {"cleanup.policy": "compact"})
+    spec = TopicSpec(topic, settings.copartitions, {"cleanup.policy": "compact"})
     ensure_topics(admin_client(settings.bootstrap), [spec])
     return topic
 
@@ -262,7 +262,7 @@ def run_peer(
     return {
         "peer": name,
         "events": expected_input_events,
-        "partitions": settings.likes_partitions,
+        "partitions": settings.copartitions,
         "instances": len(commands),
         "seconds": round(timing.done_s, 3),
         "events_per_s": round(expected_input_events / timing.done_s),
@@ -306,7 +306,7 @@ def main(
     chosen = {option: getattr(args, option) for option in options or {}}
     posts = args.posts or max(1, min(10_000, args.engagements // 10))
     with broker() as bootstrap:
-        settings = fresh_settings(bootstrap, likes_partitions=args.partitions)
+        settings = fresh_settings(bootstrap, copartitions=args.partitions)
         t0 = time.monotonic()
         written, _ = write_backlog(settings, BacklogSpec(posts=posts, engagements=args.engagements))
         backlog_s = time.monotonic() - t0

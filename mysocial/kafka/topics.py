@@ -66,7 +66,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     # Only closed segments are compacted: roll often enough that restores stay short.
     compact_hot = {**compact, "segment.ms": str(10 * 60 * 1000)}
     compact_small = {**compact, "segment.ms": str(60 * 1000), "segment.bytes": str(16 * 2**20)}
-    n = settings.likes_partitions
+    n = settings.copartitions
     return [
         TopicSpec(
             t(POSTS),

@@ -2,7 +2,7 @@
 //!
 //! `Core.process` walks a batch of confluent-kafka messages, decodes and checks each
 //! like, comment and re-keyed post event, and applies it to its partition's state
-//! (state.rs, the rules of processor/state.py) without a Python bytecode per event.
+//! (state.rs, the rules of processor/rules.py) without a Python bytecode per event.
 //! It stops at the first record Python must handle (a consume error, a `posts` record
 //! to re-key, a trending candidate list, an event that is invalid or that this code
 //! cannot decode exactly as Python's protobuf would) and returns its index, so the

@@ -1,4 +1,4 @@
-//! processor/state.py TaskState, compiled: the rules of invariants 1-3 for one
+//! processor/rules.py TaskState, compiled: the rules of invariants 1-3 for one
 //! partition, over the same store keys and record encodings, so either implementation
 //! can restore what the other wrote. tests/test_unit_native.py runs both on the same
 //! random logs and requires identical records, outputs and changelogs.

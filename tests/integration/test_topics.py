@@ -17,7 +17,7 @@ def test_provisioning_is_idempotent_and_checks_layout(kafka_bootstrap: str) -> N
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     md = admin.list_topics(timeout=10).topics
     assert len(md[s.topic("posts")].partitions) == s.posts_partitions
-    assert len(md[s.topic("likes")].partitions) == s.likes_partitions
+    assert len(md[s.topic("likes")].partitions) == s.copartitions
     res = ConfigResource(ConfigResource.Type.TOPIC, s.topic("posts_with_counts"))
     conf = admin.describe_configs([res])[res].result(10)
     assert conf["cleanup.policy"].value == "compact"

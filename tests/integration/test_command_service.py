@@ -25,14 +25,14 @@ from grpc_status import rpc_status
 from command_service.server import CommandServer
 from mysocial.auth import mint_token
 from mysocial.config import DEV_JWT_SECRET, PROJECT_ROOT, Settings
+from mysocial.consistency import ConsistencyToken
 from mysocial.kafka.broker import EmbeddedBroker
 from mysocial.kafka.topics import provision
-from mysocial.tokens import ConsistencyToken
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import events_pb2 as ev
 from tests.conftest import make_settings
-from tests.helpers import (
+from tests.support.helpers import (
     LoopThread,
     Metadata,
     Record,
@@ -93,7 +93,7 @@ def test_each_rpc_writes_exactly_its_event(
 
     for rec, e in likes + comments:
         assert rec.key == post_id.encode()
-        assert rec.partition == kafka_partition(post_id, settings.likes_partitions)
+        assert rec.partition == kafka_partition(post_id, settings.copartitions)
         assert e.actor_user_id == "bob"
         assert len(rec.headers["correlation-id"]) > 0
     assert likes[0][0].headers["event-type"] == b"PostLiked"

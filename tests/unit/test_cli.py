@@ -18,7 +18,7 @@ from mysocial.auth import actor_from_metadata
 from mysocial.config import DEV_JWT_SECRET, Settings
 from mysocial.v1 import query_service_pb2 as qry
 from mysocial.v1 import resources_pb2 as res
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

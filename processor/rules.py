@@ -1,7 +1,7 @@
 """Per-partition state transitions: the rules of invariants 1-3, as plain Python.
 
 This is the specification. The processor runs the same rules compiled
-(processor/native, through processor/core.py); tests/test_unit_native.py holds the two
+(processor/native, through processor/core.py); tests/unit/test_native_core.py holds the two
 equal record for record, and MYSOCIAL_PROCESSOR_CORE=python runs this one.
 
 One TaskState owns the state of one partition number p (its posts, likes, comments
@@ -32,7 +32,7 @@ from mysocial.v1 import events_pb2 as ev
 from processor import trending
 from processor.trending import TrendingConfig
 
-log = get_logger("processor.state")
+log = get_logger("processor.rules")
 
 LIVE = st.POST_STATUS_LIVE
 PENDING = st.POST_STATUS_PENDING

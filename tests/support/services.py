@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mysocial.config import PROJECT_ROOT, Settings
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
-from tests.helpers import free_ports, python_env
-from tests.test_processor import ProcessorProc
+from tests.integration.test_processor import ProcessorProc
+from tests.support.helpers import free_ports, python_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

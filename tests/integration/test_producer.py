@@ -9,7 +9,7 @@ from typing import Any
 from mysocial.config import Settings
 from mysocial.kafka import topics
 from mysocial.kafka.producer import AsyncProducer, Delivered, producer_config
-from tests.helpers import LoopThread, read_topic
+from tests.support.helpers import LoopThread, read_topic
 
 
 def _config(settings: Settings, stats: list[dict[str, Any]]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ ENGAGEMENTS = 5_000
 
 @pytest.fixture(scope="module")
 def backlog(kafka_bootstrap: str) -> Iterator[tuple[Settings, int]]:
-    settings = fresh_settings(kafka_bootstrap, likes_partitions=4, posts_partitions=4)
+    settings = fresh_settings(kafka_bootstrap, copartitions=4, posts_partitions=4)
     written, _ = write_backlog(settings, BacklogSpec(posts=POSTS, engagements=ENGAGEMENTS))
     yield settings, written - POSTS
 

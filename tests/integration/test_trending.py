@@ -22,8 +22,8 @@ from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import resources_pb2 as res
 from processor.audit import audit, wait_caught_up
 from tests.conftest import make_settings
-from tests.helpers import auth, wait_until
-from tests.test_processor import ProcessorProc, command_service
+from tests.integration.test_processor import ProcessorProc, command_service
+from tests.support.helpers import auth, wait_until
 
 
 class RankingWatcher:

@@ -30,8 +30,8 @@ from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import events_pb2 as ev
 from processor.audit import audit, settle, wait_caught_up
 from tests.conftest import make_settings
-from tests.helpers import auth, free_port, kafka_partition, python_env, service_process
-from tests.workload import Model, Workload
+from tests.support.helpers import auth, free_port, kafka_partition, python_env, service_process
+from tests.support.workload import Model, Workload
 
 
 class ProcessorProc:
@@ -229,7 +229,7 @@ def test_poison_records_go_to_the_dead_letter_topic_once(
             for value in poison:
                 producer.produce(s.topic("likes"), value, pid.encode())
             # Valid protobuf but on the wrong partition for its post: misrouted.
-            wrong = (kafka_partition(pid, s.likes_partitions) + 1) % s.likes_partitions
+            wrong = (kafka_partition(pid, s.copartitions) + 1) % s.copartitions
             liked = commands.like_post(
                 "mallory", cmd.LikePostRequest(post_id=pid), datetime.now(UTC)
             )

@@ -13,9 +13,9 @@ from command_service.commands import Limits
 from mysocial import ids
 from mysocial.auth import actor_from_metadata, mint_token, verify_token
 from mysocial.config import ConfigError, Settings, documented_settings
+from mysocial.consistency import ConsistencyToken
 from mysocial.errors import InvalidArgument, Unauthenticated
 from mysocial.kafka.topics import topic_specs
-from mysocial.tokens import ConsistencyToken
 from mysocial.v1 import command_service_pb2 as cmd
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -182,6 +182,12 @@ def test_settings_from_env_and_validation() -> None:
         Settings.from_env({"MYSOCIAL_POSTS_PARTITIONS": "many"})
     with pytest.raises(ConfigError, match="MYSOCIAL_COMMAND_ADDR"):
         Settings.from_env({"MYSOCIAL_COMMAND_ADDR": "nohost"})
+    # A renamed setting still reads its old name; the new name wins when both are set.
+    assert Settings.from_env({"MYSOCIAL_LIKES_PARTITIONS": "12"}).copartitions == 12
+    both = {"MYSOCIAL_LIKES_PARTITIONS": "12", "MYSOCIAL_COPARTITIONS": "24"}
+    assert Settings.from_env(both).copartitions == 24
+    with pytest.raises(ConfigError, match="MYSOCIAL_LIKES_PARTITIONS"):
+        Settings.from_env({"MYSOCIAL_LIKES_PARTITIONS": "x"})
     assert {d.env for d in documented_settings()} >= {
         "KAFKA_BOOTSTRAP_SERVERS",
         "MYSOCIAL_COMMAND_ADDR",

@@ -1,5 +1,5 @@
 """The compiled core (processor_native) against the Python reference (PyCore over
-processor/state.py): same records in, same records, outputs, changelogs, dead letters
+processor/rules.py): same records in, same records, outputs, changelogs, dead letters
 and counters out, through commits, aborts and restarts. No Kafka: messages are plain
 objects with confluent-kafka's Message methods, the store a dict."""
 

@@ -34,8 +34,8 @@ from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
 from mysocial.v1 import resources_pb2 as res
 from tests.conftest import make_settings
-from tests.helpers import auth, free_port, read_topic
-from tests.system import Service, System
+from tests.support.helpers import auth, free_port, read_topic
+from tests.support.services import Service, System
 
 MAX_PIXELS = 40_000_000
 SMALL_CAP = 300 * 1024  # the integration system's MYSOCIAL_MEDIA_MAX_BYTES

@@ -23,8 +23,8 @@ from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
 from processor.audit import wait_caught_up
 from tests.conftest import make_settings
-from tests.helpers import auth, wait_until
-from tests.system import SERVING, System, health
+from tests.support.helpers import auth, wait_until
+from tests.support.services import SERVING, System, health
 
 
 @pytest.fixture

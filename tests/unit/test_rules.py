@@ -10,8 +10,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
 from mysocial.v1 import events_pb2 as ev
-from processor import state as state_mod
-from processor.state import DictStore, TaskState
+from processor import rules as rules_mod
+from processor.rules import DictStore, TaskState
 from processor.trending import TrendingConfig
 
 T0 = 1_800_000_000_000
@@ -120,17 +120,17 @@ def test_post_delete_authorization_and_tombstone() -> None:
     h.like(P, "u1")
     h.drain()
     h.delete(P, "intruder")
-    assert h.state.post(P).status == state_mod.LIVE  # type: ignore[union-attr]
+    assert h.state.post(P).status == rules_mod.LIVE  # type: ignore[union-attr]
     assert h.state.stats.unauthorized == 1
     h.delete(P, "author")
     _, outputs = h.drain()
-    assert [o.status for o in outputs] == [state_mod.DELETED]  # published as a tombstone
+    assert [o.status for o in outputs] == [rules_mod.DELETED]  # published as a tombstone
     h.like(P, "u2")  # late events on a deleted post are ignored
     h.comment(P, "u2", C1)
     _, outputs = h.drain()
     assert outputs == []
     h.create(P, "author")  # a retried create cannot revive it
-    assert h.state.post(P).status == state_mod.DELETED  # type: ignore[union-attr]
+    assert h.state.post(P).status == rules_mod.DELETED  # type: ignore[union-attr]
 
 
 def test_events_before_their_post_wait_and_then_count() -> None:
@@ -142,7 +142,7 @@ def test_events_before_their_post_wait_and_then_count() -> None:
     h.uncomment(P, "author", C1)  # needs the post's author: decided on arrival
     _, outputs = h.drain()
     assert outputs == []  # nothing published while the post is unknown
-    assert h.state.post(P).status == state_mod.PENDING  # type: ignore[union-attr]
+    assert h.state.post(P).status == rules_mod.PENDING  # type: ignore[union-attr]
     h.create(P, "author")
     assert h.counts(P) == (1, 0)
     changelog, outputs = h.drain()
@@ -156,7 +156,7 @@ def test_pending_queue_is_bounded() -> None:
     h.state.max_pending = 3
     for i in range(3):
         h.like(P, f"u{i}")
-    with pytest.raises(state_mod.PendingOverflow):
+    with pytest.raises(rules_mod.PendingOverflow):
         h.like(P, "u9")
 
 
