@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from command_service.directory import Directory
 from command_service.publisher import Publisher
 from command_service.servicer import CommandServicer
+from media.library import MediaLibrary
 from mysocial import log as logconf
 from mysocial.config import DEV_JWT_SECRET, Settings, split_addr
-from mysocial.media import MediaLibrary
 from mysocial.process import tune_gc
 from mysocial.rpc import RunningServer, start_server, wait_for_signal
 from mysocial.v1 import command_service_pb2, command_service_pb2_grpc

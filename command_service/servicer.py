@@ -14,10 +14,10 @@ from command_service import commands
 from command_service.commands import Limits, PreparedEvent
 from command_service.directory import Directory, Entry
 from command_service.publisher import Publisher, consistency_token
+from media.library import MediaLibrary, media_proto
 from mysocial.auth import actor_from_metadata
 from mysocial.config import Settings
 from mysocial.errors import NotFound, PermissionDenied
-from mysocial.media import MediaLibrary
 from mysocial.rpc import Ctx, correlation_id_of, time_left, unary
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
@@ -150,4 +150,4 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     ) -> cmd.UploadImageResponse:
         actor = self._actor(context)  # before reading a byte: anonymous uploads cost nothing
         record = await self._media.upload(request_iterator, actor)
-        return cmd.UploadImageResponse(media_id=record.media_id, media=record.to_proto())
+        return cmd.UploadImageResponse(media_id=record.media_id, media=media_proto(record))

@@ -13,9 +13,9 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from media.library import MediaLibrary
 from mysocial import log as logconf
 from mysocial.config import Settings
-from mysocial.media import MediaLibrary
 from mysocial.process import tune_gc
 from mysocial.rpc import RunningServer, start_server, wait_for_signal
 from mysocial.v1 import query_service_pb2

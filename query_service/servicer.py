@@ -7,7 +7,8 @@ from typing import Any
 
 import grpc
 
-from mysocial.media import RENDITION_TO_PROTO, MediaLibrary, OpenedRendition
+from media.library import RENDITION_TO_PROTO, MediaLibrary
+from media.store import OpenedRendition
 from mysocial.rpc import Ctx, stream, unary
 from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
