@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 .PHONY: run test check lint typecheck buf-lint deps gen tools broker-fetch bench bench-smoke clean
 
 run: deps gen broker-fetch
-	$(BIN)/python -m mysocial.run
+	$(BIN)/python -m devtools.run
 
 test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

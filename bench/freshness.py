@@ -1,7 +1,7 @@
 """T4 freshness and T5 knee: the whole system on this machine under open-loop load.
 
 Everything runs here at once: broker, processor, command service, query service, the
-load generator (`mysocial.loadgen`, separate processes) and a probe process. The
+load generator (`client.loadgen`, separate processes) and a probe process. The
 probe likes a dedicated post ~20 times a second and watches it with WatchPosts; its
 latency is the time from LikePost returning to the stream delivering that count.
 Consumer lag of the processor group is sampled at the start and end of each window:
@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from bench.harness import Child, free_ports
-from mysocial import loadgen
+from client import loadgen
 from mysocial.auth import mint_token
 from mysocial.config import DEV_JWT_SECRET, Settings
 from mysocial.kafka import topics

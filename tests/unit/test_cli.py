@@ -13,7 +13,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console, RenderableType
 
-from mysocial import cli, cli_views
+from client import cli
+from client import views as cli_views
 from mysocial.auth import actor_from_metadata
 from mysocial.config import DEV_JWT_SECRET, Settings
 from mysocial.v1 import query_service_pb2 as qry

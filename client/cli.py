@@ -34,8 +34,7 @@ from google.protobuf.message import Message
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from mysocial import cli_views as views
-from mysocial import loadgen
+from client import loadgen, views
 from mysocial.auth import mint_token
 from mysocial.config import ConfigError, Settings, documented_settings, split_addr
 from mysocial.v1 import command_service_pb2 as cmd
@@ -64,7 +63,7 @@ class CliError(Exception):
 
 
 class WatchView(Protocol[M_contra]):
-    """What run_watch needs from a live view (see mysocial.cli_views)."""
+    """What run_watch needs from a live view (see client.views)."""
 
     def apply(self, msg: M_contra, now: datetime) -> None: ...
 
