@@ -1,14 +1,15 @@
-"""Shared fixtures: one real Kafka broker per test session, isolated topics per test.
+"""Fixtures shared by every tier: one real Kafka broker per test session, isolated
+topics per test, and the processes the integration and system tests run.
 
-With KAFKA_BOOTSTRAP_SERVERS set the tests use that cluster; otherwise they start the
-project's embedded KRaft broker on free ports in a temporary folder. Each test gets
-its own topic namespace, so tests never see each other's events.
+The broker starts only when a test asks for it (kafka_bootstrap), so tests/unit never
+starts one. With KAFKA_BOOTSTRAP_SERVERS set the tests use that cluster; otherwise they
+start the project's embedded KRaft broker on free ports in a temporary folder. Each test
+gets its own topic namespace, so tests never see each other's events.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,10 @@ from mysocial import log as logconf
 from mysocial.config import Settings
 from mysocial.kafka.broker import EmbeddedBroker
 from mysocial.kafka.topics import provision
-from tests.support.helpers import LoopThread, free_port
+from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
+from tests.support.helpers import LoopThread, free_port, make_settings
+from tests.support.services import ProcessorProc, command_service
+from tests.support.trending import RankingWatcher
 
 logconf.configure("warning", "console", "tests")
 
@@ -37,20 +41,6 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
-
-
-def make_settings(bootstrap: str, **overrides: object) -> Settings:
-    """Settings for a test: unique topic namespace, small partition counts."""
-    base = Settings(
-        kafka_bootstrap_servers=bootstrap,
-        topic_namespace=f"t{uuid.uuid4().hex[:10]}.",
-        posts_partitions=4,
-        copartitions=6,
-        command_workers=1,
-        grace_period_s=5.0,
-        log_level="warning",
-    )
-    return base.with_(**overrides)
 
 
 @pytest.fixture
@@ -85,3 +75,45 @@ def log_dir(tmp_path: Path) -> Path:
     d = tmp_path / "logs"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+def proc_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+    s = make_settings(
+        kafka_bootstrap,
+        processor_state_dir=str(tmp_path / "state"),
+        processor_session_timeout_ms=6000,
+        processor_transaction_timeout_ms=10000,
+        processor_commit_interval_ms=100,
+    )
+    provision(s)
+    return s
+
+
+@pytest.fixture
+def trend_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+    s = make_settings(
+        kafka_bootstrap,
+        processor_state_dir=str(tmp_path / "state"),
+        processor_session_timeout_ms=6000,
+        processor_transaction_timeout_ms=10000,
+        trending_interval_ms=1000,
+        trending_top_k=20,
+    )
+    provision(s)
+    return s
+
+
+@pytest.fixture
+def running(
+    trend_settings: Settings, log_dir: Path
+) -> Iterator[tuple[cmd_grpc.CommandServiceStub, ProcessorProc, RankingWatcher]]:
+    processor = ProcessorProc(trend_settings, "a", log_dir)
+    processor.start()
+    watcher = RankingWatcher(trend_settings)
+    with command_service(trend_settings, log_dir) as addr:
+        channel = grpc.insecure_channel(addr)
+        yield cmd_grpc.CommandServiceStub(channel), processor, watcher
+        channel.close()
+    watcher.close()
+    processor.terminate()

@@ -1,17 +1,14 @@
-"""Command service against a real broker and a real gRPC server on a free port."""
+"""Command service against a real broker and a real gRPC server on a free port. A
+broker outage and a stop in the middle of a burst are in
+tests/system/test_command_service_faults.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import pytest
@@ -26,32 +23,14 @@ from command_service.server import CommandServer
 from mysocial.auth import mint_token
 from mysocial.config import DEV_JWT_SECRET, PROJECT_ROOT, Settings
 from mysocial.consistency import ConsistencyToken
-from mysocial.kafka.broker import EmbeddedBroker
-from mysocial.kafka.topics import provision
+from mysocial.kafka.partitioning import partition_for
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
-from mysocial.v1 import events_pb2 as ev
-from tests.conftest import make_settings
 from tests.support.helpers import (
-    LoopThread,
     Metadata,
-    Record,
     auth,
-    free_port,
-    kafka_partition,
-    read_topic,
-    service_process,
-    wait_until,
+    events,
 )
-
-
-def events(settings: Settings, topic: str) -> list[tuple[Record, ev.Event]]:
-    out = []
-    for rec in read_topic(settings.bootstrap, settings.topic(topic)):
-        e = ev.Event()
-        e.ParseFromString(rec.value or b"")
-        out.append((rec, e))
-    return out
 
 
 def test_each_rpc_writes_exactly_its_event(
@@ -82,7 +61,7 @@ def test_each_rpc_writes_exactly_its_event(
 
     rec, e = posts[0]
     assert rec.key == b"alice"
-    assert rec.partition == kafka_partition("alice", settings.posts_partitions)
+    assert rec.partition == partition_for(b"alice", settings.posts_partitions)
     assert rec.headers["event-type"] == b"PostCreated"
     assert rec.headers["correlation-id"] == b"corr-123"
     assert e.actor_user_id == "alice"
@@ -93,7 +72,7 @@ def test_each_rpc_writes_exactly_its_event(
 
     for rec, e in likes + comments:
         assert rec.key == post_id.encode()
-        assert rec.partition == kafka_partition(post_id, settings.copartitions)
+        assert rec.partition == partition_for(post_id.encode(), settings.copartitions)
         assert e.actor_user_id == "bob"
         assert len(rec.headers["correlation-id"]) > 0
     assert likes[0][0].headers["event-type"] == b"PostLiked"
@@ -275,126 +254,3 @@ def test_grpcurl_creates_a_post_without_proto_files(
     posts = events(settings, "posts")
     assert [e.post_created.post_id for _, e in posts] == [post_id]
     assert posts[0][1].actor_user_id == "grace"
-
-
-def test_broker_down_gives_unavailable_then_recovers(
-    tmp_path: Path, loop_thread: LoopThread
-) -> None:
-    broker = EmbeddedBroker(free_port(pair=True), tmp_path / "kafka")
-    broker.start()
-    try:
-        settings = make_settings(broker.bootstrap)
-        provision(settings)
-        server = loop_thread.run(CommandServer.start(settings, "127.0.0.1:0"))
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                stub = cmd_grpc.CommandServiceStub(channel)
-                post = stub.CreatePost(cmd.CreatePostRequest(caption="before"), metadata=auth("al"))
-                broker.stop()
-                started = time.monotonic()
-                with pytest.raises(grpc.RpcError) as info:
-                    stub.LikePost(
-                        cmd.LikePostRequest(post_id=post.post_id), metadata=auth("bo"), timeout=3
-                    )
-                elapsed = time.monotonic() - started
-                assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
-                assert elapsed < 3.0
-                broker.start()
-
-                def like_works() -> bool:
-                    try:
-                        stub.LikePost(
-                            cmd.LikePostRequest(post_id=post.post_id),
-                            metadata=auth("cy"),
-                            timeout=5,
-                        )
-                        return True
-                    except grpc.RpcError as exc:
-                        assert exc.code() == grpc.StatusCode.UNAVAILABLE
-                        return False
-
-                wait_until(like_works, timeout=60, interval=0.5, what="command service to recover")
-            assert any(e.actor_user_id == "cy" for _, e in events(settings, "likes"))
-        finally:
-            loop_thread.run(server.stop(1.0))
-    finally:
-        broker.stop()
-
-
-@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
-def test_stop_during_burst_loses_no_acknowledged_event(
-    settings: Settings, log_dir: Path, how: str
-) -> None:
-    """SIGTERM to the service, or Ctrl-C in a terminal: SIGINT to the whole process
-    group, after which the parent also sends its workers SIGTERM (a second signal
-    that must not cut their drain short)."""
-    port = free_port()
-    s = settings.with_(
-        command_addr=f"127.0.0.1:{port}", command_workers=2, grace_period_s=10.0, log_level="info"
-    )
-    log_path = log_dir / "command.log"
-    with service_process("command_service", s, log_path, new_session=True) as proc:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        grpc.channel_ready_future(channel).result(timeout=30)
-        stub = cmd_grpc.CommandServiceStub(channel)
-        post_id = stub.CreatePost(
-            cmd.CreatePostRequest(caption="burst"), metadata=auth("author"), timeout=30
-        ).post_id
-        acked: list[str] = []
-        errors: list[grpc.StatusCode] = []
-        lock = threading.Lock()
-        stop = threading.Event()
-
-        def client(n: int) -> None:
-            md = auth(f"user{n}")
-            i = 0
-            while not stop.is_set():
-                rid = f"{n}-{i}"
-                i += 1
-                try:
-                    stub.LikePost(
-                        cmd.LikePostRequest(post_id=post_id, request_id=rid),
-                        metadata=md,
-                        timeout=10,
-                    )
-                    with lock:
-                        acked.append(rid)
-                except grpc.RpcError as exc:
-                    with lock:
-                        errors.append(exc.code())
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                        return
-
-        with ThreadPoolExecutor(16) as pool:
-            futures = [pool.submit(client, n) for n in range(16)]
-            wait_until(lambda: len(acked) > 200, timeout=60, what="burst under way")
-            if how == "sigterm":
-                proc.send_signal(signal.SIGTERM)
-            else:
-                os.killpg(proc.pid, signal.SIGINT)
-                # A supervisor (make run) follows up with SIGTERM; the parent passes it
-                # on to workers that are already draining.
-                wait_until(
-                    lambda: log_path.read_text().count("shutdown_requested") >= 2,
-                    timeout=30,
-                    what="both workers shutting down",
-                )
-                proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-            stop.set()
-            for f in futures:
-                f.result()
-        channel.close()
-        assert proc.returncode == 0
-    # Both workers drained and flushed their producer (none was killed mid-way).
-    assert log_path.read_text().count("command_service_stopped") == 2
-    assert len(acked) > 200
-    written = {e.event_id for _, e in events(settings, "likes")}
-    from command_service.commands import event_id_for  # same derivation as the service
-
-    missing = [
-        rid
-        for rid in acked
-        if event_id_for("like", f"user{rid.split('-')[0]}", rid, post_id) not in written
-    ]
-    assert missing == [], f"{len(missing)} acknowledged likes not in Kafka"

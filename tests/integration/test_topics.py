@@ -6,7 +6,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from mysocial.kafka.topics import TopicMismatchError, provision
-from tests.conftest import make_settings
+from tests.support.helpers import make_settings
 
 
 def test_provisioning_is_idempotent_and_checks_layout(kafka_bootstrap: str) -> None:

@@ -1,17 +1,14 @@
-"""Trending against the real broker: ranking quality, anti-gaming, deletion, crash."""
+"""Trending against the real broker: ranking quality, anti-gaming, deletion, decay.
+A crash between rankings is in tests/system/test_processor_faults.py."""
 
 from __future__ import annotations
 
-import threading
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
-import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from command_service import commands
 from mysocial.config import Settings
@@ -19,94 +16,10 @@ from mysocial.kafka.producer import producer_config
 from mysocial.kafka.topics import provision
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
-from mysocial.v1 import resources_pb2 as res
-from processor.audit import audit, wait_caught_up
-from tests.conftest import make_settings
-from tests.integration.test_processor import ProcessorProc, command_service
-from tests.support.helpers import auth, wait_until
-
-
-class RankingWatcher:
-    """Tails trending_posts and keeps every ranking with the time it arrived."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.rankings: list[tuple[float, res.TrendingRanking]] = []
-        self._stop = threading.Event()
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.bootstrap,
-                "group.id": f"watch-{uuid.uuid4().hex}",
-                "isolation.level": "read_committed",
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 10,
-            }
-        )
-        self._consumer.subscribe([settings.topic("trending_posts")])
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for msg in self._consumer.consume(100, 0.05):
-                value = msg.value()
-                if msg.error() is None and value:
-                    ranking = res.TrendingRanking()
-                    ranking.ParseFromString(value)
-                    self.rankings.append((time.monotonic(), ranking))
-
-    def latest(self) -> res.TrendingRanking | None:
-        return self.rankings[-1][1] if self.rankings else None
-
-    def ids(self) -> list[str]:
-        latest = self.latest()
-        return [e.post_id for e in latest.entries] if latest else []
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._consumer.close()
-
-
-@pytest.fixture
-def trend_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
-    s = make_settings(
-        kafka_bootstrap,
-        processor_state_dir=str(tmp_path / "state"),
-        processor_session_timeout_ms=6000,
-        processor_transaction_timeout_ms=10000,
-        trending_interval_ms=1000,
-        trending_top_k=20,
-    )
-    provision(s)
-    return s
-
-
-@pytest.fixture
-def running(
-    trend_settings: Settings, log_dir: Path
-) -> Iterator[tuple[cmd_grpc.CommandServiceStub, ProcessorProc, RankingWatcher]]:
-    processor = ProcessorProc(trend_settings, "a", log_dir)
-    processor.start()
-    watcher = RankingWatcher(trend_settings)
-    with command_service(trend_settings, log_dir) as addr:
-        channel = grpc.insecure_channel(addr)
-        yield cmd_grpc.CommandServiceStub(channel), processor, watcher
-        channel.close()
-    watcher.close()
-    processor.terminate()
-
-
-def create(stub: cmd_grpc.CommandServiceStub, author: str) -> str:
-    return stub.CreatePost(
-        cmd.CreatePostRequest(caption=f"by {author}"), metadata=auth(author)
-    ).post_id
-
-
-def like(stub: cmd_grpc.CommandServiceStub, post: str, user: str, unlike: bool = False) -> None:
-    if unlike:
-        stub.UnlikePost(cmd.UnlikePostRequest(post_id=post), metadata=auth(user))
-    else:
-        stub.LikePost(cmd.LikePostRequest(post_id=post), metadata=auth(user))
+from processor.audit import wait_caught_up
+from tests.support.helpers import auth, make_settings, wait_until
+from tests.support.services import ProcessorProc, command_service
+from tests.support.trending import RankingWatcher, create, like
 
 
 def write_old_post(settings: Settings, likers: int, age: timedelta) -> str:
@@ -222,38 +135,6 @@ def test_a_deleted_post_leaves_the_ranking_within_one_interval(
     elapsed = arrival - deleted_at
     print(f"deleted post left trending_posts after {elapsed * 1000:.0f} ms")
     assert elapsed <= trend_settings.trending_interval_ms / 1000.0
-
-
-def test_ranking_after_sigkill_equals_the_audit(
-    trend_settings: Settings,
-    running: tuple[cmd_grpc.CommandServiceStub, ProcessorProc, RankingWatcher],
-) -> None:
-    stub, processor, watcher = running
-    posts = [create(stub, f"maker{n}") for n in range(8)]
-    for n, post in enumerate(posts):
-        for i in range(3 + 2 * n):
-            like(stub, post, f"reader{i}")
-        if n % 2:
-            stub.AddComment(
-                cmd.AddCommentRequest(post_id=post, text="yes"), metadata=auth(f"reader{n}")
-            )
-    processor.kill()
-    restarted = time.monotonic()
-    processor.start()
-    for i in range(10):  # more engagement after the restart
-        like(stub, posts[0], f"late{i}")
-    assert wait_caught_up(trend_settings, 60)
-
-    def restarted_ranking_has_late_likes() -> bool:
-        return any(
-            t > restarted and any(e.post_id == posts[0] and e.like_count == 13 for e in r.entries)
-            for t, r in watcher.rankings
-        )
-
-    wait_until(restarted_ranking_has_late_likes, timeout=30, what="a ranking after the restart")
-    report = audit(trend_settings)
-    assert report.ok, report.trending_mismatches + report.mismatches
-    assert report.trending_entries == len(posts)
 
 
 def test_scores_decay_without_events(kafka_bootstrap: str, tmp_path: Path, log_dir: Path) -> None:

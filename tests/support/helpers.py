@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -20,8 +21,23 @@ from mysocial.kafka import reader
 from mysocial.kafka.broker import free_port as free_port
 from mysocial.kafka.broker import free_ports as free_ports
 from mysocial.kafka.reader import Record as Record
+from mysocial.v1 import events_pb2 as ev
 
 T = TypeVar("T")
+
+
+def make_settings(bootstrap: str, **overrides: object) -> Settings:
+    """Settings for a test: unique topic namespace, small partition counts."""
+    base = Settings(
+        kafka_bootstrap_servers=bootstrap,
+        topic_namespace=f"t{uuid.uuid4().hex[:10]}.",
+        posts_partitions=4,
+        copartitions=6,
+        command_workers=1,
+        grace_period_s=5.0,
+        log_level="warning",
+    )
+    return base.with_(**overrides)
 
 
 def wait_until(
@@ -54,45 +70,14 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record
     return reader.read_topic(bootstrap, topic, timeout)
 
 
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (the Java client's default partitioner hash)."""
-    length = len(data)
-    seed = 0x9747B28C
-    m = 0x5BD1E995
-    r = 24
-    h = (seed ^ length) & 0xFFFFFFFF
-    length4 = length // 4
-    for i in range(length4):
-        i4 = i * 4
-        k = (
-            (data[i4] & 0xFF)
-            + ((data[i4 + 1] & 0xFF) << 8)
-            + ((data[i4 + 2] & 0xFF) << 16)
-            + ((data[i4 + 3] & 0xFF) << 24)
-        )
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-        h ^= k
-    extra = length % 4
-    idx = length & ~3
-    if extra >= 3:
-        h ^= (data[idx + 2] & 0xFF) << 16
-    if extra >= 2:
-        h ^= (data[idx + 1] & 0xFF) << 8
-    if extra >= 1:
-        h ^= data[idx] & 0xFF
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
-
-
-def kafka_partition(key: str, partitions: int) -> int:
-    """The partition the Java client (and murmur2_random) picks for key."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+def events(settings: Settings, topic: str) -> list[tuple[Record, ev.Event]]:
+    """Every committed record of a topic of settings' namespace, decoded as an Event."""
+    out = []
+    for rec in read_topic(settings.bootstrap, settings.topic(topic)):
+        e = ev.Event()
+        e.ParseFromString(rec.value or b"")
+        out.append((rec, e))
+    return out
 
 
 class LoopThread:

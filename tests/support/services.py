@@ -1,5 +1,6 @@
-"""The whole system as real processes for end-to-end tests: processor, command service
-and query service on free ports, against the session's broker and a test namespace."""
+"""Services as real processes: the processor (killable, restartable), the command
+service, and the whole system (processor, command service and query service on free
+ports) against the session's broker and a test namespace."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -17,8 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mysocial.config import PROJECT_ROOT, Settings
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
-from tests.integration.test_processor import ProcessorProc
-from tests.support.helpers import free_ports, python_env
+from tests.support.helpers import free_port, free_ports, python_env, service_process
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -32,6 +34,54 @@ def health(addr: str, service: str, timeout: float = 1.0) -> int | None:
             return int(stub.Check(request, timeout=timeout).status)  # type: ignore[attr-defined]
     except grpc.RpcError:
         return None
+
+
+class ProcessorProc:
+    """A `python -m processor` child process that tests can kill and restart."""
+
+    def __init__(self, settings: Settings, instance: str, log_dir: Path) -> None:
+        self.settings = settings.with_(processor_instance_id=instance, log_level="info")
+        self.log_path = log_dir / f"processor-{instance}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.kills = 0
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "processor"],
+                env=python_env(self.settings),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+            )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.kills += 1
+
+    def terminate(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@contextmanager
+def command_service(settings: Settings, log_dir: Path) -> Iterator[str]:
+    port = free_port()
+    s = settings.with_(command_addr=f"127.0.0.1:{port}", command_workers=1)
+    with service_process("command_service", s, log_dir / "command.log") as proc:
+        channel = grpc.insecure_channel(s.command_addr)
+        grpc.channel_ready_future(channel).result(timeout=30)
+        channel.close()
+        yield s.command_addr
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
 
 
 class Service:

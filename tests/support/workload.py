@@ -17,10 +17,12 @@ from typing import Any
 import grpc
 
 from mysocial.auth import mint_token
-from mysocial.config import DEV_JWT_SECRET
+from mysocial.config import DEV_JWT_SECRET, Settings
+from mysocial.kafka.reader import latest_by_key
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import events_pb2 as ev
+from processor.audit import audit, settle
 
 NOT_FOUND = frozenset({grpc.StatusCode.NOT_FOUND})
 DENIED = frozenset({grpc.StatusCode.PERMISSION_DENIED})
@@ -234,3 +236,13 @@ class Workload:
             return rng.choice(own), True
         cid, _ = rng.choice(live)
         return cid, post.author == user  # the post's author may delete any comment
+
+
+def check_exact(settings: Settings, model: Model) -> None:
+    assert settle(settings, 120), "processor did not catch up"
+    table = latest_by_key(settings.bootstrap, settings.topic("posts_with_counts"))
+    problems = model.diff(table)
+    assert problems == [], f"{len(problems)} posts differ from the model: {problems[:10]}"
+    report = audit(settings)
+    assert report.ok, report.mismatches[:10] + report.trending_mismatches[:10]
+    assert report.live_posts == sum(1 for p in model.posts.values() if not p.deleted)

@@ -13,7 +13,7 @@ from mysocial.v1 import events_pb2 as ev
 from processor import trending
 from processor.ranking import build_ranking, candidate_of, materially_different, signature_of
 from processor.trending import TrendingConfig
-from tests.unit.test_rules import T0, Harness
+from tests.support.rules import T0, Harness
 
 HOUR = 3600_000
 

@@ -22,8 +22,7 @@ from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
 from processor.audit import wait_caught_up
-from tests.conftest import make_settings
-from tests.support.helpers import auth, wait_until
+from tests.support.helpers import auth, make_settings, wait_until
 from tests.support.services import SERVING, System, health
 
 
