@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Setting:
-    """Documentation of one environment variable (rendered in the README)."""
+    """Documentation of one environment variable (rendered in docs/SETTINGS.md)."""
 
     env: str
     default: str
@@ -37,7 +37,7 @@ def _setting(env: str, default: Any, doc: str, *, aliases: tuple[str, ...] = ())
 
 @dataclass(frozen=True)
 class Settings:
-    """All configuration, with documented defaults (see README "Settings")."""
+    """All configuration, with documented defaults (see docs/SETTINGS.md)."""
 
     kafka_bootstrap_servers: str = _setting(
         "KAFKA_BOOTSTRAP_SERVERS",
@@ -317,12 +317,13 @@ def documented_settings() -> list[Setting]:
     return [Setting(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(Settings)]
 
 
-README_BEGIN = "<!-- settings:begin -->"
-README_END = "<!-- settings:end -->"
+SETTINGS_DOC = PROJECT_ROOT / "docs" / "SETTINGS.md"
+SETTINGS_BEGIN = "<!-- settings:begin -->"
+SETTINGS_END = "<!-- settings:end -->"
 
 
 def settings_markdown() -> str:
-    """The README's settings table (kept in sync by `python -m mysocial.config`)."""
+    """The settings table of docs/SETTINGS.md (kept in sync by `python -m mysocial.config`)."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for s in documented_settings():
         default = s.default.replace(str(PROJECT_ROOT), ".") if s.default else "(empty)"
@@ -330,12 +331,14 @@ def settings_markdown() -> str:
     return "\n".join(rows)
 
 
-def sync_readme(path: Path = PROJECT_ROOT / "README.md") -> bool:
-    """Rewrite the README's settings table; returns True if it changed."""
+def sync_settings_doc(path: Path = SETTINGS_DOC) -> bool:
+    """Rewrite the table between the settings markers of `path`; True if it changed."""
     text = path.read_text()
-    head, _, rest = text.partition(README_BEGIN)
-    _, _, tail = rest.partition(README_END)
-    new = f"{head}{README_BEGIN}\n{settings_markdown()}\n{README_END}{tail}"
+    if SETTINGS_BEGIN not in text or SETTINGS_END not in text:
+        raise ConfigError(f"{path} lacks the {SETTINGS_BEGIN} / {SETTINGS_END} markers")
+    head, _, rest = text.partition(SETTINGS_BEGIN)
+    _, _, tail = rest.partition(SETTINGS_END)
+    new = f"{head}{SETTINGS_BEGIN}\n{settings_markdown()}\n{SETTINGS_END}{tail}"
     if new != text:
         path.write_text(new)
         return True
@@ -343,4 +346,5 @@ def sync_readme(path: Path = PROJECT_ROOT / "README.md") -> bool:
 
 
 if __name__ == "__main__":
-    print("README updated" if sync_readme() else "README already up to date")
+    done = "updated" if sync_settings_doc() else "already up to date"
+    print(f"{SETTINGS_DOC.relative_to(PROJECT_ROOT)} {done}")
