@@ -21,46 +21,81 @@ partition's events is kept. The engine's `_apply_checked` then applies it throug
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from enum import IntEnum
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import Message, Producer
 
 from mysocial.events import InvalidEvent, check, event_time_ms
 from mysocial.kafka import topics
 from mysocial.v1 import events_pb2 as ev
+from processor.headers import SRC_OFFSET as SRC_OFFSET  # (the engine's import)
 from processor.local_store import TaskStore
 from processor.rules import LIVE, MAX_PENDING_PER_POST, PendingOverflow, TaskState
 from processor.trending import TrendingConfig
 
-# Routes of input topics (processor_native uses the same numbers).
-ROUTE_POSTS = 0
-ROUTE_CANDIDATES = 1
-ROUTE_POSTS_BY_ID = 2
-ROUTE_LIKES = 3
-ROUTE_COMMENTS = 4
+
+class Route(IntEnum):
+    """What a core does with a record of an input topic. Defined here only: the
+    compiled core is given these codes by name when it is built."""
+
+    POSTS = 0  # re-keyed by the engine (Stop.POSTS)
+    CANDIDATES = 1  # trending candidates, merged by the engine (Stop.CANDIDATES)
+    POSTS_BY_ID = 2
+    LIKES = 3
+    COMMENTS = 4
+
+
+class Stop(IntEnum):
+    """Why process() returned (with the index of the record it stopped at). Defined
+    here only, like Route."""
+
+    DONE = 0  # every record handled
+    ERROR = 1  # a consume error
+    POSTS = 2  # a `posts` record to re-key
+    CANDIDATES = 3  # a trending candidate list
+    PYTHON = 4  # an event the core leaves to apply_checked
+
+
+# The names the engine imports (aliases of the members above).
+ROUTE_POSTS = Route.POSTS
+ROUTE_CANDIDATES = Route.CANDIDATES
+ROUTE_POSTS_BY_ID = Route.POSTS_BY_ID
+ROUTE_LIKES = Route.LIKES
+ROUTE_COMMENTS = Route.COMMENTS
+DONE = Stop.DONE
+STOP_ERROR = Stop.ERROR
+STOP_POSTS = Stop.POSTS
+STOP_CANDIDATES = Stop.CANDIDATES
+STOP_PYTHON = Stop.PYTHON
+
 ROUTE_OF_CONTRACT = {
-    topics.POSTS: ROUTE_POSTS,
-    topics.TRENDING_CANDIDATES: ROUTE_CANDIDATES,
-    topics.POSTS_BY_ID: ROUTE_POSTS_BY_ID,
-    topics.LIKES: ROUTE_LIKES,
-    topics.COMMENTS: ROUTE_COMMENTS,
+    topics.POSTS: Route.POSTS,
+    topics.TRENDING_CANDIDATES: Route.CANDIDATES,
+    topics.POSTS_BY_ID: Route.POSTS_BY_ID,
+    topics.LIKES: Route.LIKES,
+    topics.COMMENTS: Route.COMMENTS,
 }
-SOURCE_OF_ROUTE = {
-    ROUTE_POSTS_BY_ID: topics.POSTS_BY_ID,
-    ROUTE_LIKES: topics.LIKES,
-    ROUTE_COMMENTS: topics.COMMENTS,
+SOURCE_OF_ROUTE: dict[int, str] = {
+    Route.POSTS_BY_ID: topics.POSTS_BY_ID,
+    Route.LIKES: topics.LIKES,
+    Route.COMMENTS: topics.COMMENTS,
 }
 
-# Why process() stopped.
-DONE = 0
-STOP_ERROR = 1
-STOP_POSTS = 2
-STOP_CANDIDATES = 3
-STOP_PYTHON = 4
 
-SRC_OFFSET = "src-offset"  # header of a re-keyed post: its offset in `posts`
+class CoreStats(NamedTuple):
+    """A task's counters since it was added (both cores return this; its fields are
+    the one list of them, which the compiled core fills by name)."""
+
+    applied: int
+    duplicates: int
+    queued: int
+    ignored_deleted: int
+    unauthorized: int
+    store_reads: int  # reads that went to the task's committed RocksDB
+
 
 Positions = dict[tuple[str, int], int]
 # A changed post: (post_id, posts_with_counts value or None for a tombstone, PostRecord).
@@ -100,9 +135,7 @@ class Core(Protocol):
 
     def post(self, partition: int, post_id: str) -> bytes | None: ...
 
-    def stats(self, partition: int) -> tuple[int, int, int, int, int, int]:
-        """(applied, duplicates, queued, ignored_deleted, unauthorized, store_reads)"""
-        ...
+    def stats(self, partition: int) -> CoreStats: ...
 
     def take_warnings(self) -> list[tuple[str, dict[str, str]]]: ...
 
@@ -113,7 +146,7 @@ class CoreUnavailable(RuntimeError):
 
 def make_core(
     kind: str,
-    routes: dict[str, int],
+    routes: Mapping[str, int],
     partitions: int,
     cfg: TrendingConfig,
     max_pending: int = MAX_PENDING_PER_POST,
@@ -132,7 +165,7 @@ class CoreSpec:
     """What a core is built from: input topic -> route, the partition count of the
     co-partitioned topics, the trending constants and the pending-queue bound."""
 
-    routes: dict[str, int]
+    routes: Mapping[str, int]
     partitions: int
     cfg: TrendingConfig
     max_pending: int = MAX_PENDING_PER_POST
@@ -189,6 +222,9 @@ class NativeCore:
             spec.cfg.comment_weight,
             spec.max_pending,
             (topics.POSTS_BY_ID, topics.LIKES, topics.COMMENTS),
+            {r.name: r.value for r in Route},
+            {s.name: s.value for s in Stop},
+            SRC_OFFSET,
         )
         core = self._core
         self.process = core.process
@@ -199,12 +235,14 @@ class NativeCore:
         self.discard = core.discard
         self.trim_cache = core.trim_cache
         self.post = core.post
-        self.stats = core.stats
         self.take_warnings = core.take_warnings
         self.remove_task = core.remove_task
 
     def add_task(self, partition: int, store: TaskStore) -> None:
         self._core.add_task(partition, store.get, store.keys(b"E", b"C"))
+
+    def stats(self, partition: int) -> CoreStats:
+        return CoreStats(**self._core.stats(partition))
 
 
 class _Overlay:
@@ -214,10 +252,12 @@ class _Overlay:
     def __init__(self, store: TaskStore) -> None:
         self.committed = store
         self.writes: dict[bytes, bytes | None] = {}
+        self.store_reads = 0
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.writes:
             return self.writes[key]
+        self.store_reads += 1
         return self.committed.get(key)
 
     def put(self, key: bytes, value: bytes) -> None:
@@ -235,7 +275,6 @@ class _PyTask:
         self.overlay = _Overlay(store)
         self.state = TaskState(self.overlay, cfg, max_pending=max_pending)
         self.committing: dict[bytes, bytes | None] = {}
-        self.store_reads = 0
 
 
 class PyCore:
@@ -261,33 +300,33 @@ class PyCore:
         for i in range(start, len(msgs)):
             msg = msgs[i]
             if msg.error() is not None:
-                return i, STOP_ERROR
+                return i, Stop.ERROR
             topic = msg.topic()
             route = self.routes.get(topic or "")
             if route is None:
-                return i, STOP_PYTHON
-            if route == ROUTE_POSTS:
-                return i, STOP_POSTS
-            if route == ROUTE_CANDIDATES:
-                return i, STOP_CANDIDATES
+                return i, Stop.PYTHON
+            if route == Route.POSTS:
+                return i, Stop.POSTS
+            if route == Route.CANDIDATES:
+                return i, Stop.CANDIDATES
             partition, offset = msg.partition(), msg.offset()
             assert topic is not None and partition is not None and offset is not None
             source = SOURCE_OF_ROUTE[route]
             try:
                 checked = check(source, msg.key(), msg.value(), partition, self.partitions)
             except InvalidEvent:
-                return i, STOP_PYTHON
+                return i, Stop.PYTHON
             task = self.tasks.get(partition)
             if task is not None:
-                applied_offset = src_offset(msg) if route == ROUTE_POSTS_BY_ID else offset
+                applied_offset = src_offset(msg) if route == Route.POSTS_BY_ID else offset
                 time_ms = event_time_ms(checked.event, msg.timestamp()[1])
                 try:
                     task.state.apply(source, applied_offset, checked.event, time_ms)
                 except PendingOverflow:
-                    return i, STOP_PYTHON
+                    return i, Stop.PYTHON
             positions[(topic, partition)] = offset + 1
             consumed[(topic, partition)] = offset + 1
-        return len(msgs), DONE
+        return len(msgs), Stop.DONE
 
     def apply(self, partition: int, route: int, offset: int, event: bytes, time_ms: int) -> bool:
         decoded = ev.Event()
@@ -353,9 +392,17 @@ class PyCore:
         rec = self.tasks[partition].state.post(post_id)
         return None if rec is None else rec.SerializeToString()
 
-    def stats(self, partition: int) -> tuple[int, int, int, int, int, int]:
-        s = self.tasks[partition].state.stats
-        return (s.applied, s.duplicates, s.queued, s.ignored_deleted, s.unauthorized, 0)
+    def stats(self, partition: int) -> CoreStats:
+        task = self.tasks[partition]
+        s = task.state.stats
+        return CoreStats(
+            applied=s.applied,
+            duplicates=s.duplicates,
+            queued=s.queued,
+            ignored_deleted=s.ignored_deleted,
+            unauthorized=s.unauthorized,
+            store_reads=task.overlay.store_reads,
+        )
 
     def take_warnings(self) -> list[tuple[str, dict[str, str]]]:
         out, self.warnings = self.warnings, []

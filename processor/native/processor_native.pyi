@@ -3,17 +3,6 @@
 from collections.abc import Callable, Iterable
 from typing import Any
 
-ROUTE_POSTS: int
-ROUTE_CANDIDATES: int
-ROUTE_POSTS_BY_ID: int
-ROUTE_LIKES: int
-ROUTE_COMMENTS: int
-DONE: int
-STOP_ERROR: int
-STOP_POSTS: int
-STOP_CANDIDATES: int
-STOP_PYTHON: int
-
 class Core:
     def __init__(
         self,
@@ -24,6 +13,9 @@ class Core:
         comment_weight: float,
         max_pending: int,
         names: tuple[str, str, str],
+        routes: dict[str, int],
+        stops: dict[str, int],
+        src_offset: str,
     ) -> None: ...
     def add_task(
         self,
@@ -51,10 +43,10 @@ class Core:
     def discard(self, partition: int) -> None: ...
     def trim_cache(self, partition: int, max_posts: int) -> None: ...
     def post(self, partition: int, post_id: str) -> bytes | None: ...
-    def stats(self, partition: int) -> tuple[int, int, int, int, int, int]: ...
+    def stats(self, partition: int) -> dict[str, int]: ...
+    def check(
+        self, route: int, key: bytes | None, value: bytes, partition: int
+    ) -> tuple[str, str, str, str] | None: ...
     def take_warnings(self) -> list[tuple[str, dict[str, str]]]: ...
 
 def murmur2(data: bytes) -> int: ...
-def check(
-    route: int, key: bytes | None, value: bytes, partition: int, partitions: int
-) -> tuple[str, str, str, str] | None: ...

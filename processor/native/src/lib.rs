@@ -23,26 +23,117 @@ use pyo3::{intern, IntoPyObjectExt};
 use events::Source;
 use state::{Applied, Names, Task};
 
-/// Routes of input topics (the codes Python passes in `topics`).
-const ROUTE_POSTS: u8 = 0;
-const ROUTE_CANDIDATES: u8 = 1;
-const ROUTE_POSTS_BY_ID: u8 = 2;
-const ROUTE_LIKES: u8 = 3;
-const ROUTE_COMMENTS: u8 = 4;
+/// What a record of an input topic is for (processor/core.py `Route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Posts,
+    Candidates,
+    Event(Source),
+}
 
-/// Why `process` stopped (returned with the index of the record).
-const DONE: u8 = 0;
-const STOP_ERROR: u8 = 1;
-const STOP_POSTS: u8 = 2;
-const STOP_CANDIDATES: u8 = 3;
-const STOP_PYTHON: u8 = 4;
+/// Why `process` stopped (processor/core.py `Stop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Done,
+    Error,
+    Posts,
+    Candidates,
+    Python,
+}
 
-fn source_of(route: u8) -> Option<Source> {
-    match route {
-        ROUTE_POSTS_BY_ID => Some(Source::PostsById),
-        ROUTE_LIKES => Some(Source::Likes),
-        ROUTE_COMMENTS => Some(Source::Comments),
-        _ => None,
+/// The member names of core.py's `Route` and `Stop`: Python owns the codes and
+/// passes them by these names when it builds a Core.
+const ROUTES: [(&str, Route); 5] = [
+    ("POSTS", Route::Posts),
+    ("CANDIDATES", Route::Candidates),
+    ("POSTS_BY_ID", Route::Event(Source::PostsById)),
+    ("LIKES", Route::Event(Source::Likes)),
+    ("COMMENTS", Route::Event(Source::Comments)),
+];
+const STOPS: [(&str, Stop); 5] = [
+    ("DONE", Stop::Done),
+    ("ERROR", Stop::Error),
+    ("POSTS", Stop::Posts),
+    ("CANDIDATES", Stop::Candidates),
+    ("PYTHON", Stop::Python),
+];
+
+/// Python's codes for routes and stops, and the header a re-keyed post carries its
+/// source offset in (processor/headers.py), as given to the constructor.
+struct Seam {
+    routes: Vec<(u8, Route)>,
+    stops: [u8; STOPS.len()],
+    src_offset: String,
+}
+
+impl Seam {
+    /// Every name must be given, and no other: a route or stop added on one side only
+    /// fails here, when the processor starts, not as a misrouted record.
+    fn new(
+        routes: HashMap<String, u8>,
+        stops: HashMap<String, u8>,
+        src_offset: String,
+    ) -> PyResult<Self> {
+        fn codes<T: Copy>(
+            what: &str,
+            given: HashMap<String, u8>,
+            known: &[(&str, T)],
+        ) -> PyResult<Vec<(u8, T)>> {
+            let mut unknown: Vec<&String> = given
+                .keys()
+                .filter(|n| !known.iter().any(|(k, _)| k == n))
+                .collect();
+            unknown.sort();
+            if !unknown.is_empty() {
+                return Err(PyValueError::new_err(format!(
+                    "{what} unknown to the compiled core: {unknown:?} (rebuild it: make deps)"
+                )));
+            }
+            let mut out: Vec<(u8, T)> = Vec::with_capacity(known.len());
+            for (name, meaning) in known {
+                let code = *given.get(*name).ok_or_else(|| {
+                    PyValueError::new_err(format!("{what} {name} not given to the compiled core"))
+                })?;
+                if out.iter().any(|(c, _)| *c == code) {
+                    return Err(PyValueError::new_err(format!(
+                        "{what} code {code} given twice"
+                    )));
+                }
+                out.push((code, *meaning));
+            }
+            Ok(out)
+        }
+        let routes = codes("route", routes, &ROUTES)?;
+        let stop_codes = codes("stop", stops, &STOPS)?;
+        let mut stops = [0; STOPS.len()];
+        for (code, stop) in stop_codes {
+            stops[stop as usize] = code;
+        }
+        Ok(Seam {
+            routes,
+            stops,
+            src_offset,
+        })
+    }
+
+    fn route(&self, code: u8) -> PyResult<Route> {
+        self.routes
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, r)| *r)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown route {code}")))
+    }
+
+    /// The source of an event route (an error for the routes Python handles).
+    fn source(&self, code: u8) -> PyResult<Source> {
+        match self.route(code)? {
+            Route::Event(source) => Ok(source),
+            _ => Err(PyValueError::new_err("not an event route")),
+        }
+    }
+
+    fn code(&self, stop: Stop) -> u8 {
+        self.stops[stop as usize]
     }
 }
 
@@ -51,12 +142,13 @@ type Changed<'py> = (String, Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>);
 
 struct Topic {
     name: String,
-    route: u8,
+    route: Route,
     py_name: Py<PyString>,
 }
 
 #[pyclass(module = "processor_native", unsendable)]
 struct Core {
+    seam: Seam,
     topics: Vec<Topic>,
     partitions: u32,
     cfg: trending::Config,
@@ -65,9 +157,9 @@ struct Core {
     tasks: HashMap<u32, Task>,
 }
 
-/// The Python header "src-offset" of a re-keyed post (engine.py `_repartition`), as
-/// Python's int() would read it; None where only Python can tell.
-fn src_offset(msg: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
+/// The header `name` (SRC_OFFSET) of a re-keyed post (engine.py `_repartition`), as
+/// core.py `src_offset` reads it; None where only Python can tell.
+fn src_offset(msg: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<i64>> {
     let headers = msg.call_method0(intern!(msg.py(), "headers"))?;
     let mut found: Option<Option<Vec<u8>>> = None;
     if !headers.is_none() {
@@ -77,8 +169,7 @@ fn src_offset(msg: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
             if pair.len() != 2 {
                 return Ok(None);
             }
-            let name = pair.get_item(0)?;
-            if name.extract::<&str>().ok() == Some("src-offset") {
+            if pair.get_item(0)?.extract::<&str>().ok() == Some(name) {
                 let value = pair.get_item(1)?;
                 found = Some(if value.is_none() {
                     None
@@ -113,10 +204,14 @@ impl Core {
 #[pymethods]
 impl Core {
     /// topics: (topic name, route) pairs; names: the contract names of the re-keyed
-    /// posts, likes and comments topics (stored in pending events).
+    /// posts, likes and comments topics (stored in pending events); routes, stops:
+    /// core.py's Route and Stop as {member name: code}; src_offset: the header name.
     #[new]
     #[allow(clippy::too_many_arguments)] // the Python constructor's keyword list
-    #[pyo3(signature = (topics, partitions, half_life_ms, like_weight, comment_weight, max_pending, names))]
+    #[pyo3(signature = (
+        topics, partitions, half_life_ms, like_weight, comment_weight, max_pending, names,
+        routes, stops, src_offset,
+    ))]
     fn new(
         py: Python<'_>,
         topics: Vec<(String, u8)>,
@@ -126,19 +221,27 @@ impl Core {
         comment_weight: f64,
         max_pending: i64,
         names: (String, String, String),
+        routes: HashMap<String, u8>,
+        stops: HashMap<String, u8>,
+        src_offset: String,
     ) -> PyResult<Self> {
         if partitions == 0 {
             return Err(PyValueError::new_err("partitions must be positive"));
         }
-        Ok(Core {
-            topics: topics
-                .into_iter()
-                .map(|(name, route)| Topic {
+        let seam = Seam::new(routes, stops, src_offset)?;
+        let topics = topics
+            .into_iter()
+            .map(|(name, route)| {
+                Ok(Topic {
                     py_name: PyString::new(py, &name).unbind(),
+                    route: seam.route(route)?,
                     name,
-                    route,
                 })
-                .collect(),
+            })
+            .collect::<PyResult<_>>()?;
+        Ok(Core {
+            seam,
+            topics,
             partitions,
             cfg: trending::Config {
                 half_life_ms,
@@ -199,36 +302,35 @@ impl Core {
             None => seen.push((topic, partition, next)),
         };
         let n = msgs.len();
-        let mut stop = (n, DONE);
+        let mut stop = (n, Stop::Done);
         for i in start..n {
             let msg = msgs.get_item(i)?;
             if !msg.call_method0(intern!(py, "error"))?.is_none() {
-                stop = (i, STOP_ERROR);
+                stop = (i, Stop::Error);
                 break;
             }
             let topic = msg.call_method0(intern!(py, "topic"))?;
             let topic = topic.cast::<PyString>()?.to_str()?;
             let Some(t) = self.topics.iter().position(|x| x.name == topic) else {
-                stop = (i, STOP_PYTHON);
+                stop = (i, Stop::Python);
                 break;
             };
-            let route = self.topics[t].route;
-            let Some(source) = source_of(route) else {
-                stop = (
-                    i,
-                    if route == ROUTE_POSTS {
-                        STOP_POSTS
-                    } else {
-                        STOP_CANDIDATES
-                    },
-                );
-                break;
+            let source = match self.topics[t].route {
+                Route::Event(source) => source,
+                Route::Posts => {
+                    stop = (i, Stop::Posts);
+                    break;
+                }
+                Route::Candidates => {
+                    stop = (i, Stop::Candidates);
+                    break;
+                }
             };
             let partition: u32 = msg.call_method0(intern!(py, "partition"))?.extract()?;
             let offset: i64 = msg.call_method0(intern!(py, "offset"))?.extract()?;
             let value = msg.call_method0(intern!(py, "value"))?;
             let Ok(value) = value.cast::<PyBytes>() else {
-                stop = (i, STOP_PYTHON);
+                stop = (i, Stop::Python);
                 break;
             };
             let key = msg.call_method0(intern!(py, "key"))?;
@@ -240,7 +342,7 @@ impl Core {
             let Ok(event) =
                 events::check(source, key, value.as_bytes(), partition, self.partitions)
             else {
-                stop = (i, STOP_PYTHON);
+                stop = (i, Stop::Python);
                 break;
             };
             let Some(task) = self.tasks.get_mut(&partition) else {
@@ -250,14 +352,14 @@ impl Core {
             let stamp = msg.call_method0(intern!(py, "timestamp"))?;
             let accepted: i64 = stamp.cast::<PyTuple>()?.get_item(1)?.extract()?;
             let Some(time_ms) = events::event_time_ms(&event, accepted) else {
-                stop = (i, STOP_PYTHON);
+                stop = (i, Stop::Python);
                 break;
             };
             let applied_offset = if source == Source::PostsById {
-                match src_offset(&msg)? {
+                match src_offset(&msg, &self.seam.src_offset)? {
                     Some(o) => o,
                     None => {
-                        stop = (i, STOP_PYTHON);
+                        stop = (i, Stop::Python);
                         break;
                     }
                 }
@@ -274,7 +376,7 @@ impl Core {
             )? {
                 Applied::Done => note(t, partition, offset + 1),
                 Applied::Overflow => {
-                    stop = (i, STOP_PYTHON);
+                    stop = (i, Stop::Python);
                     break;
                 }
             }
@@ -290,7 +392,7 @@ impl Core {
             positions.set_item(&key, next)?;
             consumed.set_item(&key, next)?;
         }
-        Ok(stop)
+        Ok((stop.0, self.seam.code(stop.1)))
     }
 
     /// Apply one event Python checked (its canonical encoding). False: too many events
@@ -304,7 +406,7 @@ impl Core {
         event: &[u8],
         time_ms: i64,
     ) -> PyResult<bool> {
-        let source = source_of(route).ok_or_else(|| PyValueError::new_err("not an event route"))?;
+        let source = self.seam.source(route)?;
         let decoded = events::decode(event)
             .map_err(|_| PyValueError::new_err("event does not decode (expected canonical)"))?;
         let task = self.task(partition)?;
@@ -421,21 +523,55 @@ impl Core {
         Ok(task.post(py, post_id)?.map(|r| PyBytes::new(py, &r)))
     }
 
-    /// (applied, duplicates, queued, ignored_deleted, unauthorized, store_reads).
-    fn stats(&self, partition: u32) -> PyResult<(u64, u64, u64, u64, u64, u64)> {
+    /// The task's counters by name: core.py builds its CoreStats from them (a field
+    /// missing or extra on either side fails there).
+    fn stats<'py>(&self, py: Python<'py>, partition: u32) -> PyResult<Bound<'py, PyDict>> {
         let task = self
             .tasks
             .get(&partition)
             .ok_or_else(|| PyKeyError::new_err(format!("no task for partition {partition}")))?;
         let s = task.io.stats;
-        Ok((
-            s.applied,
-            s.duplicates,
-            s.queued,
-            s.ignored_deleted,
-            s.unauthorized,
-            task.io.store_reads,
-        ))
+        let out = PyDict::new(py);
+        out.set_item(intern!(py, "applied"), s.applied)?;
+        out.set_item(intern!(py, "duplicates"), s.duplicates)?;
+        out.set_item(intern!(py, "queued"), s.queued)?;
+        out.set_item(intern!(py, "ignored_deleted"), s.ignored_deleted)?;
+        out.set_item(intern!(py, "unauthorized"), s.unauthorized)?;
+        out.set_item(intern!(py, "store_reads"), task.io.store_reads)?;
+        Ok(out)
+    }
+
+    /// Whether the core would apply this record itself (tests compare with events.check):
+    /// (kind, post_id, actor, comment_id) or None.
+    fn check(
+        &self,
+        route: u8,
+        key: Option<&[u8]>,
+        value: &[u8],
+        partition: u32,
+    ) -> PyResult<Option<(String, String, String, String)>> {
+        let source = self.seam.source(route)?;
+        Ok(
+            events::check(source, key, value, partition, self.partitions)
+                .ok()
+                .map(|e| {
+                    let kind = match e.kind {
+                        Some(events::Kind::PostCreated) => "post_created",
+                        Some(events::Kind::PostDeleted) => "post_deleted",
+                        Some(events::Kind::PostLiked) => "post_liked",
+                        Some(events::Kind::PostUnliked) => "post_unliked",
+                        Some(events::Kind::CommentAdded) => "comment_added",
+                        Some(events::Kind::CommentDeleted) => "comment_deleted",
+                        None => "",
+                    };
+                    (
+                        kind.to_owned(),
+                        e.post_id.to_owned(),
+                        e.actor.to_owned(),
+                        e.comment_id.to_owned(),
+                    )
+                }),
+        )
     }
 
     /// Warnings raised by the rules since the last call: [(event, {field: value})].
@@ -463,53 +599,9 @@ fn murmur2(data: &[u8]) -> u32 {
     events::murmur2(data)
 }
 
-/// Whether the core would apply this record itself (tests compare with events.check):
-/// (kind field number, post_id, actor, comment_id) or None.
-#[pyfunction]
-#[pyo3(signature = (route, key, value, partition, partitions))]
-fn check(
-    route: u8,
-    key: Option<&[u8]>,
-    value: &[u8],
-    partition: u32,
-    partitions: u32,
-) -> PyResult<Option<(String, String, String, String)>> {
-    let source = source_of(route).ok_or_else(|| PyValueError::new_err("not an event route"))?;
-    Ok(events::check(source, key, value, partition, partitions)
-        .ok()
-        .map(|e| {
-            let kind = match e.kind {
-                Some(events::Kind::PostCreated) => "post_created",
-                Some(events::Kind::PostDeleted) => "post_deleted",
-                Some(events::Kind::PostLiked) => "post_liked",
-                Some(events::Kind::PostUnliked) => "post_unliked",
-                Some(events::Kind::CommentAdded) => "comment_added",
-                Some(events::Kind::CommentDeleted) => "comment_deleted",
-                None => "",
-            };
-            (
-                kind.to_owned(),
-                e.post_id.to_owned(),
-                e.actor.to_owned(),
-                e.comment_id.to_owned(),
-            )
-        }))
-}
-
 #[pymodule]
 fn processor_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
     m.add_function(wrap_pyfunction!(murmur2, m)?)?;
-    m.add_function(wrap_pyfunction!(check, m)?)?;
-    m.add("ROUTE_POSTS", ROUTE_POSTS)?;
-    m.add("ROUTE_CANDIDATES", ROUTE_CANDIDATES)?;
-    m.add("ROUTE_POSTS_BY_ID", ROUTE_POSTS_BY_ID)?;
-    m.add("ROUTE_LIKES", ROUTE_LIKES)?;
-    m.add("ROUTE_COMMENTS", ROUTE_COMMENTS)?;
-    m.add("DONE", DONE)?;
-    m.add("STOP_ERROR", STOP_ERROR)?;
-    m.add("STOP_POSTS", STOP_POSTS)?;
-    m.add("STOP_CANDIDATES", STOP_CANDIDATES)?;
-    m.add("STOP_PYTHON", STOP_PYTHON)?;
     Ok(())
 }

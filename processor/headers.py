@@ -1,0 +1,12 @@
+"""Headers of a post event the processor re-keys from `posts` to `posts_by_id`.
+
+Defined once here: the engine writes them, and both cores read SRC_OFFSET (the
+compiled one is given the name when it is built, processor/core.py), so a rename
+cannot leave one side reading a header nobody writes.
+"""
+
+from __future__ import annotations
+
+SRC_PARTITION = "src-partition"  # the record's partition in `posts`
+SRC_OFFSET = "src-offset"  # its offset there: what the post's posts_applied_through counts
+SRC_INSTANCE = "src-instance"  # the processor instance that re-keyed it (for tracing)
