@@ -295,11 +295,11 @@ class TaskState:
         if user == rec.post.author_id:
             rec.trending.ignored_events += 1  # self-engagement never counts for trending
         else:
-            trending.change_weight(
+            trending.change_role(
                 cfg,
                 rec.trending,
-                trending.weight_of(cfg, old[0], old[1]) if old is not None else 0.0,
-                trending.weight_of(cfg, new_liked, new_comments),
+                trending.role_of(old[0], old[1]) if old is not None else trending.Role.NONE,
+                trending.role_of(new_liked, new_comments),
                 first,
                 old[2] if old is not None else None,
             )

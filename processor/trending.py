@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import IntEnum
 
 from mysocial.internal.v1 import state_pb2 as st
 
@@ -49,11 +50,30 @@ class TrendingConfig:
         return self.half_life_s * 1000.0
 
 
-def weight_of(cfg: TrendingConfig, liked: bool, live_comments: int) -> float:
-    """w(u) of a (non-author) user who likes the post or not and has live comments."""
+class Role(IntEnum):
+    """What a user's contribution counts as: its weight, and whether it is in the
+    likers' or the commenters' mass and count. Explicit, because the two weights may
+    be configured equal and then say nothing about which one a contribution is."""
+
+    NONE = 0
+    LIKER = 1
+    COMMENTER = 2
+
+
+def role_of(liked: bool, live_comments: int) -> Role:
+    """The role of a (non-author) user who likes the post or not and has live comments."""
     if live_comments > 0:
-        return cfg.comment_weight
+        return Role.COMMENTER
     if liked:
+        return Role.LIKER
+    return Role.NONE
+
+
+def weight_of(cfg: TrendingConfig, role: Role) -> float:
+    """w(u) of a user in that role."""
+    if role == Role.COMMENTER:
+        return cfg.comment_weight
+    if role == Role.LIKER:
         return cfg.like_weight
     return 0.0
 
@@ -77,32 +97,32 @@ def _rebase(cfg: TrendingConfig, state: st.TrendingState, t_ms: int) -> None:
     move_epoch(cfg, state, t_ms)
 
 
-def change_weight(
+def change_role(
     cfg: TrendingConfig,
     state: st.TrendingState,
-    old_w: float,
-    new_w: float,
+    old: Role,
+    new: Role,
     t_ms: int,
     old_t_ms: int | None = None,
 ) -> bool:
-    """Replace a user's contribution old_w dated old_t_ms (default t_ms) by new_w dated
-    t_ms; True if anything changed."""
+    """Replace a user's contribution as `old` dated old_t_ms (default t_ms) by one as
+    `new` dated t_ms; True if anything changed."""
     old_t = t_ms if old_t_ms is None else old_t_ms
-    if old_w == new_w and (old_t == t_ms or not new_w):
+    if old == new and (old_t == t_ms or old == Role.NONE):
         state.ignored_events += 1
         return False
     _rebase(cfg, state, max(t_ms, old_t))
-    if old_w:
-        term = _term(cfg, old_w, old_t, state.epoch_ms)
-        if old_w == cfg.comment_weight:
-            state.comment_mass = max(0.0, state.comment_mass - term)
-            state.counted_commenters -= 1
-        else:
-            state.like_mass = max(0.0, state.like_mass - term)
-            state.counted_likers -= 1
-    if new_w:
-        term = _term(cfg, new_w, t_ms, state.epoch_ms)
-        if new_w == cfg.comment_weight:
+    if old == Role.COMMENTER:
+        term = _term(cfg, weight_of(cfg, old), old_t, state.epoch_ms)
+        state.comment_mass = max(0.0, state.comment_mass - term)
+        state.counted_commenters -= 1
+    elif old == Role.LIKER:
+        term = _term(cfg, weight_of(cfg, old), old_t, state.epoch_ms)
+        state.like_mass = max(0.0, state.like_mass - term)
+        state.counted_likers -= 1
+    if new != Role.NONE:
+        term = _term(cfg, weight_of(cfg, new), t_ms, state.epoch_ms)
+        if new == Role.COMMENTER:
             state.comment_mass += term
             state.counted_commenters += 1
         else:

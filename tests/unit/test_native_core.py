@@ -5,6 +5,7 @@ objects with confluent-kafka's Message methods, the store a dict."""
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from processor.core import (
     make_core,
 )
 from processor.headers import SRC_OFFSET, SRC_PARTITION
+from processor.ranking import build_ranking, candidate_of
 from processor.trending import TrendingConfig
 
 processor_native = pytest.importorskip("processor_native")
@@ -38,6 +40,8 @@ processor_native = pytest.importorskip("processor_native")
 PARTITIONS = 4
 T0 = 1_800_000_000_000
 CFG = TrendingConfig(half_life_s=60, like_weight=1.0, comment_weight=3.0, min_distinct_users=2)
+# Equal weights: only the explicit role tells a liker from a commenter.
+EQUAL = TrendingConfig(half_life_s=60, like_weight=2.0, comment_weight=2.0, min_distinct_users=2)
 TOPIC = {
     topics.POSTS_BY_ID: "ns.posts-by-id",
     topics.LIKES: "ns.likes",
@@ -257,9 +261,10 @@ class Run:
     """One core over the workload: commits, aborts (rewind to the last commit) and
     restarts (a new core over the committed stores), as the engine does them."""
 
-    def __init__(self, kind: str, max_pending: int) -> None:
+    def __init__(self, kind: str, max_pending: int, cfg: TrendingConfig = CFG) -> None:
         self.kind = kind
         self.max_pending = max_pending
+        self.cfg = cfg
         self.stores = {p: DictStore() for p in range(PARTITIONS)}
         self.core = self._new_core()
         self.dead: list[tuple[int, str]] = []
@@ -268,7 +273,7 @@ class Run:
         self.positions: dict[tuple[str, int], int] = {}
 
     def _new_core(self) -> Core:
-        core = make_core(self.kind, ROUTES, PARTITIONS, CFG, max_pending=self.max_pending)
+        core = make_core(self.kind, ROUTES, PARTITIONS, self.cfg, max_pending=self.max_pending)
         for p, store in self.stores.items():
             core.add_task(p, store)  # type: ignore[arg-type]
         return core
@@ -372,10 +377,10 @@ def _parsed_value(key: bytes, value: bytes | None) -> Any:
     return value
 
 
-def drive(seed: int, max_pending: int = 100_000) -> tuple[Run, Run]:
+def drive(seed: int, max_pending: int = 100_000, cfg: TrendingConfig = CFG) -> tuple[Run, Run]:
     """The same workload, commits, aborts and restarts through both cores."""
     msgs = workload(seed)
-    runs = (Run("python", max_pending), Run("native", max_pending))
+    runs = (Run("python", max_pending, cfg), Run("native", max_pending, cfg))
     rng = random.Random(seed * 7 + 1)
     committed = 0
     owned = set(range(PARTITIONS))
@@ -397,9 +402,11 @@ def drive(seed: int, max_pending: int = 100_000) -> tuple[Run, Run]:
     return runs
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_native_core_equals_the_python_reference(seed: int) -> None:
-    py, native = drive(seed)
+@pytest.mark.parametrize(
+    ("seed", "cfg"), [(seed, CFG) for seed in range(40)] + [(seed, EQUAL) for seed in range(10)]
+)
+def test_native_core_equals_the_python_reference(seed: int, cfg: TrendingConfig) -> None:
+    py, native = drive(seed, cfg=cfg)
     assert native.dead == py.dead
     assert len(native.changes) == len(py.changes)
     for changes, expected in zip(native.changes, py.changes, strict=True):
@@ -609,3 +616,40 @@ def test_both_cores_count_in_core_stats(kind: str) -> None:
     stats = [run.core.stats(p) for p in range(PARTITIONS)]
     assert all(type(s) is CoreStats for s in stats)
     assert sum(s.applied for s in stats) > 0 and sum(s.store_reads for s in stats) > 0
+
+
+@pytest.mark.parametrize("kind", ["python", "native"])
+def test_equal_weights_keep_likers_and_commenters_apart_in_both_cores(kind: str) -> None:
+    """like_weight == comment_weight: the role, not the weight, picks the mass and count
+    (a re-keyed post's offset comes from the SRC_OFFSET header in both cores)."""
+    post = str(uuid.UUID(int=11, version=4))
+    created = ev.Event(event_id="c", actor_user_id="author")
+    created.post_created.post_id = post
+    events: list[tuple[str, ev.Event]] = [
+        (topics.LIKES, _like(post, "liker")),
+        (topics.LIKES, _like(post, "both")),
+        (topics.LIKES, _like(post, "was-talker")),
+    ]
+    for user, cid in (("both", 1), ("talker", 2), ("was-talker", 3)):
+        e = ev.Event(event_id=f"a{cid}", actor_user_id=user)
+        e.comment_added.CopyFrom(ev.CommentAdded(post_id=post, comment_id=str(uuid.UUID(int=cid))))
+        events.append((topics.COMMENTS, e))
+    gone = ev.Event(event_id="d", actor_user_id="was-talker")
+    gone.comment_deleted.CopyFrom(ev.CommentDeleted(post_id=post, comment_id=str(uuid.UUID(int=3))))
+    events.append((topics.COMMENTS, gone))
+    offsets = dict.fromkeys(TOPIC.values(), 0)
+    msgs = [_msg(TOPIC[topics.POSTS_BY_ID], 0, created, [(SRC_OFFSET, b"41")])]
+    for contract, e in events:
+        name = TOPIC[contract]
+        msgs.append(_msg(name, offsets[name], e))
+        offsets[name] += 1
+    run = Run(kind, 100_000, EQUAL)
+    run.process(msgs, owned=set(range(PARTITIONS)))
+    raw = run.core.post(msgs[0].partition(), post)
+    assert raw is not None
+    rec = _parsed_record(raw)
+    assert rec.posts_applied_through == 42
+    entry = build_ranking(EQUAL, [candidate_of(EQUAL, rec)], T0, 10).entries[0]
+    b = entry.breakdown
+    assert (b.counted_likers, b.counted_commenters) == (2, 2)
+    assert math.isclose(b.like_points, 4.0) and math.isclose(b.comment_points, 4.0)

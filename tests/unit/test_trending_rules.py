@@ -139,7 +139,7 @@ def _candidate(post_id: str, users: int, at: int, cfg: TrendingConfig) -> st.Can
     rec.post.like_count = users
     rec.trending.epoch_ms = at
     for _ in range(users):
-        trending.change_weight(cfg, rec.trending, 0.0, cfg.like_weight, at)
+        trending.change_role(cfg, rec.trending, trending.Role.NONE, trending.Role.LIKER, at)
     return candidate_of(cfg, rec)
 
 
@@ -171,3 +171,27 @@ def test_republish_only_on_new_inputs_or_noticeable_decay() -> None:
     assert materially_different(
         first, sig, build_ranking(cfg, changed, T0, 10), signature_of(changed), 0.01
     )
+
+
+def test_equal_weights_still_tell_likers_from_commenters() -> None:
+    """With like_weight == comment_weight a contribution's weight cannot say which
+    mass and count it is in: the role does (it once counted every liker a commenter)."""
+    cfg = TrendingConfig(like_weight=2.0, comment_weight=2.0, min_distinct_users=1)
+    h = Harness()
+    h.state.config = cfg
+    p = new_post(h)
+    gone = str(uuid.uuid4())
+    h.like(p, "liker", T0)
+    h.like(p, "both", T0)
+    h.comment(p, "both", str(uuid.uuid4()), T0)  # a liker who comments: a commenter
+    h.comment(p, "talker", str(uuid.uuid4()), T0)
+    h.like(p, "was-talker", T0)
+    h.comment(p, "was-talker", gone, T0)
+    h.uncomment(p, "was-talker", gone, T0 + 1000)  # back to a liker
+    rec = h.state.post(p)
+    assert rec is not None
+    entry = build_ranking(cfg, [candidate_of(cfg, rec)], T0, 10).entries[0]
+    b = entry.breakdown
+    assert (b.counted_likers, b.counted_commenters) == (2, 2)
+    assert math.isclose(b.like_points, 4.0) and math.isclose(b.comment_points, 4.0)
+    assert math.isclose(entry.score, 8.0)

@@ -1,6 +1,6 @@
 //! processor/rules.py TaskState, compiled: the rules of invariants 1-3 for one
 //! partition, over the same store keys and record encodings, so either implementation
-//! can restore what the other wrote. tests/test_unit_native.py runs both on the same
+//! can restore what the other wrote. tests/unit/test_native_core.py runs both on the same
 //! random logs and requires identical records, outputs and changelogs.
 //!
 //! Reads see this transaction's writes (the overlay), then the committed RocksDB of
@@ -18,7 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::events::{decode, Event, Kind, Source};
-use crate::trending::{self, Config, Trending};
+use crate::trending::{self, Config, Role, Trending};
 use crate::wire::{
     decode_timestamp, each_field, put_bool, put_double, put_int, put_len, put_str, Undecodable,
 };
@@ -762,11 +762,11 @@ fn update_engager(
     if author {
         trending.ignored_events += 1; // self-engagement never counts for trending
     } else {
-        trending::change_weight(
+        trending::change_role(
             &cfg,
             trending,
-            old.map_or(0.0, |o| trending::weight_of(&cfg, o.0, o.1)),
-            trending::weight_of(&cfg, new_liked, new_comments),
+            old.map_or(Role::None, |o| Role::of(o.0, o.1)),
+            Role::of(new_liked, new_comments),
             first,
             old.map(|o| o.2),
         );

@@ -41,13 +41,32 @@ fn max0(x: f64) -> f64 {
     }
 }
 
-pub fn weight_of(cfg: &Config, liked: bool, live_comments: i64) -> f64 {
-    if live_comments > 0 {
-        cfg.comment_weight
-    } else if liked {
-        cfg.like_weight
-    } else {
-        0.0
+/// trending.py Role: what a user's contribution counts as (its mass and its count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    None,
+    Liker,
+    Commenter,
+}
+
+impl Role {
+    /// A (non-author) user who likes the post or not and has live comments.
+    pub fn of(liked: bool, live_comments: i64) -> Role {
+        if live_comments > 0 {
+            Role::Commenter
+        } else if liked {
+            Role::Liker
+        } else {
+            Role::None
+        }
+    }
+
+    fn weight(self, cfg: &Config) -> f64 {
+        match self {
+            Role::None => 0.0,
+            Role::Liker => cfg.like_weight,
+            Role::Commenter => cfg.comment_weight,
+        }
     }
 }
 
@@ -72,34 +91,38 @@ fn rebase(cfg: &Config, state: &mut Trending, t_ms: i64) {
     move_epoch(cfg, state, t_ms);
 }
 
-/// Replace a user's contribution old_w dated old_t (default t_ms) by new_w dated t_ms.
-pub fn change_weight(
+/// trending.py change_role: replace a user's contribution as `old` dated old_t
+/// (default t_ms) by one as `new` dated t_ms.
+pub fn change_role(
     cfg: &Config,
     state: &mut Trending,
-    old_w: f64,
-    new_w: f64,
+    old: Role,
+    new: Role,
     t_ms: i64,
     old_t_ms: Option<i64>,
 ) -> bool {
     let old_t = old_t_ms.unwrap_or(t_ms);
-    if old_w == new_w && (old_t == t_ms || new_w == 0.0) {
+    if old == new && (old_t == t_ms || old == Role::None) {
         state.ignored_events += 1;
         return false;
     }
     rebase(cfg, state, t_ms.max(old_t));
-    if old_w != 0.0 {
-        let t = term(cfg, old_w, old_t, state.epoch_ms);
-        if old_w == cfg.comment_weight {
-            state.comment_mass = max0(state.comment_mass - t);
-            state.counted_commenters -= 1;
-        } else {
+    match old {
+        Role::None => {}
+        Role::Liker => {
+            let t = term(cfg, old.weight(cfg), old_t, state.epoch_ms);
             state.like_mass = max0(state.like_mass - t);
             state.counted_likers -= 1;
         }
+        Role::Commenter => {
+            let t = term(cfg, old.weight(cfg), old_t, state.epoch_ms);
+            state.comment_mass = max0(state.comment_mass - t);
+            state.counted_commenters -= 1;
+        }
     }
-    if new_w != 0.0 {
-        let t = term(cfg, new_w, t_ms, state.epoch_ms);
-        if new_w == cfg.comment_weight {
+    if new != Role::None {
+        let t = term(cfg, new.weight(cfg), t_ms, state.epoch_ms);
+        if new == Role::Commenter {
             state.comment_mass += t;
             state.counted_commenters += 1;
         } else {
