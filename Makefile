@@ -18,7 +18,7 @@ NATIVE_SRC := $(wildcard processor/native/src/*.rs) processor/native/Cargo.toml 
 PROTOS := $(wildcard protos/mysocial/v1/*.proto protos/mysocial/internal/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: run test check lint typecheck buf-lint deps gen tools broker-fetch bench bench-smoke clean
+.PHONY: run test check lint typecheck native-test buf-lint deps gen tools broker-fetch bench bench-smoke clean
 
 run: deps gen broker-fetch
 	$(BIN)/python -m devtools.run
@@ -26,7 +26,7 @@ run: deps gen broker-fetch
 test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-check: deps gen tools broker-fetch lint typecheck buf-lint
+check: deps gen tools broker-fetch lint typecheck buf-lint native-test
 
 deps: $(VENV)/.installed $(VENV)/.native
 
@@ -74,6 +74,12 @@ lint: deps gen
 
 typecheck: deps gen
 	$(BIN)/mypy .
+
+# The compiled core's own tests (wire decoder, event checks, trending arithmetic): built
+# without maturin's extension-module feature, so the test binary links libpython.
+native-test: $(VENV)/.installed
+	CARGO_TARGET_DIR="$(abspath .cache/cargo-target)" PYO3_PYTHON="$(abspath $(BIN)/python)" \
+	  cargo test --quiet --locked --manifest-path processor/native/Cargo.toml
 
 buf-lint: node_modules/.installed
 	npx --no-install buf lint

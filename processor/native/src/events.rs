@@ -228,3 +228,143 @@ pub fn event_time_ms(event: &Event<'_>, accepted_ms: i64) -> Option<i64> {
     }
     i64::try_from(occurred).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{put_int, put_len, put_str};
+
+    const POST: &str = "0b0c9c2a-6a3f-4c47-9d55-4f1d1f6b1a10";
+    const COMMENT: &str = "5e4c1f0a-2b3d-4e5f-8a9b-0c1d2e3f4a5b";
+
+    /// An Event as Python's protobuf writes it: event_id, occurred_at, actor, payload.
+    fn event(field: u32, payload: &[u8], actor: &str, seconds: i64) -> Vec<u8> {
+        let mut ts = Vec::new();
+        put_int(&mut ts, 1, seconds);
+        let mut out = Vec::new();
+        put_str(&mut out, 1, b"e1");
+        if seconds != 0 {
+            put_len(&mut out, 2, &ts);
+        }
+        put_str(&mut out, 3, actor.as_bytes());
+        put_len(&mut out, field, payload);
+        out
+    }
+
+    fn post_id(post: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_str(&mut out, 1, post.as_bytes());
+        out
+    }
+
+    fn like(post: &str) -> Vec<u8> {
+        event(12, &post_id(post), "u1", 1)
+    }
+
+    #[test]
+    fn decodes_what_python_writes() {
+        // ev.Event(event_id="e1", actor_user_id="u1", post_liked={post_id="p"}) with
+        // occurred_at = 1.5 s, serialized by Python's protobuf.
+        let raw = b"\n\x02e1\x12\x08\x08\x01\x10\x80\xca\xb5\xee\x01\x1a\x02u1b\x03\n\x01p";
+        let e = decode(raw).unwrap();
+        assert_eq!(e.event_id, "e1");
+        assert_eq!(e.actor, "u1");
+        assert_eq!(e.kind, Some(Kind::PostLiked));
+        assert_eq!(e.post_id, "p");
+        assert_eq!(e.occurred_at, (1, 500_000_000));
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_and_the_last_oneof_member_wins() {
+        let mut raw = vec![0xa2, 0x06, 0x03, b'n', b'e', b'w']; // field 100, a newer schema's
+        raw.extend(event(13, &post_id("other"), "u0", 0)); // an unlike first...
+        raw.extend(like(POST)); // ...then a like: the payload is the like's only
+        let e = decode(&raw).unwrap();
+        assert_eq!(
+            (e.kind, e.post_id, e.actor),
+            (Some(Kind::PostLiked), POST, "u1")
+        );
+    }
+
+    #[test]
+    fn truncated_or_mistyped_records_are_undecodable() {
+        let raw = like(POST);
+        for end in 1..raw.len() {
+            // Every strict prefix either cuts a field or ends before the payload.
+            let cut = &raw[..end];
+            assert!(decode(cut).is_err() || decode(cut).unwrap().kind.is_none());
+        }
+        let mut mistyped = raw.clone();
+        mistyped.extend([0x18, 0x01]); // actor (a string) as a varint
+        assert!(decode(&mistyped).is_err());
+        let mut group = raw;
+        group.extend([0x0b]); // field 1 as a start-group
+        assert!(decode(&group).is_err());
+    }
+
+    #[test]
+    fn check_accepts_a_valid_like_on_its_partition_only() {
+        let raw = like(POST);
+        let p = partition_for(POST.as_bytes(), 4);
+        let key = Some(POST.as_bytes());
+        assert!(check(Source::Likes, key, &raw, p, 4).is_ok());
+        assert!(check(Source::Likes, None, &raw, p, 4).is_ok()); // no key: by post_id
+        assert!(check(Source::Likes, key, &raw, (p + 1) % 4, 4).is_err()); // misrouted
+        assert!(check(Source::Likes, Some(b"other"), &raw, p, 4).is_err()); // wrong key
+        assert!(check(Source::Comments, key, &raw, p, 4).is_err()); // wrong topic
+        let upper = like(&POST.to_uppercase());
+        let up = partition_for(POST.to_uppercase().as_bytes(), 4);
+        assert!(check(Source::Likes, None, &upper, up, 4).is_err()); // not canonical
+        let bad_actor = event(12, &post_id(POST), "bad actor!", 1);
+        assert!(check(Source::Likes, key, &bad_actor, p, 4).is_err());
+    }
+
+    #[test]
+    fn check_needs_a_comment_id_on_comment_events() {
+        let p = partition_for(POST.as_bytes(), 4);
+        let mut payload = post_id(POST);
+        let without = event(15, &payload, "u1", 1);
+        assert!(check(Source::Comments, None, &without, p, 4).is_err());
+        put_str(&mut payload, 2, COMMENT.as_bytes());
+        let with = event(15, &payload, "u1", 1);
+        let e = check(Source::Comments, None, &with, p, 4).unwrap();
+        assert_eq!(
+            (e.kind, e.comment_id),
+            (Some(Kind::CommentDeleted), COMMENT)
+        );
+    }
+
+    #[test]
+    fn murmur2_matches_kafkas_test_vectors() {
+        // org.apache.kafka.common.utils.UtilsTest.testMurmur2
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+        ];
+        for (data, want) in cases {
+            assert_eq!(murmur2(data) as i32, want, "{data:?}");
+        }
+    }
+
+    #[test]
+    fn event_time_is_clamped_to_acceptance_and_missing_times_take_it() {
+        let (liked, unset, far) = (
+            like(POST), // occurred 1 s after the epoch
+            event(12, &post_id(POST), "u1", 0),
+            event(12, &post_id(POST), "u1", i64::MAX),
+        );
+        let e = decode(&liked).unwrap();
+        assert_eq!(event_time_ms(&e, 5_000), Some(1_000));
+        assert_eq!(event_time_ms(&e, 500), Some(500)); // from the future: clamped
+        assert_eq!(event_time_ms(&decode(&unset).unwrap(), 5_000), Some(5_000));
+        // Beyond i64 milliseconds: Python decides.
+        assert_eq!(event_time_ms(&decode(&far).unwrap(), 0), None);
+    }
+}

@@ -139,3 +139,72 @@ pub fn change_role(
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EQUAL: Config = Config {
+        half_life_ms: 60_000.0,
+        like_weight: 2.0,
+        comment_weight: 2.0,
+    };
+
+    #[test]
+    fn equal_weights_keep_likers_and_commenters_apart() {
+        let mut s = Trending::default();
+        assert!(change_role(
+            &EQUAL,
+            &mut s,
+            Role::None,
+            Role::Liker,
+            0,
+            None
+        ));
+        assert!(change_role(
+            &EQUAL,
+            &mut s,
+            Role::None,
+            Role::Liker,
+            0,
+            None
+        ));
+        // Same weight, same time: only the role changes, and it must move.
+        assert!(change_role(
+            &EQUAL,
+            &mut s,
+            Role::Liker,
+            Role::Commenter,
+            0,
+            Some(0)
+        ));
+        assert_eq!((s.counted_likers, s.counted_commenters), (1, 1));
+        assert_eq!((s.like_mass, s.comment_mass), (2.0, 2.0));
+        assert!(change_role(
+            &EQUAL,
+            &mut s,
+            Role::Commenter,
+            Role::None,
+            0,
+            Some(0)
+        ));
+        assert_eq!((s.counted_commenters, s.comment_mass), (0, 0.0));
+        assert!(!change_role(
+            &EQUAL,
+            &mut s,
+            Role::Liker,
+            Role::Liker,
+            0,
+            Some(0)
+        ));
+        assert_eq!(s.ignored_events, 1);
+    }
+
+    #[test]
+    fn a_contribution_decays_by_half_each_half_life() {
+        let mut s = Trending::default();
+        change_role(&EQUAL, &mut s, Role::None, Role::Liker, -60_000, None);
+        assert_eq!(s.like_mass, 1.0); // relative to epoch 0: one half-life earlier
+        assert_eq!(s.last_engagement_ms, 0); // never moves back
+    }
+}

@@ -211,3 +211,187 @@ pub fn put_len(out: &mut Vec<u8>, field: u32, value: &[u8]) {
     put_varint(out, value.len() as u64);
     out.extend_from_slice(value);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint_of(buf: &[u8]) -> Result<u64> {
+        let mut r = Reader::new(buf);
+        let v = r.varint()?;
+        assert!(r.done(), "{buf:?}: bytes left after the varint");
+        Ok(v)
+    }
+
+    #[test]
+    fn varints_decode_known_encodings() {
+        assert_eq!(varint_of(&[0x00]), Ok(0));
+        assert_eq!(varint_of(&[0x01]), Ok(1));
+        assert_eq!(varint_of(&[0x7f]), Ok(127));
+        assert_eq!(varint_of(&[0x80, 0x01]), Ok(128));
+        assert_eq!(varint_of(&[0xac, 0x02]), Ok(300));
+        // A longer encoding than needed is still the same number (protobuf accepts it).
+        assert_eq!(varint_of(&[0x81, 0x80, 0x00]), Ok(1));
+        let mut max = vec![0xff; 9];
+        max.push(0x01);
+        assert_eq!(varint_of(&max), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn varints_round_trip_through_put_varint() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(varint_of(&out), Ok(v));
+            assert!(out.len() <= 10);
+        }
+    }
+
+    #[test]
+    fn varints_beyond_64_bits_or_10_bytes_or_the_buffer_are_refused() {
+        let mut overflow = vec![0xff; 9];
+        overflow.push(0x02); // bit 64 set
+        assert_eq!(varint_of(&overflow), Err(Undecodable));
+        let mut eleven = vec![0x80; 10];
+        eleven.push(0x00);
+        assert_eq!(Reader::new(&eleven).varint(), Err(Undecodable));
+        assert_eq!(varint_of(&[]), Err(Undecodable));
+        assert_eq!(varint_of(&[0x80]), Err(Undecodable));
+        assert_eq!(varint_of(&[0xff, 0xff]), Err(Undecodable));
+    }
+
+    #[test]
+    fn keys_give_field_and_wire_type_and_refuse_field_zero_and_overlong_numbers() {
+        assert_eq!(Reader::new(&[0x0a]).key(), Ok((1, LEN)));
+        assert_eq!(Reader::new(&[0x08]).key(), Ok((1, VARINT)));
+        assert_eq!(Reader::new(&[0xa2, 0x06]).key(), Ok((100, LEN)));
+        assert_eq!(Reader::new(&[0x02]).key(), Err(Undecodable)); // field 0
+        let mut biggest = Vec::new();
+        put_varint(&mut biggest, u64::from(u32::MAX >> 3) << 3);
+        assert_eq!(Reader::new(&biggest).key(), Ok((u32::MAX >> 3, VARINT)));
+        let mut beyond = Vec::new();
+        put_varint(&mut beyond, (u64::from(u32::MAX >> 3) + 1) << 3);
+        assert_eq!(Reader::new(&beyond).key(), Err(Undecodable));
+    }
+
+    #[test]
+    fn length_delimited_values_must_fit_the_buffer() {
+        let mut r = Reader::new(&[0x03, b'a', b'b', b'c', 0x00]);
+        assert_eq!(r.bytes(), Ok(&b"abc"[..]));
+        assert_eq!(r.bytes(), Ok(&b""[..]));
+        assert!(r.done());
+        assert_eq!(Reader::new(&[0x05, b'a', b'b']).bytes(), Err(Undecodable));
+        let mut huge = Vec::new();
+        put_varint(&mut huge, u64::MAX); // a length that would overflow the position
+        huge.push(b'a');
+        assert_eq!(Reader::new(&huge).bytes(), Err(Undecodable));
+        assert_eq!(Reader::new(&[0x02, 0xc3, 0x28]).string(), Err(Undecodable)); // not UTF-8
+        assert_eq!(Reader::new(&[0x02, 0xc3, 0xa9]).string(), Ok("é"));
+    }
+
+    #[test]
+    fn fixed64_is_little_endian_and_must_be_complete() {
+        let bits = 1.5f64.to_bits().to_le_bytes();
+        assert_eq!(Reader::new(&bits).fixed64(), Ok(1.5f64.to_bits()));
+        assert_eq!(Reader::new(&bits[..7]).fixed64(), Err(Undecodable));
+    }
+
+    #[test]
+    fn unknown_fields_of_every_wire_type_are_skipped_and_groups_refused() {
+        assert_eq!(Reader::new(&[0x96, 0x01]).skip(VARINT), Ok(()));
+        assert_eq!(Reader::new(&[0; 8]).skip(FIXED64), Ok(()));
+        assert_eq!(Reader::new(&[0x01, 0x00]).skip(LEN), Ok(()));
+        assert_eq!(Reader::new(&[0; 4]).skip(FIXED32), Ok(()));
+        assert_eq!(Reader::new(&[0; 3]).skip(FIXED32), Err(Undecodable));
+        assert_eq!(Reader::new(&[0; 7]).skip(FIXED64), Err(Undecodable));
+        assert_eq!(Reader::new(&[0x00]).skip(3), Err(Undecodable)); // start group
+        assert_eq!(Reader::new(&[0x00]).skip(4), Err(Undecodable)); // end group
+        assert_eq!(Reader::new(&[0x00]).skip(6), Err(Undecodable));
+    }
+
+    #[test]
+    fn each_field_reads_known_fields_in_order_and_skips_the_rest() {
+        // 1: "a", 7: varint 5 (unknown), 1: "b" (last wins), 9: fixed32 (unknown)
+        let buf = [
+            0x0a, 0x01, b'a', 0x38, 0x05, 0x0a, 0x01, b'b', 0x4d, 1, 2, 3, 4,
+        ];
+        let mut seen = Vec::new();
+        let result = each_field(&buf, |field, wire, r| {
+            if field != 1 {
+                return Ok(false);
+            }
+            seen.push(r.str_of(wire)?);
+            Ok(true)
+        });
+        assert_eq!(result, Ok(()));
+        assert_eq!(seen, ["a", "b"]);
+        // A truncated unknown field, and a trailing partial key, are both undecodable.
+        assert_eq!(each_field(&[0x38], |_, _, _| Ok(false)), Err(Undecodable));
+        assert_eq!(
+            each_field(&[0x0a, 0x00, 0x80], |_, _, _| Ok(false)),
+            Err(Undecodable)
+        );
+    }
+
+    #[test]
+    fn a_known_field_with_another_wire_type_is_left_to_python() {
+        assert_eq!(Reader::new(&[0x01]).str_of(VARINT), Err(Undecodable));
+        assert_eq!(Reader::new(&[0x01]).bytes_of(FIXED32), Err(Undecodable));
+        assert_eq!(Reader::new(&[0x01, 0x01]).varint_of(LEN), Err(Undecodable));
+        assert_eq!(Reader::new(&[0; 8]).double_of(VARINT), Err(Undecodable));
+        assert_eq!(Reader::new(&[0; 8]).double_of(FIXED64), Ok(0.0));
+        let mut ts = (0, 0);
+        // Timestamp seconds sent as a string: not a Timestamp this code can read.
+        assert_eq!(
+            decode_timestamp(&[0x0a, 0x01, b'1'], &mut ts),
+            Err(Undecodable)
+        );
+    }
+
+    #[test]
+    fn timestamps_merge_with_the_last_value_winning() {
+        let mut ts = (7, 9);
+        // seconds 1, nanos 500000000, seconds 2
+        let buf = [0x08, 0x01, 0x10, 0x80, 0xca, 0xb5, 0xee, 0x01, 0x08, 0x02];
+        assert_eq!(decode_timestamp(&buf, &mut ts), Ok(()));
+        assert_eq!(ts, (2, 500_000_000));
+        let mut negative = (0, 0);
+        let mut buf = Vec::new();
+        put_int(&mut buf, 1, -5);
+        assert_eq!(decode_timestamp(&buf, &mut negative), Ok(()));
+        assert_eq!(negative, (-5, 0));
+    }
+
+    #[test]
+    fn writers_follow_implicit_presence_as_upb_does() {
+        let mut out = Vec::new();
+        put_int(&mut out, 1, 0);
+        put_bool(&mut out, 2, false);
+        put_double(&mut out, 3, 0.0);
+        put_str(&mut out, 4, b"");
+        assert!(out.is_empty(), "defaults are not written");
+        put_int(&mut out, 1, -1); // int64 -1: ten bytes
+        assert_eq!(
+            out,
+            [0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+        );
+        out.clear();
+        put_double(&mut out, 3, -0.0); // not all-zero bits: written
+        assert_eq!(out.len(), 9);
+        out.clear();
+        put_bool(&mut out, 2, true);
+        put_len(&mut out, 5, b"");
+        put_str(&mut out, 4, b"hi");
+        assert_eq!(out, [0x10, 0x01, 0x2a, 0x00, 0x22, 0x02, b'h', b'i']);
+    }
+}
