@@ -17,8 +17,8 @@ from bench.harness import Child
 from mysocial.config import Settings
 from mysocial.kafka import topics
 from mysocial.kafka.reader import group_lag
+from mysocial.kafka.topics import PROCESSOR_GROUP
 from processor.audit import audit, settle, wait_caught_up
-from processor.engine import GROUP
 
 POLL_S = 0.1
 
@@ -26,7 +26,7 @@ POLL_S = 0.1
 def input_lag(settings: Settings) -> int:
     """Records of the contract input topics (posts, likes, comments) not yet committed."""
     names = [settings.topic(n) for n in (topics.POSTS, topics.LIKES, topics.COMMENTS)]
-    return group_lag(settings.bootstrap, settings.topic(GROUP), names)
+    return group_lag(settings.bootstrap, settings.topic(PROCESSOR_GROUP), names)
 
 
 def settled(children: list[Child], seconds: float = 3.0) -> list[int]:

@@ -20,7 +20,7 @@ from mysocial.kafka.reader import group_lag, latest_by_key, read_topic
 from mysocial.v1 import events_pb2 as ev
 from mysocial.v1 import resources_pb2 as res
 from processor import truth as truth_mod
-from processor.engine import GROUP, trending_config
+from processor.trending import TrendingConfig
 
 SCORE_TOLERANCE = 1e-6
 
@@ -56,7 +56,7 @@ def wait_caught_up(settings: Settings, timeout: float) -> bool:
     while True:
         lag = group_lag(
             settings.bootstrap,
-            settings.topic(GROUP),
+            settings.topic(topics.PROCESSOR_GROUP),
             [settings.topic(n) for n in names],
             written_by_processor,
         )
@@ -148,7 +148,7 @@ def audit(settings: Settings, check_trending: bool = True) -> AuditReport:
 def _audit_trending(settings: Settings, truth: truth_mod.Truth, report: AuditReport) -> None:
     table = latest_by_key(settings.bootstrap, settings.topic(topics.TRENDING_POSTS))
     raw = table.get(b"global")
-    cfg = trending_config(settings)
+    cfg = TrendingConfig.from_settings(settings)
     if raw is None:
         expected_now = truth_mod.trending_ranking(cfg, truth, int(time.time() * 1000))
         if expected_now:

@@ -15,7 +15,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
@@ -23,9 +22,6 @@ _META = b"\xff"  # sorts after every data key type (C, E, P, Q)
 _CHECKPOINT = _META + b"checkpoint"
 _NO_WAL = WriteOptions()
 setattr(_NO_WAL, "disable_wal", True)  # noqa: B010 (a property; the stubs call it a method)
-
-if TYPE_CHECKING:
-    from processor.core import Core
 
 
 def _prefix(partition: int) -> bytes:
@@ -62,7 +58,8 @@ class LocalStore:
 
 class TaskStore:
     """The committed state of one task. Uncommitted writes live in the Core (processor/
-    core.py) and reach RocksDB through commit() once their transaction committed."""
+    core.py); the counts projection hands them over in a batch once their transaction
+    committed."""
 
     def __init__(self, db: Rdict, partition: int) -> None:
         self.db = db
@@ -94,14 +91,16 @@ class TaskStore:
                     break
                 yield key[n:]
 
-    def commit(self, core: Core, changelog_next_offset: int | None) -> None:
-        """Persist the transaction's writes (after the Kafka transaction committed).
+    def batch(self) -> WriteBatch:
+        """An empty batch for this task's committed writes (keys get `prefix` first)."""
+        return WriteBatch(raw_mode=True)
+
+    def write(self, batch: WriteBatch, changelog_next_offset: int | None) -> None:
+        """Persist a transaction's writes (after the Kafka transaction committed).
 
         Without the write-ahead log: the changelog topic is the durable copy, and the
         checkpoint goes in the same batch, so after a crash RocksDB holds a prefix of
         the batches with the checkpoint that matches it (restore replays the rest)."""
-        batch = WriteBatch(raw_mode=True)
-        core.write_batch(self.partition, batch, self.prefix)
         if changelog_next_offset is not None:
             batch.put(self.prefix + _CHECKPOINT, _encode_checkpoint(changelog_next_offset))
         self.db.write(batch, _NO_WAL)

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 from enum import IntEnum
 
+from mysocial.config import Settings
 from mysocial.internal.v1 import state_pb2 as st
 
 # Rebase a post's epoch before 2^x could overflow a double (x ~ 1024).
@@ -48,6 +49,19 @@ class TrendingConfig:
     @property
     def half_life_ms(self) -> float:
         return self.half_life_s * 1000.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TrendingConfig:
+        """The formula's constants as configured (the processor and the audit agree)."""
+        return cls(
+            half_life_s=settings.trending_half_life_s,
+            like_weight=settings.trending_like_weight,
+            comment_weight=settings.trending_comment_weight,
+            min_distinct_users=settings.trending_min_users,
+            horizon_s=settings.trending_horizon_s,
+            top_k=settings.trending_top_k,
+            recompute_interval_s=settings.trending_interval_ms / 1000.0,
+        )
 
 
 class Role(IntEnum):

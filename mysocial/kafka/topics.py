@@ -30,6 +30,9 @@ POSTS_BY_ID = "mysocial.posts-by-id"
 PROCESSOR_CHANGELOG = "mysocial.processor-changelog"
 TRENDING_CANDIDATES = "mysocial.trending-candidates"
 DEAD_LETTER = "mysocial.dead-letter"
+# The processor's consumer group: operators and the audit read its committed offsets
+# (lag) under this name.
+PROCESSOR_GROUP = "mysocial.processor"
 
 FOREVER = -1
 THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000

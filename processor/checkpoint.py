@@ -1,0 +1,148 @@
+"""The transaction: what makes every output, state change and consumed offset count
+exactly once.
+
+Everything a commit interval produces goes into one Kafka transaction, together with
+the offsets of the records it consumed. The commit is two-phase, as in Kafka
+Streams (prepareCommit / postCommit): local state reaches RocksDB only after Kafka
+committed, so the local copy is never ahead of the changelog.
+
+Errors of the transactional API fall into three classes (`classify`):
+- retriable: try the same call again (a broker moved, a request timed out);
+- abortable: abort the transaction, forget what it changed and rewind the input to
+  the committed offsets: the same records are processed again;
+- fatal: fenced by a newer instance with our transactional id, or the producer is
+  unusable; the process stops and a supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from mysocial.log import get_logger
+from processor.errors import FatalProcessorError
+from processor.projection import Context, Projection
+
+log = get_logger("processor.checkpoint")
+
+RETRIES = 10
+
+
+class Abortable(Exception):
+    """The transaction must be aborted (and the input rewound)."""
+
+
+class ErrorClass(Enum):
+    RETRIABLE = "retriable"
+    ABORTABLE = "abortable"
+    FATAL = "fatal"
+
+
+def classify(err: KafkaError) -> ErrorClass:
+    """How to react to an error of the transactional producer (pure)."""
+    if err.fatal() or err.code() in (
+        KafkaError._FATAL,
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+    ):
+        return ErrorClass.FATAL
+    if err.txn_requires_abort():
+        return ErrorClass.ABORTABLE
+    if err.retriable():
+        return ErrorClass.RETRIABLE
+    return ErrorClass.FATAL
+
+
+def call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a transactional API, retrying retriable errors; raise the others as
+    Abortable or FatalProcessorError."""
+    for attempt in range(RETRIES):
+        try:
+            return fn(*args)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            kind = classify(err)
+            if kind == ErrorClass.ABORTABLE:
+                raise Abortable(f"{fn.__name__}: {err}") from exc
+            if kind == ErrorClass.RETRIABLE and attempt < RETRIES - 1:
+                log.warning("transaction_call_retry", call=fn.__name__, error=str(err))
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise FatalProcessorError(f"{fn.__name__}: {err}") from exc
+    raise AssertionError("unreachable")
+
+
+class Transaction:
+    """The open transaction of one instance (at most one at a time)."""
+
+    def __init__(self, ctx: Context, consumer: Consumer, projections: Sequence[Projection]) -> None:
+        self.ctx = ctx
+        self.producer = ctx.producer
+        self.consumer = consumer
+        self.projections = projections
+        self.open = False
+        self.started = 0.0
+        self.commits = 0
+        self.aborts = 0
+
+    def begin(self) -> None:
+        if not self.open:
+            call(self.producer.begin_transaction)
+            self.open = True
+            self.started = time.monotonic()
+
+    def commit(self) -> None:
+        """Commit what this transaction consumed and produced, in five steps."""
+        if not self.open:
+            return
+        now = self.ctx.clock()
+        # 1. Prepare: each projection produces its outputs and changelog records.
+        for projection in self.projections:
+            projection.prepare_commit(now)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.ctx.positions.items()]
+        try:
+            # 2. Every record of the transaction is acknowledged by the broker.
+            self.producer.flush()
+            # 3. The consumed offsets join the transaction.
+            if offsets:
+                call(
+                    self.producer.send_offsets_to_transaction,
+                    offsets,
+                    self.consumer.consumer_group_metadata(),
+                    30,
+                )
+            # 4. Commit: outputs, changelog and offsets become visible together.
+            call(self.producer.commit_transaction, 60)
+        except Abortable as exc:
+            self.abort_and_rewind(str(exc))
+            return
+        self.open = False
+        self.ctx.positions.clear()
+        self.commits += 1
+        # 5. Post-commit: the committed state goes to the local stores.
+        for projection in self.projections:
+            projection.post_commit()
+
+    def abort_and_rewind(self, reason: str) -> None:
+        """Abort the open transaction and continue from the last committed state."""
+        log.warning("transaction_aborted", reason=reason)
+        self.aborts += 1
+        try:
+            call(self.producer.abort_transaction, 30)
+        except Abortable as exc:
+            raise FatalProcessorError(f"abort failed: {exc}") from exc
+        self.open = False
+        self.ctx.positions.clear()
+        for projection in self.projections:
+            projection.abort()
+        assignment = self.consumer.assignment()
+        if assignment:
+            for tp in self.consumer.committed(assignment, timeout=30):
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+                self.ctx.consumed[(tp.topic, tp.partition)] = max(tp.offset, 0)

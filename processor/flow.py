@@ -1,0 +1,96 @@
+"""Flow control: which input partitions are paused, and why.
+
+Two reasons to pause a partition:
+- its task is not running yet (restoring): nothing may be applied before its state;
+- posts first, when catching up: likes and comments are held back while many post
+  events are still on their way to this instance (posts not yet re-keyed, or
+  re-keyed records not yet read back). Otherwise a backlog would park every like in
+  the pending queue of a post that arrives a moment later, tripling the work of
+  catching up. Live traffic, with a few posts in flight at any moment, is never
+  paused: a pause costs likes a fetch round trip, and the pending queue handles a
+  like that overtakes its post.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, TopicPartition
+
+from mysocial.kafka import topics
+from mysocial.log import get_logger
+from processor.projection import Context
+
+log = get_logger("processor.flow")
+
+# Post events in flight (not yet read back by id) above which likes and comments wait:
+# a backlog being caught up, not live traffic.
+PAUSE_ENGAGEMENTS_BEHIND = 500
+
+Partition = tuple[str, int]
+
+
+class FlowControl:
+    """Decides the paused set each loop pass and applies only the difference."""
+
+    def __init__(self, consumer: Consumer, ctx: Context, repartitioned: dict[int, int]) -> None:
+        self.consumer = consumer
+        self.ctx = ctx
+        t = ctx.settings.topic
+        self.topic_posts = t(topics.POSTS)
+        self.topic_by_id = t(topics.POSTS_BY_ID)
+        self.engagement = frozenset((t(topics.LIKES), t(topics.COMMENTS)))
+        # posts-by-id partition -> offset after the newest post re-keyed into it.
+        self.repartitioned = repartitioned
+        self.engagement_held = True
+        self.paused: set[Partition] = set()
+        self.logged = 0.0
+
+    def reset(self) -> None:
+        """A new assignment starts with nothing paused (librdkafka forgets pauses on
+        assign) and engagement held until the posts partitions are known."""
+        self.paused = set()
+        self.engagement_held = True
+        self.logged = time.monotonic()
+
+    def update(self, assigned: set[Partition], not_running: set[Partition]) -> None:
+        self.engagement_held = self._hold_engagement(assigned)
+        want = set(not_running)
+        if self.engagement_held:
+            want.update(tp for tp in assigned if tp[0] in self.engagement)
+        pause, resume = want - self.paused, self.paused - want
+        if pause:
+            self.consumer.pause([TopicPartition(t, p) for t, p in pause])
+        if resume:
+            self.consumer.resume([TopicPartition(t, p) for t, p in resume])
+        self.paused = want
+
+    def _hold_engagement(self, assigned: set[Partition]) -> bool:
+        behind = 0
+        unknown = False  # a posts partition not fetched yet: its backlog is unknown
+        where = ""
+        consumed = self.ctx.consumed
+        for topic, p in assigned:
+            if topic == self.topic_posts:
+                position = consumed.get((topic, p))
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                if position is None or high < 0:
+                    unknown = True
+                    where = where or f"posts[{p}] not fetched yet"
+                elif position < high:
+                    behind += high - position
+                    where = where or f"posts[{p}] at {position} of {high}"
+            elif topic == self.topic_by_id:
+                target = self.repartitioned.get(p, 0)
+                position = consumed.get((topic, p), 0)
+                if position < target:
+                    behind += target - position
+                    where = where or f"posts-by-id[{p}] at {position} of {target}"
+        # Hysteresis: pause on a backlog, resume once every post has been read back.
+        if self.engagement_held:
+            held = behind > 0 or unknown
+            if held and time.monotonic() - self.logged > 10:
+                self.logged = time.monotonic()
+                log.info("engagement_still_paused", posts_behind=behind, reason=where)
+            return held
+        return behind >= PAUSE_ENGAGEMENTS_BEHIND

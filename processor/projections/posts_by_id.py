@@ -1,0 +1,80 @@
+"""posts, keyed by author, re-keyed by post id into `mysocial.posts-by-id`.
+
+`posts` is keyed by author (a user's posts stay in order); counting needs a post on
+the same partition p as its likes and comments. Each post event is re-produced with
+key post_id to partition murmur2(post_id) of the co-partitioned count, inside the
+transaction that commits the posts offset it was read at (exactly once). Headers say
+where it came from: the source offset is what read-your-writes tokens name.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaError, Message
+
+from mysocial.events import InvalidEvent, check
+from mysocial.kafka import topics
+from mysocial.kafka.partitioning import partition_for
+from processor.headers import SRC_INSTANCE, SRC_OFFSET, SRC_PARTITION
+from processor.projection import Context, Projection
+
+
+class PostsById(Projection):
+    """Stateless: nothing to restore, a task per posts partition."""
+
+    name = "posts_by_id"
+    sources = (topics.POSTS,)
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        settings = ctx.settings
+        self.topic_posts = settings.topic(topics.POSTS)
+        self.topic_by_id = settings.topic(topics.POSTS_BY_ID)
+        self.partitions = settings.copartitions
+        self.instance = settings.processor_instance_id.encode()
+        # Offset after the newest record re-keyed into each posts-by-id partition
+        # (flow control waits until those this instance reads have been read back).
+        self.repartitioned: dict[int, int] = {}
+
+    def apply(self, msgs: list[Message], start: int) -> int:
+        positions, consumed = self.ctx.positions, self.ctx.consumed
+        i = start
+        while i < len(msgs):
+            msg = msgs[i]
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if topic != self.topic_posts or msg.error() is not None:
+                break
+            assert partition is not None and offset is not None
+            positions[(topic, partition)] = offset + 1
+            consumed[(topic, partition)] = offset + 1
+            self._rekey(msg, partition, offset)
+            i += 1
+        return i
+
+    def _rekey(self, msg: Message, partition: int, offset: int) -> None:
+        try:
+            checked = check(topics.POSTS, msg.key(), msg.value(), partition, self.partitions)
+        except InvalidEvent as exc:
+            self.ctx.output.dead_letter(msg, str(exc))
+            return
+        key = checked.post_id.encode()
+        self.ctx.output.produce(
+            self.topic_by_id,
+            key,
+            msg.value(),
+            partition_for(key, self.partitions),
+            on_delivery=self._delivered,
+            headers=[
+                (SRC_PARTITION, str(partition).encode()),
+                (SRC_OFFSET, str(offset).encode()),
+                (SRC_INSTANCE, self.instance),
+            ],
+            timestamp=msg.timestamp()[1],
+        )
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            p, offset = msg.partition() or 0, msg.offset() or 0
+            self.repartitioned[p] = max(self.repartitioned.get(p, 0), offset + 1)
+
+    def abort(self) -> None:
+        self.repartitioned.clear()  # what the aborted transaction re-keyed never shows up

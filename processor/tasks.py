@@ -1,0 +1,200 @@
+"""Tasks: one projection on one input partition, with an explicit lifecycle.
+
+As in Kafka Streams, a task is the unit of work and of ownership: the projection
+`posts_with_counts` on partition p owns p of likes, comments and posts-by-id, its
+changelog partition p and its local state; `posts_by_id` on p owns p of posts;
+`trending_posts` on 0 owns the candidates partition. The group's assignment decides
+which tasks this instance runs; the TaskManager turns assignments into tasks and
+moves each through its states, checking every transition:
+
+    CREATED ──> RESTORING ──> RUNNING ──> SUSPENDED ──> CLOSED
+       └──────────┴────────────────────────> ↑   └──> RESTORING (assigned again)
+
+CREATED → RESTORING happens in the main loop, not in the assignment callback: the
+committed offsets are fetched (waiting for a previous owner's transaction to be
+resolved) and the task's state replay is handed to the ChangelogReader, which the
+loop steps while it keeps polling. Input partitions stay paused until RUNNING.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+from confluent_kafka import Consumer, TopicPartition
+
+from mysocial.log import get_logger
+from processor.projection import Context, Projection
+from processor.restore import ChangelogReader
+
+log = get_logger("processor.tasks")
+
+
+class State(Enum):
+    CREATED = "created"
+    RESTORING = "restoring"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    CLOSED = "closed"
+
+
+_LEGAL = {
+    State.CREATED: {State.RESTORING, State.SUSPENDED},
+    State.RESTORING: {State.RUNNING, State.SUSPENDED},
+    State.RUNNING: {State.SUSPENDED},
+    State.SUSPENDED: {State.RESTORING, State.CLOSED},
+    State.CLOSED: set[State](),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A task was asked to move to a state its current state cannot lead to."""
+
+
+@dataclass(eq=False)
+class Task:
+    """A projection's work on one partition number."""
+
+    projection: Projection
+    partition: int
+    inputs: list[tuple[str, int]]  # (full topic name, partition) it consumes
+    state: State = State.CREATED
+    # Assigned (again) and not yet restoring: the main loop initializes it next.
+    needs_init: bool = True
+
+    @property
+    def id(self) -> str:
+        return f"{self.projection.name}/{self.partition}"
+
+    def transition(self, new: State) -> None:
+        if new not in _LEGAL[self.state]:
+            raise IllegalTransition(f"task {self.id}: {self.state.value} -> {new.value}")
+        self.state = new
+
+
+@dataclass
+class TaskManager:
+    """Owns the tasks: creates them on assignment, restores, runs, suspends, closes."""
+
+    projections: list[Projection]
+    ctx: Context
+    consumer: Consumer
+    reader: ChangelogReader
+    tasks: dict[tuple[str, int], Task] = field(default_factory=dict)
+    restored_records: int = 0  # replayed for the tasks of the latest assignment
+
+    # -- from the rebalance callbacks (no blocking work here) -----------------------
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """New assignment: a task per projection and partition (a suspended task
+        given back resumes through RESTORING); suspended ones not given back close."""
+        owned = {(tp.topic, tp.partition) for tp in partitions}
+        self.restored_records = 0
+        wanted = {
+            (proj.name, p): [(t, p) for t in self._inputs(proj) if (t, p) in owned]
+            for proj in self.projections
+            for (topic, p) in owned
+            if topic in self._inputs(proj)
+        }
+        for key, task in list(self.tasks.items()):
+            if key not in wanted and task.state == State.SUSPENDED:
+                self._close(task)
+        for (name, p), inputs in wanted.items():
+            existing = self.tasks.get((name, p))
+            if existing is None:
+                proj = next(x for x in self.projections if x.name == name)
+                self.tasks[(name, p)] = Task(proj, p, inputs)
+            else:
+                existing.inputs = inputs
+                existing.needs_init = True
+
+    def revoke(self, partitions: Iterable[TopicPartition], lost: bool = False) -> None:
+        """Suspend every task that loses an input partition (closed at once if lost,
+        else when the next assignment does not give it back)."""
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        for task in list(self.tasks.values()):
+            if task.state == State.CLOSED or not gone.intersection(task.inputs):
+                continue
+            if task.state != State.SUSPENDED:
+                self._suspend(task)
+            if lost:
+                self._close(task)
+        for key in gone:
+            self.ctx.positions.pop(key, None)
+            self.ctx.consumed.pop(key, None)
+
+    # -- from the main loop --------------------------------------------------------
+    def initialize_and_restore(self) -> list[Task]:
+        """Move new tasks into RESTORING and restored ones into RUNNING; returns the
+        tasks that started running."""
+        waiting = [t for t in self.tasks.values() if t.needs_init]
+        started: list[Task] = []
+        if waiting:
+            committed = self._committed(waiting)
+            for task in waiting:
+                task.needs_init = False
+                task.transition(State.RESTORING)
+                restorations = task.projection.restorations(task.partition, committed)
+                self.reader.register(task.id, restorations)
+        if self.reader.active():
+            self.reader.step()
+        for task in self.tasks.values():
+            if task.state == State.RESTORING and self.reader.done(task.id):
+                task.transition(State.RUNNING)
+                task.projection.start(task.partition)
+                self.restored_records += self.reader.restored(task.id)
+                started.append(task)
+        if started:
+            log.info("tasks_running", tasks=sorted(t.id for t in started))
+        return started
+
+    def restoring(self) -> bool:
+        return any(t.state != State.RUNNING for t in self.live())
+
+    def held(self) -> set[tuple[str, int]]:
+        """Input partitions that must stay paused: their task is not running yet."""
+        return {tp for t in self.live() if t.state != State.RUNNING for tp in t.inputs}
+
+    def live(self) -> Iterator[Task]:
+        return (t for t in self.tasks.values() if t.state != State.CLOSED)
+
+    def running(self, projection: Projection) -> list[int]:
+        return sorted(
+            t.partition
+            for t in self.tasks.values()
+            if t.projection is projection and t.state == State.RUNNING
+        )
+
+    def close_all(self) -> None:
+        for task in list(self.tasks.values()):
+            if task.state not in (State.SUSPENDED, State.CLOSED):
+                self._suspend(task)
+            if task.state == State.SUSPENDED:
+                self._close(task)
+
+    # -- internals ------------------------------------------------------------------
+    def _inputs(self, proj: Projection) -> list[str]:
+        return [self.ctx.settings.topic(name) for name in proj.sources]
+
+    def _committed(self, tasks: list[Task]) -> dict[tuple[str, int], int]:
+        """The group's committed offsets of these tasks' inputs, fetched with
+        require_stable (read_committed): this waits until a previous owner's
+        transaction carrying offsets is resolved, so the changelog replayed next
+        matches the offsets the task resumes from."""
+        tps = [TopicPartition(t, p) for task in tasks for (t, p) in task.inputs]
+        out: dict[tuple[str, int], int] = {}
+        for tp in self.consumer.committed(tps, timeout=60):
+            out[(tp.topic, tp.partition)] = max(tp.offset, 0)
+            self.ctx.consumed[(tp.topic, tp.partition)] = max(tp.offset, 0)
+        return out
+
+    def _suspend(self, task: Task) -> None:
+        self.reader.cancel(task.id)
+        task.needs_init = False
+        task.transition(State.SUSPENDED)
+        task.projection.suspend(task.partition)
+
+    def _close(self, task: Task) -> None:
+        task.transition(State.CLOSED)
+        task.projection.close(task.partition)
+        del self.tasks[(task.projection.name, task.partition)]
