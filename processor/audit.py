@@ -157,30 +157,62 @@ def _audit_trending(settings: Settings, truth: truth_mod.Truth, report: AuditRep
         return
     ranking = res.TrendingRanking()
     ranking.ParseFromString(raw)
+    report.trending_checked = True
+    report.trending_entries = len(ranking.entries)
+    report.trending_mismatches.extend(ranking_mismatches(cfg, truth, ranking))
+
+
+def ranking_mismatches(
+    cfg: TrendingConfig, truth: truth_mod.Truth, ranking: res.TrendingRanking
+) -> list[str]:
+    """What a published ranking gets wrong against the truth at its computed_at: its
+    members, their order and scores, and each entry's breakdown (likers and
+    commenters counted apart, and their points)."""
+    out: list[str] = []
     at_ms = ranking.computed_at.seconds * 1000 + ranking.computed_at.nanos // 1_000_000
     everyone = truth_mod.eligible_scores(cfg, truth, at_ms)
     expected = everyone[: cfg.top_k]
     true_score = dict(everyone)
-    report.trending_checked = True
-    report.trending_entries = len(ranking.entries)
     got = [(e.post_id, e.score) for e in ranking.entries]
     if len(got) != len(expected):
-        report.trending_mismatches.append(
-            f"ranking at {at_ms} has {len(got)} entries, expected {len(expected)}"
-        )
+        out.append(f"ranking at {at_ms} has {len(got)} entries, expected {len(expected)}")
     for i, ((gid, gscore), (eid, escore)) in enumerate(zip(got, expected, strict=False), start=1):
         if not math.isclose(gscore, escore, rel_tol=SCORE_TOLERANCE):
-            report.trending_mismatches.append(
-                f"rank {i}: score {gscore:.9g} for {gid}, expected {escore:.9g} for {eid}"
-            )
+            out.append(f"rank {i}: score {gscore:.9g} for {gid}, expected {escore:.9g} for {eid}")
         elif gid != eid and not math.isclose(
             true_score.get(gid, -1.0), escore, rel_tol=SCORE_TOLERANCE
         ):
             # Posts with equal scores may come in either order (and either side of
             # the cut-off); anything else is a real difference.
-            report.trending_mismatches.append(f"rank {i}: {gid}, expected {eid}")
+            out.append(f"rank {i}: {gid}, expected {eid}")
     if len({gid for gid, _ in got}) != len(got):
-        report.trending_mismatches.append("a post appears twice in the ranking")
+        out.append("a post appears twice in the ranking")
+    for i, entry in enumerate(ranking.entries, start=1):
+        post = truth.posts.get(entry.post_id)
+        if post is not None:  # (an unknown post is a membership mismatch above)
+            out.extend(_breakdown_mismatches(i, entry, truth_mod.trending_of(cfg, post, at_ms)))
+    return out
+
+
+def _breakdown_mismatches(
+    rank: int, entry: res.TrendingEntry, want: truth_mod.TrueTrending
+) -> list[str]:
+    b, where = entry.breakdown, f"rank {rank} ({entry.post_id})"
+    out = []
+    if (b.counted_likers, b.counted_commenters) != (want.counted_likers, want.counted_commenters):
+        out.append(
+            f"{where}: likers/commenters {b.counted_likers}/{b.counted_commenters}, "
+            f"expected {want.counted_likers}/{want.counted_commenters}"
+        )
+    # Points are parts of the score: each is as exact as the score, relative to it.
+    tolerance = SCORE_TOLERANCE * want.score
+    for name, have, should in (
+        ("like", b.like_points, want.like_points),
+        ("comment", b.comment_points, want.comment_points),
+    ):
+        if not math.isclose(have, should, rel_tol=SCORE_TOLERANCE, abs_tol=tolerance):
+            out.append(f"{where}: {name} points {have:.9g}, expected {should:.9g}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,25 +133,52 @@ def compute(
     return Truth(created, invalid)
 
 
-def trending_score(cfg: TrendingConfig, post: TruePost, now_ms: int) -> tuple[float, int, int]:
-    """(score at now_ms, counted users, newest engagement ms that ever counted).
+@dataclass(frozen=True)
+class TrueTrending:
+    """A post's trending score at some time, in the terms of a published entry's
+    breakdown: a user with a live comment counts as a commenter, else as a liker if
+    they like the post (whatever the weights, which may be equal)."""
+
+    counted_likers: int
+    counted_commenters: int
+    like_points: float
+    comment_points: float
+    newest_ms: int  # the newest engagement that ever counted
+
+    @property
+    def score(self) -> float:
+        return self.like_points + self.comment_points
+
+    @property
+    def counted(self) -> int:
+        return self.counted_likers + self.counted_commenters
+
+
+def trending_of(cfg: TrendingConfig, post: TruePost, now_ms: int) -> TrueTrending:
+    """The post's trending terms at now_ms.
 
     The horizon uses the newest engagement that ever counted (a retraction does not
     make a post look older), as the processor does.
     """
     commenters = {a for a, _, deleted in post.comments.values() if not deleted}
-    score = 0.0
-    counted = 0
-    users = set(commenters) | {u for u, liked in post.likes.items() if liked}
-    for user in users:
-        if user == post.author:
-            continue
-        w = cfg.comment_weight if user in commenters else cfg.like_weight
-        t = post.first_engaged[user]
-        score += w * math.pow(2.0, (t - now_ms) / cfg.half_life_ms)
-        counted += 1
+    likers = {u for u, liked in post.likes.items() if liked} - commenters
+    commenters.discard(post.author)
+    likers.discard(post.author)
+
+    def points(users: set[str], weight: float) -> float:
+        return sum(
+            weight * math.pow(2.0, (post.first_engaged[u] - now_ms) / cfg.half_life_ms)
+            for u in users
+        )
+
     newest = max((t for u, t in post.first_engaged.items() if u != post.author), default=0)
-    return score, counted, newest
+    return TrueTrending(
+        counted_likers=len(likers),
+        counted_commenters=len(commenters),
+        like_points=points(likers, cfg.like_weight),
+        comment_points=points(commenters, cfg.comment_weight),
+        newest_ms=newest,
+    )
 
 
 def trending_ranking(cfg: TrendingConfig, truth: Truth, now_ms: int) -> list[tuple[str, float]]:
@@ -163,12 +190,12 @@ def eligible_scores(cfg: TrendingConfig, truth: Truth, now_ms: int) -> list[tupl
     """Every post that may trend at now_ms with its score, best first."""
     scored = []
     for post in truth.live().values():
-        score, counted, newest = trending_score(cfg, post, now_ms)
+        t = trending_of(cfg, post, now_ms)
         if (
-            counted >= cfg.min_distinct_users
-            and now_ms - newest <= cfg.horizon_s * 1000
-            and score > 0
+            t.counted >= cfg.min_distinct_users
+            and now_ms - t.newest_ms <= cfg.horizon_s * 1000
+            and t.score > 0
         ):
-            scored.append((post.post_id, score))
+            scored.append((post.post_id, t.score))
     scored.sort(key=lambda item: (-item[1], item[0]))
     return scored
