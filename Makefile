@@ -68,6 +68,7 @@ broker-fetch: deps
 lint: deps gen
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/check_layout.py
 	cargo fmt --check --manifest-path processor/native/Cargo.toml
 	CARGO_TARGET_DIR="$(abspath .cache/cargo-target)" cargo clippy --quiet --locked \
 	  --manifest-path processor/native/Cargo.toml -- -D warnings

@@ -78,7 +78,6 @@ class Processor:
         self.flow = FlowControl(self.consumer, ctx, self.posts_by_id.repartitioned)
         self.stats = StatsLog([self._counters, *(p.stats for p in self.projections)])
         self.assignment_epoch = 0  # bumped by every rebalance callback
-        self.assigned_at: float | None = None  # an assignment whose tasks are not all running
         self.running = True
 
     def stop(self, *_: Any) -> None:
@@ -107,7 +106,6 @@ class Processor:
                 interval = live if drained else catchup
                 # 1. Tasks: initialize new ones, restore a chunk, start restored ones.
                 self.tasks.initialize_and_restore()
-                self._log_assignment_done()
                 # 2. Poll: a batch, waiting at most until a commit or a timer is due.
                 msgs = self._poll(batch_size, interval)
                 # 3. Process: each record goes to the projection that consumes its topic.
@@ -210,7 +208,6 @@ class Processor:
     # -- rebalancing (callbacks run inside poll; nothing here blocks for long) ----------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assignment_epoch += 1
-        self.assigned_at = time.monotonic()
         self.tasks.assign(partitions)
         consumer.assign(partitions)
         self.flow.reset()
@@ -228,18 +225,6 @@ class Processor:
         if self.txn.open:
             self.txn.abort_and_rewind("partitions lost")
         self.tasks.revoke(partitions, lost=True)
-
-    def _log_assignment_done(self) -> None:
-        """Once every task of the assignment runs: how long the restore took."""
-        if self.assigned_at is None or self.tasks.restoring():
-            return
-        log.info(
-            "partitions_assigned",
-            tasks=sorted(t.id for t in self.tasks.live()),
-            restored_records=self.tasks.restored_records,
-            restore_s=round(time.monotonic() - self.assigned_at, 3),
-        )
-        self.assigned_at = None
 
     def _counters(self) -> dict[str, int]:
         return {

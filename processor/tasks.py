@@ -18,6 +18,7 @@ loop steps while it keeps polling. Input partitions stay paused until RUNNING.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -83,6 +84,7 @@ class TaskManager:
     reader: ChangelogReader
     tasks: dict[tuple[str, int], Task] = field(default_factory=dict)
     restored_records: int = 0  # replayed for the tasks of the latest assignment
+    assigned_at: float | None = None  # while some task of the latest assignment waits
 
     # -- from the rebalance callbacks (no blocking work here) -----------------------
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
@@ -90,6 +92,7 @@ class TaskManager:
         given back resumes through RESTORING); suspended ones not given back close."""
         owned = {(tp.topic, tp.partition) for tp in partitions}
         self.restored_records = 0
+        self.assigned_at = time.monotonic()
         wanted = {
             (proj.name, p): [(t, p) for t in self._inputs(proj) if (t, p) in owned]
             for proj in self.projections
@@ -144,8 +147,14 @@ class TaskManager:
                 task.projection.start(task.partition)
                 self.restored_records += self.reader.restored(task.id)
                 started.append(task)
-        if started:
-            log.info("tasks_running", tasks=sorted(t.id for t in started))
+        if self.assigned_at is not None and not self.restoring():
+            log.info(
+                "partitions_assigned",  # every task of the assignment runs
+                tasks=sorted(t.id for t in self.live()),
+                restored_records=self.restored_records,
+                restore_s=round(time.monotonic() - self.assigned_at, 3),
+            )
+            self.assigned_at = None
         return started
 
     def restoring(self) -> bool:

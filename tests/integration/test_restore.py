@@ -1,0 +1,73 @@
+"""The ChangelogReader against a real broker: exact ranges, to the end, cancel."""
+
+from __future__ import annotations
+
+from confluent_kafka import OFFSET_BEGINNING, Message, Producer
+from confluent_kafka.admin import NewTopic
+
+from mysocial.config import Settings
+from mysocial.kafka import admin_client
+from processor import clients
+from processor.restore import ChangelogReader, Restoration
+from tests.support.helpers import wait_until
+
+
+def _topic(settings: Settings, name: str, partitions: int, records: int) -> str:
+    topic = settings.topic(name)
+    admin = admin_client(settings.bootstrap)
+    for fut in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+        fut.result(30)
+    producer = Producer({"bootstrap.servers": settings.bootstrap})
+    for p in range(partitions):
+        for i in range(records):
+            producer.produce(topic, f"{p}:{i}".encode(), f"k{i}".encode(), partition=p)
+    assert producer.flush(30) == 0
+    return topic
+
+
+def test_each_restoration_gets_exactly_its_range(settings: Settings) -> None:
+    topic = _topic(settings, "restore-test", 3, 20)
+    got: dict[int, list[bytes]] = {0: [], 1: [], 2: []}
+
+    def into(p: int):
+        def apply(msgs: list[Message]) -> None:
+            got[p].extend(m.value() or b"" for m in msgs)
+
+        return apply
+
+    reader = ChangelogReader(clients.restore_consumer(settings))
+    try:
+        reader.register(
+            "a",
+            [
+                Restoration(topic, 0, OFFSET_BEGINNING, None, into(0)),  # to the end
+                Restoration(topic, 1, 5, 12, into(1)),  # [5, 12)
+            ],
+        )
+        reader.register("b", [Restoration(topic, 2, 3, 3, into(2))])  # empty range
+        assert reader.done("b") and not reader.done("a")
+        wait_until(lambda: reader.step() >= 0 and reader.done("a"), 30, what="restore a")
+        assert got[0] == [f"0:{i}".encode() for i in range(20)]
+        assert got[1] == [f"1:{i}".encode() for i in range(5, 12)]
+        assert got[2] == []
+        assert reader.restored("a") == 27 and not reader.active()
+    finally:
+        reader.consumer.close()
+
+
+def test_a_cancelled_restoration_stops_and_others_continue(settings: Settings) -> None:
+    topic = _topic(settings, "restore-cancel", 2, 50)
+    got: list[bytes] = []
+    reader = ChangelogReader(clients.restore_consumer(settings))
+    try:
+        reader.register("gone", [Restoration(topic, 0, OFFSET_BEGINNING, None, lambda m: None)])
+        reader.register(
+            "kept",
+            [Restoration(topic, 1, 10, None, lambda ms: got.extend(m.value() or b"" for m in ms))],
+        )
+        reader.cancel("gone")
+        assert not reader.done("gone")
+        wait_until(lambda: reader.step() >= 0 and reader.done("kept"), 30, what="restore kept")
+        assert got == [f"1:{i}".encode() for i in range(10, 50)]
+    finally:
+        reader.consumer.close()

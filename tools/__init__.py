@@ -1,0 +1,1 @@
+"""Project checks anyone can run (python tools/<name>.py)."""
