@@ -60,13 +60,13 @@ def test_recent_broad_engagement_beats_repeats_and_old_totals(
     for i in range(5):
         like(stub, churn, f"churner{i}")
     assert wait_caught_up(trend_settings, 60)
-    wait_until(
-        lambda: {broad, churn, old} <= set(watcher.ids()), timeout=30, what="all three ranked"
-    )
-    ids = watcher.ids()
+    # The ranking of every like above, not the first one naming the three posts: that
+    # one can predate the last re-likes (rankings follow by up to two intervals).
+    ranking = watcher.wait_for_like_counts({old: 120, broad: 50, churn: 5}, timeout=30)
+    ids = [e.post_id for e in ranking.entries]
     assert ids.index(broad) < ids.index(churn)
     assert ids.index(broad) < ids.index(old)
-    entries = {e.post_id: e for e in watcher.latest().entries}  # type: ignore[union-attr]
+    entries = {e.post_id: e for e in ranking.entries}
     assert entries[old].like_count == 120 > entries[broad].like_count == 50
     # Thirty like/unlike actions, yet each churner counts once, dated at their first like.
     assert entries[churn].breakdown.counted_likers == 5

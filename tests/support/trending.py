@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 
 from confluent_kafka import Consumer
 
@@ -50,6 +51,31 @@ class RankingWatcher:
     def ids(self) -> list[str]:
         latest = self.latest()
         return [e.post_id for e in latest.entries] if latest else []
+
+    def wait_for_like_counts(
+        self, like_counts: Mapping[str, int], timeout: float = 30.0
+    ) -> res.TrendingRanking:
+        """The latest ranking once it ranks each of these posts with exactly its like
+        count: a ranking computed after all those likes were merged.
+
+        Being caught up is not enough: a ranking follows the processor's state by up to
+        two trending intervals (a partition's candidate list goes out on the timer, the
+        merge publishes on the next one), so the latest ranking that names the posts
+        may predate the last likes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            latest = self.latest()
+            got = {e.post_id: e.like_count for e in latest.entries} if latest else {}
+            if all(got.get(post) == n for post, n in like_counts.items()):
+                assert latest is not None
+                return latest
+            if time.monotonic() > deadline:
+                seen = {post: got.get(post) for post in like_counts}
+                raise AssertionError(
+                    f"no ranking with like counts {dict(like_counts)} after {timeout}s; "
+                    f"the latest of {len(self.rankings)} has {seen}"
+                )
+            time.sleep(0.05)
 
     def close(self) -> None:
         self._stop.set()
