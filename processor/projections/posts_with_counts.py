@@ -69,7 +69,9 @@ class PostsWithCounts(Projection):
         self.contract = {t(name): name for name in self.sources}
         self.core = make_core(
             settings.processor_core,
-            {t(name): route for name, route in ROUTE_OF_CONTRACT.items()},
+            # Only its own topics: the core stops at any other record (STOP_PYTHON for
+            # a topic it has no route for) and apply() hands it back to the engine.
+            {t(name): ROUTE_OF_CONTRACT[name] for name in self.sources},
             self.partitions,
             trending,
         )
