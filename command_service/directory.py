@@ -16,18 +16,17 @@ harmless because the processor ignores events for deleted posts.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Message
 
 from mysocial.config import Settings
 from mysocial.events import InvalidEvent, check
-from mysocial.kafka import LONG_POLL_MS, admin_client, client_logger, consume_batch, topics
+from mysocial.kafka import LONG_POLL_MS, admin_client, topics
 from mysocial.kafka.partitioning import partition_for
-from mysocial.kafka.reader import end_offsets, partitions_of, watermarks
+from mysocial.kafka.reader import end_offsets
+from mysocial.kafka.tail import Batch, TailReader
 from mysocial.log import get_logger
 from mysocial.v1 import events_pb2 as ev
 
@@ -76,7 +75,12 @@ class DirectoryState:
 
 
 class Directory:
-    """DirectoryState kept current from Kafka, with catch-up on misses."""
+    """DirectoryState kept current from Kafka, with catch-up on misses.
+
+    Its reader is a mysocial.kafka.tail.TailReader: if it dies, `failure` completes
+    and the command service stops (the directory would otherwise stop moving while
+    lookups kept answering from it).
+    """
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
@@ -85,91 +89,64 @@ class Directory:
         self.topic_posts = settings.topic(topics.POSTS)
         self.topic_comments = settings.topic(topics.COMMENTS)
         self.positions: dict[tuple[str, int], int] = {}
-        self.ready = asyncio.Event()
         self._progress = asyncio.Event()
         self._queries: dict[str, _Query] = {}
-        self._stop = threading.Event()
-        config: dict[str, Any] = {
-            "bootstrap.servers": settings.bootstrap,
-            "group.id": f"{settings.topic('mysocial.command-directory')}.unused",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": LONG_POLL_MS,
-            "logger": client_logger(),
-        }
-        self.consumer = Consumer(config)
+        self._started = time.monotonic()
+        self.reader: TailReader[ev.Event] = TailReader(
+            "directory-reader",
+            loop,
+            settings.bootstrap,
+            [self.topic_posts, self.topic_comments],
+            self._decode,
+            self._apply,
+            self._loaded,
+            consumer_config={
+                "group.id": f"{settings.topic('mysocial.command-directory')}.unused",
+                "fetch.wait.max.ms": LONG_POLL_MS,
+            },
+        )
         self.admin = admin_client(settings.bootstrap)  # end-offset queries, off the reader
-        self._thread = threading.Thread(target=self._run, name="directory-reader", daemon=True)
+
+    @property
+    def failure(self) -> asyncio.Future[BaseException]:
+        """Completes when the reader died (it logged why)."""
+        return self.reader.failure
 
     def start(self) -> None:
-        self._thread.start()
+        self._started = time.monotonic()
+        self.reader.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        self.reader.stop()
 
-    # -- reader thread --------------------------------------------------------------
-    def _run(self) -> None:
+    async def loaded(self, timeout: float) -> None:
+        """Wait until the directory is loaded; ReaderFailed if its reader died first."""
+        await self.reader.wait_caught_up(timeout)
+
+    # -- reader callbacks -------------------------------------------------------------
+    def _decode(self, msg: Message) -> ev.Event | None:
+        """On the reader thread: the record's event, or None if it is not valid."""
+        if msg.topic() == self.topic_posts:
+            source, partitions = topics.POSTS, self.settings.posts_partitions
+        else:
+            source, partitions = topics.COMMENTS, self.settings.copartitions
         try:
-            behind: set[tuple[str, int]] = set()
-            assignment = []
-            for topic in (self.topic_posts, self.topic_comments):
-                for p in partitions_of(self.consumer, topic, 30):
-                    low, high = watermarks(self.consumer, topic, p, 30)
-                    if high > low:
-                        behind.add((topic, p))
-                    assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
-            self.consumer.assign(assignment)
-            started = time.monotonic()
-            if not behind:
-                self.loop.call_soon_threadsafe(self._loaded, started)
-            while not self._stop.is_set():
-                msgs = consume_batch(self.consumer, 5000, 0.1)
-                events: list[ev.Event] = []
-                moved: dict[tuple[str, int], int] = {}
-                for msg in msgs:
-                    topic, p, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            if (topic, p) in behind:
-                                behind.discard((topic, p))
-                                if not behind:
-                                    self.loop.call_soon_threadsafe(self._loaded, started)
-                            moved[(topic, p)] = max(moved.get((topic, p), 0), offset)
-                        continue
-                    moved[(topic, p)] = offset + 1
-                    source = topics.POSTS if topic == self.topic_posts else topics.COMMENTS
-                    partitions = (
-                        self.settings.posts_partitions
-                        if source == topics.POSTS
-                        else self.settings.copartitions
-                    )
-                    try:
-                        events.append(check(source, msg.key(), msg.value(), p, partitions).event)
-                    except InvalidEvent:
-                        continue
-                if events or moved:
-                    self.loop.call_soon_threadsafe(self._apply, events, moved)
-        except Exception:
-            log.exception("directory_reader_failed")
-        finally:
-            self.consumer.close()
+            return check(source, msg.key(), msg.value(), msg.partition() or 0, partitions).event
+        except InvalidEvent:
+            return None  # the processor dead-letters it: it exists nowhere
 
-    def _loaded(self, started: float) -> None:
-        self.ready.set()
+    def _loaded(self) -> None:
         log.info(
             "directory_loaded",
             posts=len(self.state.posts),
             comments=len(self.state.comments),
-            load_s=round(time.monotonic() - started, 3),
+            load_s=round(time.monotonic() - self._started, 3),
         )
 
-    def _apply(self, events: list[ev.Event], moved: dict[tuple[str, int], int]) -> None:
-        for event in events:
+    def _apply(self, batch: Batch[ev.Event]) -> None:
+        for event in batch.items:
             self.state.apply(event)
-        for key, offset in moved.items():
+        for key, offset in batch.positions.items():
             if offset > self.positions.get(key, 0):
                 self.positions[key] = offset
         self._progress.set()

@@ -3,6 +3,10 @@
 Workers share the listening port with SO_REUSEPORT so the kernel spreads connections
 over the cores; each worker has its own producer. SIGTERM: health goes NOT_SERVING,
 the server stops accepting and drains in-flight calls, the producer is flushed.
+
+If a worker's directory reader dies, the worker shuts down the same way and exits 1:
+with one worker the process exits 1 for its supervisor (make run) to restart it;
+with several, the parent restarts that worker.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from command_service.servicer import CommandServicer
 from media.library import MediaLibrary
 from mysocial import log as logconf
 from mysocial.config import DEV_JWT_SECRET, Settings, split_addr
+from mysocial.kafka.tail import ReaderFailed
 from mysocial.process import tune_gc
-from mysocial.rpc import RunningServer, start_server, wait_for_signal
+from mysocial.rpc import RunningServer, run_until_stopped, start_server
 from mysocial.v1 import command_service_pb2, command_service_pb2_grpc
 
 log = logconf.get_logger("command.server")
@@ -66,10 +71,19 @@ class CommandServer:
             serving=False,
         )
         log.info("command_service_listening", port=running.port, pid=os.getpid())
+        server = cls(running, publisher, directory, settings)
         # Serving once the directory knows every existing post and comment.
-        await asyncio.wait_for(directory.ready.wait(), DIRECTORY_LOAD_TIMEOUT_S)
+        try:
+            await directory.loaded(DIRECTORY_LOAD_TIMEOUT_S)
+        except BaseException:
+            await server.stop(0)
+            raise
         await running.set_serving([SERVICE_NAME], True)
-        return cls(running, publisher, directory, settings)
+        return server
+
+    async def serve(self) -> int:
+        """Serve until SIGTERM/SIGINT (exit code 0) or the directory's reader dies (1)."""
+        return await run_until_stopped(self.stop, self.directory.failure)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight RPCs finish, then flush the producer."""
@@ -80,21 +94,29 @@ class CommandServer:
         log.info("command_service_stopped", undelivered=undelivered)
 
 
-async def _worker_main(settings: Settings, addr: str) -> None:
-    server = await CommandServer.start(settings, addr)
+async def _worker_main(settings: Settings, addr: str) -> int:
+    try:
+        server = await CommandServer.start(settings, addr)
+    except ReaderFailed:
+        return 1  # the reader logged why
     tune_gc()
-    sig = await wait_for_signal()
-    log.info("shutdown_requested", signal=signal.Signals(sig).name)
-    await server.stop()
+    return await server.serve()
 
 
-def _worker(settings: Settings, addr: str) -> None:
+def _worker(settings: Settings, addr: str) -> int:
+    """One worker until it is stopped; its exit code."""
     logconf.configure(settings.log_level, settings.log_format, "command_service")
-    asyncio.run(_worker_main(settings, addr))
+    code = asyncio.run(_worker_main(settings, addr))
     # Drained and flushed: a late signal (Ctrl-C reaches the whole process group, the
     # parent then sends SIGTERM too) must not turn a clean exit into a kill.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
+def _worker_process(settings: Settings, addr: str) -> None:
+    """A worker as a child process: its exit code is the process's."""
+    sys.exit(_worker(settings, addr))
 
 
 def _reserve_port(addr: str) -> tuple[str, socket.socket | None]:
@@ -113,12 +135,12 @@ def run(settings: Settings) -> int:
     logconf.configure(settings.log_level, settings.log_format, "command_service")
     workers = settings.effective_command_workers
     if workers == 1:
-        _worker(settings, settings.command_addr)
-        return 0
+        return _worker(settings, settings.command_addr)
     addr, reserved = _reserve_port(settings.command_addr)
     ctx = multiprocessing.get_context("spawn")  # gRPC must not be forked after init
     procs = [
-        ctx.Process(target=_worker, args=(settings, addr), daemon=False) for _ in range(workers)
+        ctx.Process(target=_worker_process, args=(settings, addr), daemon=False)
+        for _ in range(workers)
     ]
     stopping = False
 
@@ -144,7 +166,7 @@ def run(settings: Settings) -> int:
             if not p.is_alive() and not stopping:
                 log.error("worker_exited_restarting", exitcode=p.exitcode)
                 time.sleep(0.5)
-                procs[i] = ctx.Process(target=_worker, args=(settings, addr), daemon=False)
+                procs[i] = ctx.Process(target=_worker_process, args=(settings, addr), daemon=False)
                 procs[i].start()
         time.sleep(0.2)
     for p in procs:

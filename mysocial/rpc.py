@@ -5,8 +5,10 @@
   turn anything unexpected into INTERNAL without leaking a traceback.
 - `start_server` builds a grpc.aio server with health and reflection and returns the
   bound port (port 0 picks a free one, as tests do).
-- `run_until_signal` implements graceful shutdown: SIGTERM only sets a flag; the
-  caller's main then stops accepting, drains in-flight calls and flushes.
+- `run_until_stopped` implements graceful shutdown: SIGTERM only wakes it; the
+  service then stops accepting, drains in-flight calls and flushes. A failure the
+  service cannot serve through (its Kafka reader died) stops it the same way, with
+  a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -236,6 +238,31 @@ async def wait_for_signal(signals: Iterable[int] = (signal.SIGTERM, signal.SIGIN
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     return await received
+
+
+async def run_until_stopped(
+    stop: Callable[[], Awaitable[None]], failure: asyncio.Future[BaseException]
+) -> int:
+    """Serve until SIGTERM/SIGINT or until `failure` completes, then `stop()`; the exit code.
+
+    stop() is the service's graceful shutdown: health NOT_SERVING first, then drain.
+    A signal exits 0. A failure (the service's Kafka reader died, and logged why)
+    exits 1: the in-memory view no longer follows the topics, so answering from it
+    would be wrong until a supervisor restarts the process (make run does, and so
+    does the command service's parent for its workers).
+    """
+    signalled = asyncio.ensure_future(wait_for_signal())
+    waiting: set[asyncio.Future[Any]] = {signalled, failure}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if failure.done():
+        signalled.cancel()  # the handlers stay: a later signal does not cut the drain short
+        log.info("shutdown_after_failure", error=repr(failure.result()))
+        code = 1
+    else:
+        log.info("shutdown_requested", signal=signal.Signals(signalled.result()).name)
+        code = 0
+    await stop()
+    return code
 
 
 def monotonic_ms() -> float:

@@ -2,14 +2,14 @@
 
 Health is NOT_SERVING until the read models have caught up with the topics as they
 were at start, SERVING after. SIGTERM: NOT_SERVING, stop accepting, let unary calls
-finish and close streams, stop the Kafka reader.
+finish and close streams, stop the Kafka reader. If the Kafka reader dies, the same
+shutdown follows and the process exits 1, for its supervisor (make run) to restart it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from dataclasses import dataclass
 
@@ -17,7 +17,7 @@ from media.library import MediaLibrary
 from mysocial import log as logconf
 from mysocial.config import Settings
 from mysocial.process import tune_gc
-from mysocial.rpc import RunningServer, start_server, wait_for_signal
+from mysocial.rpc import RunningServer, run_until_stopped, start_server
 from mysocial.v1 import query_service_pb2
 from query_service.service import ReadSide
 from query_service.servicer import QueryServicer, register
@@ -63,6 +63,10 @@ class QueryServer:
         log.info("query_service_listening", port=running.port, pid=os.getpid())
         return server
 
+    async def serve(self) -> int:
+        """Serve until SIGTERM/SIGINT (exit code 0) or the Kafka reader dies (1)."""
+        return await run_until_stopped(self.stop, self.read_side.failure)
+
     async def stop(self, grace: float | None = None) -> None:
         await self.running.set_serving([SERVICE_NAME], False)
         await self.running.server.stop(self.settings.grace_period_s if grace is None else grace)
@@ -70,16 +74,13 @@ class QueryServer:
         log.info("query_service_stopped")
 
 
-async def _main(settings: Settings) -> None:
+async def _main(settings: Settings) -> int:
     server = await QueryServer.start(settings)
     tune_gc()
-    sig = await wait_for_signal()
-    log.info("shutdown_requested", signal=signal.Signals(sig).name)
-    await server.stop()
+    return await server.serve()
 
 
 def main() -> None:
     settings = Settings.from_env()
     logconf.configure(settings.log_level, settings.log_format, "query_service")
-    asyncio.run(_main(settings))
-    sys.exit(0)
+    sys.exit(asyncio.run(_main(settings)))

@@ -66,6 +66,13 @@ class ReadSide:
         if self.tailer is not None:
             self.tailer.stop()
 
+    @property
+    def failure(self) -> asyncio.Future[BaseException]:
+        """Completes when the Kafka reader died (it logged why); start() first."""
+        if self.tailer is None:
+            raise RuntimeError("ReadSide.start() was not called")
+        return self.tailer.failure
+
     def _ready(self) -> None:
         self.ready.set()
         for callback in self.on_ready:
