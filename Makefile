@@ -1,6 +1,10 @@
 # MySocial backend. The two commands a new user needs:
 #   make run    the whole system (embedded Kafka broker, processor, services)
-#   make test   every check: ruff, mypy, rustfmt, clippy, buf lint, unit and integration tests
+#   make test   every check: ruff, mypy, rustfmt, clippy, buf lint, buf breaking against
+#               main, the native core's tests, and every test tier (unit, integration, system)
+# While working:
+#   make test-unit  tests/unit only: no broker, under a minute
+#   make fmt        formats everything (ruff: imports and format; cargo fmt; buf format)
 # Everything else is installed on demand into ignored folders (.venv, .cache,
 # node_modules); versions are pinned (constraints.txt, package-lock.json,
 # kafka/pom.xml, GRPCURL_VERSION below).
@@ -17,16 +21,33 @@ NATIVE_SRC := $(wildcard processor/native/src/*.rs) processor/native/Cargo.toml 
   processor/native/Cargo.lock processor/native/pyproject.toml processor/native/processor_native.pyi
 PROTOS := $(wildcard protos/mysocial/v1/*.proto protos/mysocial/internal/v1/*.proto)
 PYTEST_ARGS ?=
+# What `buf breaking` compares the protos with: main's last commit (a fresh clone of main
+# has it too). The event schemas are kept forever in `posts`, so no change may break them.
+BUF_AGAINST ?= .git\#branch=main
 
-.PHONY: run test check lint typecheck native-test buf-lint deps gen tools broker-fetch bench bench-smoke clean
+.PHONY: run test test-unit check lint typecheck native-test buf-lint deps gen tools broker-fetch bench bench-smoke clean fmt buf-breaking
 
 run: deps gen broker-fetch
 	$(BIN)/python -m devtools.run
 
+# Every tier: tests/unit, tests/integration, tests/system (pyproject.toml's testpaths).
 test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-check: deps gen tools broker-fetch lint typecheck buf-lint native-test
+# The unit tier alone: no broker, no servers (tests/conftest.py starts the broker only
+# for tests that ask for it).
+test-unit: deps gen
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+# Formats everything that has a formatter; `make lint` checks the same.
+fmt: $(VENV)/.installed
+	$(BIN)/ruff check --select I --fix --quiet .
+	$(BIN)/ruff format --quiet .
+	cargo fmt --manifest-path processor/native/Cargo.toml
+	@if [ -x node_modules/.bin/buf ]; then npx --no-install buf format -w; \
+	else echo "buf not installed (make tools): protos not formatted"; fi
+
+check: deps gen tools broker-fetch lint typecheck buf-lint native-test buf-breaking
 
 deps: $(VENV)/.installed $(VENV)/.native
 
@@ -84,6 +105,9 @@ native-test: $(VENV)/.installed
 
 buf-lint: node_modules/.installed
 	npx --no-install buf lint
+
+buf-breaking: node_modules/.installed
+	npx --no-install buf breaking --against '$(BUF_AGAINST)'
 
 # The benchmark suite (~15-20 min on 2 cores): bench/results/*.json, docs/BENCHMARKS.md.
 bench: deps gen tools broker-fetch
