@@ -1,22 +1,27 @@
-"""The processor's per-event work behind one interface, in two implementations.
+"""The per-event rules behind one interface, in two implementations.
 
-The engine (processor/engine.py) hands each consumed batch to a Core, which decodes,
-checks and applies the events of the partitions it owns, and at commit time gives
-back the changed posts and writes the changed keys to the changelog and RocksDB.
+The posts_with_counts projection (processor/projections/posts_with_counts.py) hands
+each consumed batch to a Core, which decodes, checks and applies the events of the
+partitions it owns, and at commit time gives back the changed posts and the changed
+keys for the changelog and RocksDB.
 
 - NativeCore (the default) is processor_native, Rust compiled by `make`
   (processor/native): the whole per-message loop runs without Python bytecode, at a
   fraction of the CPU per event that the Python rules take (docs/BENCHMARKS.md).
 - PyCore is the same contract in plain Python over TaskState (processor/rules.py):
-  the executable specification of the rules. tests/unit/test_native_core.py runs both on
-  the same random records and requires identical records, outputs and changelogs;
+  the executable specification of the rules. tests/unit/test_native_core.py runs both
+  on the same random records and requires identical records, outputs and changelogs;
   MYSOCIAL_PROCESSOR_CORE=python runs the processor on it.
 
-`process` stops at the first record the engine must handle itself (a consume error,
-a `posts` record to re-key, trending candidates, an event that is invalid or that the
-native decoder leaves to Python's protobuf) and returns its index: the order of each
-partition's events is kept. The engine's `_apply_checked` then applies it through
-`apply` with its canonical encoding, or dead-letters it.
+`process` stops at the first record it does not apply itself (a consume error, a
+record of a topic it has no route for, an event that is invalid or that the native
+decoder leaves to Python's protobuf) and returns its index, so the order of each
+partition's events is kept; `apply_checked` then applies such an event through
+`apply` with its canonical encoding, or says why to dead-letter it.
+
+This module is the seam with the compiled core: route and stop codes (Route, Stop)
+and the stats record (CoreStats) are defined here only, and processor_native takes
+them by name when it is built; header names come from processor/headers.py.
 """
 
 from __future__ import annotations
@@ -31,21 +36,19 @@ from confluent_kafka import Message, Producer
 from mysocial.events import InvalidEvent, check, event_time_ms
 from mysocial.kafka import topics
 from mysocial.v1 import events_pb2 as ev
-from processor.headers import SRC_OFFSET as SRC_OFFSET  # (the engine's import)
+from processor.headers import SRC_OFFSET
 from processor.local_store import TaskStore
 from processor.rules import LIVE, MAX_PENDING_PER_POST, PendingOverflow, TaskState
 from processor.trending import TrendingConfig
 
 
 class Route(IntEnum):
-    """What a core does with a record of an input topic. Defined here only: the
-    compiled core is given these codes by name when it is built."""
+    """The input topics a core applies events of. Defined here only: the compiled
+    core is given these codes by name when it is built."""
 
-    POSTS = 0  # re-keyed by the engine (Stop.POSTS)
-    CANDIDATES = 1  # trending candidates, merged by the engine (Stop.CANDIDATES)
-    POSTS_BY_ID = 2
-    LIKES = 3
-    COMMENTS = 4
+    POSTS_BY_ID = 0
+    LIKES = 1
+    COMMENTS = 2
 
 
 class Stop(IntEnum):
@@ -54,35 +57,16 @@ class Stop(IntEnum):
 
     DONE = 0  # every record handled
     ERROR = 1  # a consume error
-    POSTS = 2  # a `posts` record to re-key
-    CANDIDATES = 3  # a trending candidate list
-    PYTHON = 4  # an event the core leaves to apply_checked
+    PYTHON = 2  # a record the core leaves to Python: another projection's topic, or
+    # an event to check and apply (or dead-letter) through apply_checked
 
-
-# The names the engine imports (aliases of the members above).
-ROUTE_POSTS = Route.POSTS
-ROUTE_CANDIDATES = Route.CANDIDATES
-ROUTE_POSTS_BY_ID = Route.POSTS_BY_ID
-ROUTE_LIKES = Route.LIKES
-ROUTE_COMMENTS = Route.COMMENTS
-DONE = Stop.DONE
-STOP_ERROR = Stop.ERROR
-STOP_POSTS = Stop.POSTS
-STOP_CANDIDATES = Stop.CANDIDATES
-STOP_PYTHON = Stop.PYTHON
 
 ROUTE_OF_CONTRACT = {
-    topics.POSTS: Route.POSTS,
-    topics.TRENDING_CANDIDATES: Route.CANDIDATES,
     topics.POSTS_BY_ID: Route.POSTS_BY_ID,
     topics.LIKES: Route.LIKES,
     topics.COMMENTS: Route.COMMENTS,
 }
-SOURCE_OF_ROUTE: dict[int, str] = {
-    Route.POSTS_BY_ID: topics.POSTS_BY_ID,
-    Route.LIKES: topics.LIKES,
-    Route.COMMENTS: topics.COMMENTS,
-}
+SOURCE_OF_ROUTE: dict[int, str] = {route: name for name, route in ROUTE_OF_CONTRACT.items()}
 
 
 class CoreStats(NamedTuple):
@@ -172,7 +156,7 @@ class CoreSpec:
 
 
 def src_offset(msg: Message) -> int:
-    """The source offset a re-keyed post carries (engine.py _repartition)."""
+    """The source offset a re-keyed post carries (projections/posts_by_id.py)."""
     headers = dict(msg.headers() or [])
     return int(headers.get(SRC_OFFSET) or b"-1")
 
@@ -305,10 +289,6 @@ class PyCore:
             route = self.routes.get(topic or "")
             if route is None:
                 return i, Stop.PYTHON
-            if route == Route.POSTS:
-                return i, Stop.POSTS
-            if route == Route.CANDIDATES:
-                return i, Stop.CANDIDATES
             partition, offset = msg.partition(), msg.offset()
             assert topic is not None and partition is not None and offset is not None
             source = SOURCE_OF_ROUTE[route]

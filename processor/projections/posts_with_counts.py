@@ -24,13 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message
 from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
 from mysocial.log import get_logger
-from processor.core import (
-    DONE,
-    ROUTE_OF_CONTRACT,
-    STOP_PYTHON,
-    apply_checked,
-    make_core,
-)
+from processor.core import ROUTE_OF_CONTRACT, Stop, apply_checked, make_core
 from processor.local_store import LocalStore, TaskStore
 from processor.projection import Context, Offsets, Projection
 from processor.restore import Restoration
@@ -69,7 +63,7 @@ class PostsWithCounts(Projection):
         self.contract = {t(name): name for name in self.sources}
         self.core = make_core(
             settings.processor_core,
-            # Only its own topics: the core stops at any other record (STOP_PYTHON for
+            # Only its own topics: the core stops at any other record (Stop.PYTHON for
             # a topic it has no route for) and apply() hands it back to the engine.
             {t(name): ROUTE_OF_CONTRACT[name] for name in self.sources},
             self.partitions,
@@ -132,7 +126,7 @@ class PostsWithCounts(Projection):
         i = start
         while True:
             i, why = core.process(msgs, i, positions, consumed)
-            if why == DONE or why != STOP_PYTHON or msgs[i].topic() not in self.contract:
+            if why != Stop.PYTHON or msgs[i].topic() not in self.contract:
                 break  # done, or a record of another projection (or an error)
             msg = msgs[i]
             i += 1
@@ -190,8 +184,8 @@ class PostsWithCounts(Projection):
         return {
             "outputs": self.outputs,
             "tasks": len(self.stores),
-            "unauthorized": sum(s[4] for s in per_task),
-            "store_reads": sum(s[5] for s in per_task),
+            "unauthorized": sum(s.unauthorized for s in per_task),
+            "store_reads": sum(s.store_reads for s in per_task),
         }
 
     def shutdown(self) -> None:

@@ -557,10 +557,9 @@ def _like(post: str, user: str) -> ev.Event:
 
 def _native_core(routes: dict[str, int], stops: dict[str, int]) -> Any:
     """processor_native.Core built as NativeCore builds it, with the codes given."""
-    by_contract = {**TOPIC, topics.POSTS: POSTS_TOPIC}
-    route = {c: ROUTE_OF_CONTRACT[c] for c in by_contract}
+    route = {c: ROUTE_OF_CONTRACT[c] for c in TOPIC}
     return processor_native.Core(
-        [(name, routes.get(route[c].name, route[c].value)) for c, name in by_contract.items()],
+        [(name, routes.get(route[c].name, route[c].value)) for c, name in TOPIC.items()],
         PARTITIONS,
         CFG.half_life_ms,
         CFG.like_weight,
@@ -581,8 +580,8 @@ def test_the_compiled_core_routes_and_stops_by_the_codes_python_gives_it() -> No
     post = str(uuid.UUID(int=7, version=4))
     like = _msg(TOPIC[topics.LIKES], 0, _like(post, "u1"))
     native.add_task(like.partition(), lambda key: None, [])
-    rekey = Msg(POSTS_TOPIC, 0, 0, None, b"", T0)
-    assert native.process([like, rekey], 0, {}, {}) == (1, stops["POSTS"])
+    rekey = Msg(POSTS_TOPIC, 0, 0, None, b"", T0)  # a topic without a route: handed back
+    assert native.process([like, rekey], 0, {}, {}) == (1, stops["PYTHON"])
     assert native.process([like], 0, {}, {}) == (1, stops["DONE"])
     value = like.value()
     assert value is not None

@@ -9,6 +9,7 @@
 //! order of each partition's events is kept.
 
 mod events;
+mod seam;
 mod state;
 mod trending;
 mod wire;
@@ -21,128 +22,15 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 
 use events::Source;
+use seam::{src_offset, Seam, Stop};
 use state::{Applied, Names, Task};
-
-/// What a record of an input topic is for (processor/core.py `Route`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Posts,
-    Candidates,
-    Event(Source),
-}
-
-/// Why `process` stopped (processor/core.py `Stop`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Done,
-    Error,
-    Posts,
-    Candidates,
-    Python,
-}
-
-/// The member names of core.py's `Route` and `Stop`: Python owns the codes and
-/// passes them by these names when it builds a Core.
-const ROUTES: [(&str, Route); 5] = [
-    ("POSTS", Route::Posts),
-    ("CANDIDATES", Route::Candidates),
-    ("POSTS_BY_ID", Route::Event(Source::PostsById)),
-    ("LIKES", Route::Event(Source::Likes)),
-    ("COMMENTS", Route::Event(Source::Comments)),
-];
-const STOPS: [(&str, Stop); 5] = [
-    ("DONE", Stop::Done),
-    ("ERROR", Stop::Error),
-    ("POSTS", Stop::Posts),
-    ("CANDIDATES", Stop::Candidates),
-    ("PYTHON", Stop::Python),
-];
-
-/// Python's codes for routes and stops, and the header a re-keyed post carries its
-/// source offset in (processor/headers.py), as given to the constructor.
-struct Seam {
-    routes: Vec<(u8, Route)>,
-    stops: [u8; STOPS.len()],
-    src_offset: String,
-}
-
-impl Seam {
-    /// Every name must be given, and no other: a route or stop added on one side only
-    /// fails here, when the processor starts, not as a misrouted record.
-    fn new(
-        routes: HashMap<String, u8>,
-        stops: HashMap<String, u8>,
-        src_offset: String,
-    ) -> PyResult<Self> {
-        fn codes<T: Copy>(
-            what: &str,
-            given: HashMap<String, u8>,
-            known: &[(&str, T)],
-        ) -> PyResult<Vec<(u8, T)>> {
-            let mut unknown: Vec<&String> = given
-                .keys()
-                .filter(|n| !known.iter().any(|(k, _)| k == n))
-                .collect();
-            unknown.sort();
-            if !unknown.is_empty() {
-                return Err(PyValueError::new_err(format!(
-                    "{what} unknown to the compiled core: {unknown:?} (rebuild it: make deps)"
-                )));
-            }
-            let mut out: Vec<(u8, T)> = Vec::with_capacity(known.len());
-            for (name, meaning) in known {
-                let code = *given.get(*name).ok_or_else(|| {
-                    PyValueError::new_err(format!("{what} {name} not given to the compiled core"))
-                })?;
-                if out.iter().any(|(c, _)| *c == code) {
-                    return Err(PyValueError::new_err(format!(
-                        "{what} code {code} given twice"
-                    )));
-                }
-                out.push((code, *meaning));
-            }
-            Ok(out)
-        }
-        let routes = codes("route", routes, &ROUTES)?;
-        let stop_codes = codes("stop", stops, &STOPS)?;
-        let mut stops = [0; STOPS.len()];
-        for (code, stop) in stop_codes {
-            stops[stop as usize] = code;
-        }
-        Ok(Seam {
-            routes,
-            stops,
-            src_offset,
-        })
-    }
-
-    fn route(&self, code: u8) -> PyResult<Route> {
-        self.routes
-            .iter()
-            .find(|(c, _)| *c == code)
-            .map(|(_, r)| *r)
-            .ok_or_else(|| PyValueError::new_err(format!("unknown route {code}")))
-    }
-
-    /// The source of an event route (an error for the routes Python handles).
-    fn source(&self, code: u8) -> PyResult<Source> {
-        match self.route(code)? {
-            Route::Event(source) => Ok(source),
-            _ => Err(PyValueError::new_err("not an event route")),
-        }
-    }
-
-    fn code(&self, stop: Stop) -> u8 {
-        self.stops[stop as usize]
-    }
-}
 
 /// A changed post as drain() returns it: (post_id, output or tombstone, PostRecord).
 type Changed<'py> = (String, Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>);
 
 struct Topic {
     name: String,
-    route: Route,
+    source: Source,
     py_name: Py<PyString>,
 }
 
@@ -155,42 +43,6 @@ struct Core {
     names: Names,
     max_pending: i64,
     tasks: HashMap<u32, Task>,
-}
-
-/// The header `name` (SRC_OFFSET) of a re-keyed post (engine.py `_repartition`), as
-/// core.py `src_offset` reads it; None where only Python can tell.
-fn src_offset(msg: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<i64>> {
-    let headers = msg.call_method0(intern!(msg.py(), "headers"))?;
-    let mut found: Option<Option<Vec<u8>>> = None;
-    if !headers.is_none() {
-        for item in headers.try_iter()? {
-            let item = item?;
-            let pair = item.cast::<PyTuple>()?;
-            if pair.len() != 2 {
-                return Ok(None);
-            }
-            if pair.get_item(0)?.extract::<&str>().ok() == Some(name) {
-                let value = pair.get_item(1)?;
-                found = Some(if value.is_none() {
-                    None
-                } else {
-                    Some(value.cast::<PyBytes>()?.as_bytes().to_vec())
-                });
-            }
-        }
-    }
-    let raw = match found {
-        None | Some(None) => return Ok(Some(-1)),
-        Some(Some(raw)) if raw.is_empty() => return Ok(Some(-1)),
-        Some(Some(raw)) => raw,
-    };
-    let digits = raw.strip_prefix(b"-").unwrap_or(&raw);
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Ok(None);
-    }
-    Ok(std::str::from_utf8(&raw)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok()))
 }
 
 impl Core {
@@ -234,7 +86,7 @@ impl Core {
             .map(|(name, route)| {
                 Ok(Topic {
                     py_name: PyString::new(py, &name).unbind(),
-                    route: seam.route(route)?,
+                    source: seam.source(route)?,
                     name,
                 })
             })
@@ -315,17 +167,7 @@ impl Core {
                 stop = (i, Stop::Python);
                 break;
             };
-            let source = match self.topics[t].route {
-                Route::Event(source) => source,
-                Route::Posts => {
-                    stop = (i, Stop::Posts);
-                    break;
-                }
-                Route::Candidates => {
-                    stop = (i, Stop::Candidates);
-                    break;
-                }
-            };
+            let source = self.topics[t].source;
             let partition: u32 = msg.call_method0(intern!(py, "partition"))?.extract()?;
             let offset: i64 = msg.call_method0(intern!(py, "offset"))?.extract()?;
             let value = msg.call_method0(intern!(py, "value"))?;
