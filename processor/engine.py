@@ -126,7 +126,9 @@ class Processor:
                 self.stats.maybe_log()
             self.txn.commit()
             return 0
-        except FatalProcessorError as exc:
+        except (FatalProcessorError, KafkaException) as exc:
+            # Fenced, fatal, or a client call that failed for good (e.g. committed
+            # offsets not fetched in time): one line, and the supervisor restarts us.
             log.error(
                 "processor_stopping_fatal",
                 error=str(exc),

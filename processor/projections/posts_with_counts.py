@@ -138,12 +138,12 @@ class PostsWithCounts(Projection):
             reason = apply_checked(core, msg, self.contract[topic], self.partitions, owned)
             if reason is not None:
                 self.ctx.output.dead_letter(msg, reason)
-        for event, fields in core.take_warnings():
-            log.warning(event, **fields)
         return i
 
     # -- commit --------------------------------------------------------------------------
     def prepare_commit(self, now: float) -> None:
+        for event, fields in self.core.take_warnings():  # raised by the rules meanwhile
+            log.warning(event, **fields)
         self.changelog_next.clear()
         for p in self.stores:
             changed = self.core.drain(p)
