@@ -200,8 +200,8 @@ class TailReader(Generic[T]):
                         positions[key] = max(positions.get(key, 0), offset)
                         if behind is not None:
                             behind.pop(key, None)
-                    elif err.fatal():
-                        raise KafkaException(err)
+                    elif err.fatal() or err.code() == KafkaError._FATAL:
+                        raise KafkaException(err)  # the client is unusable: fail, get restarted
                     else:  # librdkafka retries these itself (broker down, leader moving)
                         log.warning("consume_error", reader=self.name, error=str(err))
                     continue
