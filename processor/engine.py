@@ -126,9 +126,7 @@ class Processor:
                 self.stats.maybe_log()
             self.txn.commit()
             return 0
-        except (FatalProcessorError, KafkaException) as exc:
-            # Fenced, fatal, or a client call that failed for good (e.g. committed
-            # offsets not fetched in time): one line, and the supervisor restarts us.
+        except (FatalProcessorError, KafkaException) as exc:  # fenced, fatal, or failed for good
             log.error(
                 "processor_stopping_fatal",
                 error=str(exc),
