@@ -48,6 +48,22 @@ class Context:
     # Next offsets consumed so far, committed or not (flow control reads them).
     consumed: Offsets = field(default_factory=dict)
 
+    def run_of(self, msgs: list[Message], start: int, topic: str) -> list[Message]:
+        """The records of `topic` from msgs[start] up to the first record of another
+        topic (or an error), each noted as consumed (it commits with the transaction)."""
+        end = start
+        positions, consumed = self.positions, self.consumed
+        while end < len(msgs):
+            msg = msgs[end]
+            partition, offset = msg.partition(), msg.offset()
+            if msg.topic() != topic or msg.error() is not None:
+                break
+            assert partition is not None and offset is not None
+            positions[(topic, partition)] = offset + 1
+            consumed[(topic, partition)] = offset + 1
+            end += 1
+        return msgs[start:end]
+
 
 class Projection:
     """Base of every projection: the no-op behaviour of each hook."""

@@ -36,21 +36,13 @@ class PostsById(Projection):
         self.repartitioned: dict[int, int] = {}
 
     def apply(self, msgs: list[Message], start: int) -> int:
-        positions, consumed = self.ctx.positions, self.ctx.consumed
-        i = start
-        while i < len(msgs):
-            msg = msgs[i]
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if topic != self.topic_posts or msg.error() is not None:
-                break
-            assert partition is not None and offset is not None
-            positions[(topic, partition)] = offset + 1
-            consumed[(topic, partition)] = offset + 1
-            self._rekey(msg, partition, offset)
-            i += 1
-        return i
+        run = self.ctx.run_of(msgs, start, self.topic_posts)
+        for msg in run:
+            self._rekey(msg)
+        return start + len(run)
 
-    def _rekey(self, msg: Message, partition: int, offset: int) -> None:
+    def _rekey(self, msg: Message) -> None:
+        partition, offset = msg.partition() or 0, msg.offset() or 0
         try:
             checked = check(topics.POSTS, msg.key(), msg.value(), partition, self.partitions)
         except InvalidEvent as exc:

@@ -215,16 +215,8 @@ class TrendingPosts(Projection):
 
     # -- records --------------------------------------------------------------------------
     def apply(self, msgs: list[Message], start: int) -> int:
-        positions, consumed = self.ctx.positions, self.ctx.consumed
-        i = start
-        while i < len(msgs):
-            msg = msgs[i]
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if topic != self.topic_candidates or msg.error() is not None:
-                break
-            assert partition is not None and offset is not None
-            positions[(topic, partition)] = offset + 1
-            consumed[(topic, partition)] = offset + 1
+        run = self.ctx.run_of(msgs, start, self.topic_candidates)
+        for msg in run:
             value = msg.value()
             if self.merging and value is not None:
                 lst = st.CandidateList()
@@ -232,8 +224,7 @@ class TrendingPosts(Projection):
                 self.uncommitted[lst.partition] = lst
                 if lst.removal:
                     self.merge_dirty = True  # a deleted post must leave the ranking at once
-            i += 1
-        return i
+        return start + len(run)
 
     # -- timer --------------------------------------------------------------------------
     def next_timer(self, now: float) -> float:
