@@ -177,8 +177,7 @@ class Processor:
                 projection.punctuate(now)
 
     def _flow_control(self) -> None:
-        assigned = {tp for task in self.tasks.live() for tp in task.inputs}
-        self.flow.update(assigned, self.tasks.held())
+        self.flow.update(*self.tasks.partitions())
 
     def _consume_error(self, msg: Message) -> None:
         err = msg.error()

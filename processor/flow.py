@@ -54,7 +54,10 @@ class FlowControl:
         self.logged = time.monotonic()
 
     def update(self, assigned: set[Partition], not_running: set[Partition]) -> None:
-        self.engagement_held = self._hold_engagement(assigned)
+        held = self._hold_engagement(assigned)
+        if held != self.engagement_held:
+            log.info("engagement_held" if held else "engagement_released")
+        self.engagement_held = held
         want = set(not_running)
         if self.engagement_held:
             want.update(tp for tp in assigned if tp[0] in self.engagement)

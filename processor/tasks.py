@@ -85,6 +85,10 @@ class TaskManager:
     tasks: dict[tuple[str, int], Task] = field(default_factory=dict)
     restored_records: int = 0  # replayed for the tasks of the latest assignment
     assigned_at: float | None = None  # while some task of the latest assignment waits
+    # Nothing to initialize or restore (the loop's common case: skip the scans).
+    settled: bool = True
+    # (every input of a live task, inputs of tasks not running), while unchanged.
+    _partitions: tuple[set[tuple[str, int]], set[tuple[str, int]]] | None = None
 
     # -- from the rebalance callbacks (no blocking work here) -----------------------
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
@@ -93,6 +97,7 @@ class TaskManager:
         owned = {(tp.topic, tp.partition) for tp in partitions}
         self.restored_records = 0
         self.assigned_at = time.monotonic()
+        self.settled, self._partitions = False, None
         wanted = {
             (proj.name, p): [(t, p) for t in self._inputs(proj) if (t, p) in owned]
             for proj in self.projections
@@ -115,6 +120,7 @@ class TaskManager:
         """Suspend every task that loses an input partition (closed at once if lost,
         else when the next assignment does not give it back)."""
         gone = {(tp.topic, tp.partition) for tp in partitions}
+        self.settled, self._partitions = False, None
         for task in list(self.tasks.values()):
             if task.state == State.CLOSED or not gone.intersection(task.inputs):
                 continue
@@ -130,6 +136,9 @@ class TaskManager:
     def initialize_and_restore(self) -> list[Task]:
         """Move new tasks into RESTORING and restored ones into RUNNING; returns the
         tasks that started running."""
+        if self.settled:
+            return []
+        self._partitions = None
         waiting = [t for t in self.tasks.values() if t.needs_init]
         started: list[Task] = []
         if waiting:
@@ -155,14 +164,21 @@ class TaskManager:
                 restore_s=round(time.monotonic() - self.assigned_at, 3),
             )
             self.assigned_at = None
+        self.settled = self.assigned_at is None and not self.restoring()
         return started
 
     def restoring(self) -> bool:
         return any(t.state != State.RUNNING for t in self.live())
 
-    def held(self) -> set[tuple[str, int]]:
-        """Input partitions that must stay paused: their task is not running yet."""
-        return {tp for t in self.live() if t.state != State.RUNNING for tp in t.inputs}
+    def partitions(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+        """Every input partition of a live task, and those that must stay paused
+        because their task is not running yet."""
+        if self._partitions is None:
+            self._partitions = (
+                {tp for t in self.live() for tp in t.inputs},
+                {tp for t in self.live() if t.state != State.RUNNING for tp in t.inputs},
+            )
+        return self._partitions
 
     def live(self) -> Iterator[Task]:
         return (t for t in self.tasks.values() if t.state != State.CLOSED)
@@ -204,6 +220,7 @@ class TaskManager:
         task.projection.suspend(task.partition)
 
     def _close(self, task: Task) -> None:
+        self._partitions = None
         task.transition(State.CLOSED)
         task.projection.close(task.partition)
         del self.tasks[(task.projection.name, task.partition)]

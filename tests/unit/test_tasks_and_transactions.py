@@ -72,7 +72,7 @@ def test_tasks_follow_the_assignment_of_their_inputs() -> None:
         ("rekey/3", State.CREATED),
     }
     assert tm.tasks[("counts", 1)].inputs == [("likes", 1), ("comments", 1)]
-    assert tm.held() == {("likes", 1), ("comments", 1), ("posts", 3)}  # nothing runs yet
+    assert tm.partitions()[1] == {("likes", 1), ("comments", 1), ("posts", 3)}  # none runs
     # Eager rebalance: everything is revoked, then part of it given back.
     tm.revoke(
         [TopicPartition("likes", 1), TopicPartition("comments", 1), TopicPartition("posts", 3)]
