@@ -1,9 +1,9 @@
 """The processor's Kafka clients and why each setting has its value.
 
-Three clients per instance: the main consumer (the group, read_committed), the
-transactional producer (every output, changelog record and consumed offset of a
-commit goes through it) and the restore consumer (reads changelogs and the trending
-candidates back into local state; no group offsets).
+Per instance: the main consumer (the group, read_committed), the transactional
+producer (every output, changelog record and consumed offset of a commit goes through
+it), the restore consumer (reads changelogs and the trending candidates back into
+local state; no group offsets) and a consumer that only asks for watermarks.
 """
 
 from __future__ import annotations
@@ -83,6 +83,21 @@ def restore_consumer(settings: Settings) -> Consumer:
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 10,
+            "logger": client_logger(),
+        }
+    )
+
+
+def watermark_consumer(settings: Settings) -> Consumer:
+    """Asks for partitions' watermarks, never fetches. read_uncommitted: a
+    read_committed consumer reports the last stable offset as the high watermark, and a
+    restore must read to the true end (processor/restore.py)."""
+    return Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap,
+            "group.id": f"{group_id(settings)}.watermarks",
+            "isolation.level": "read_uncommitted",
+            "enable.auto.commit": False,
             "logger": client_logger(),
         }
     )

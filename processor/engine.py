@@ -56,14 +56,14 @@ class Processor:
         self.settings = settings
         self.consumer = clients.main_consumer(settings)
         producer = clients.transactional_producer(settings)
-        restore_consumer = clients.restore_consumer(settings)
-        self.reader = ChangelogReader(restore_consumer)
+        self.reader = ChangelogReader(clients.restore_consumer(settings))
+        self.marks = clients.watermark_consumer(settings)
         ctx = Context(
             settings,
             producer,
             Output(producer, settings.topic(topics.DEAD_LETTER)),
             clock,
-            lambda topic, p: watermarks(restore_consumer, topic, p, 30),
+            lambda topic, p: watermarks(self.marks, topic, p, 30),
         )
         self.ctx = ctx
         # The projections, in commit order (the counts feed trending's local stage).
@@ -234,7 +234,7 @@ class Processor:
 
     def _close(self) -> None:
         self.tasks.close_all()
-        for consumer in (self.consumer, self.reader.consumer):
+        for consumer in (self.consumer, self.reader.consumer, self.marks):
             with contextlib.suppress(KafkaException, RuntimeError):
                 consumer.close()
         self.ctx.producer.flush(5)

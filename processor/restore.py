@@ -23,13 +23,19 @@ STEP_TIMEOUT_S = 0.05
 
 @dataclass
 class Restoration:
-    """Read `topic`[`partition`] from `start` until `end` (exclusive; None: to the end
-    of the partition at the time it is reached), handing records to `apply`."""
+    """Read `topic`[`partition`] from `start` until `end`, handing records to `apply`.
+
+    `end` is an offset the read must reach: the partition's high watermark when the
+    restore is registered, for a changelog. A read_committed consumer reports the end
+    of a partition at its last stable offset, which an open transaction of another
+    (stopped) instance holds back while committed records follow it; stopping there
+    would lose those (KAFKA-10167). So the restore waits until the end it reads is at
+    least `end` (the open transaction resolved, by its owner or by its timeout)."""
 
     topic: str
     partition: int
     start: int
-    end: int | None
+    end: int
     apply: Callable[[list[Message]], None]
     restored: int = 0
     next_offset: int = field(init=False)
@@ -39,7 +45,7 @@ class Restoration:
 
     @property
     def empty(self) -> bool:
-        return self.end is not None and self.start != OFFSET_BEGINNING and self.start >= self.end
+        return self.end <= 0 or (self.start != OFFSET_BEGINNING and self.start >= self.end)
 
 
 class ChangelogReader:
@@ -84,19 +90,20 @@ class ChangelogReader:
             key = (msg.topic() or "", msg.partition() or 0)
             if key not in by_tp or key in finished:
                 continue  # a partition cancelled or finished within this chunk
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    finished.add(key)
-                    continue
-                raise FatalProcessorError(f"restore of {key[0]}[{key[1]}]: {err}")
             end = by_tp[key][1].end
             offset = msg.offset() or 0
-            if end is not None and offset >= end:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    raise FatalProcessorError(f"restore of {key[0]}[{key[1]}]: {err}")
+                if offset >= end:  # the visible end (past any commit marker) reached it
+                    finished.add(key)
+                continue
+            if offset >= end:
                 finished.add(key)
                 continue
             batches.setdefault(key, []).append(msg)
-            if end is not None and offset + 1 >= end:
+            if offset + 1 >= end:
                 finished.add(key)
         total = 0
         for key, msgs in batches.items():

@@ -99,7 +99,7 @@ class PostsWithCounts(Projection):
         def apply(msgs: list[Message]) -> None:
             store.restore([(m.key() or b"", m.value()) for m in msgs], (msgs[-1].offset() or 0) + 1)
 
-        return [Restoration(self.topic_changelog, partition, start, None, apply)]
+        return [Restoration(self.topic_changelog, partition, start, high, apply)]
 
     def start(self, partition: int) -> None:
         store = self.store.task(partition)
