@@ -64,7 +64,12 @@ def call(fn: Callable[..., Any], *args: Any) -> Any:
     for attempt in range(RETRIES):
         try:
             return fn(*args)
-        except KafkaException as exc:
+        except (KafkaException, SystemError) as raised:
+            # A KafkaException raised while librdkafka ran a delivery callback reaches
+            # us as a SystemError whose cause it is.
+            exc = raised if isinstance(raised, KafkaException) else raised.__cause__
+            if not isinstance(exc, KafkaException):
+                raise
             err: KafkaError = exc.args[0]
             kind = classify(err)
             if kind == ErrorClass.ABORTABLE:
@@ -107,7 +112,7 @@ class Transaction:
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.ctx.positions.items()]
         try:
             # 2. Every record of the transaction is acknowledged by the broker.
-            self.producer.flush()
+            call(self.producer.flush)
             # 3. The consumed offsets join the transaction.
             if offsets:
                 call(

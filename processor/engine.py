@@ -36,6 +36,7 @@ from processor.checkpoint import Transaction, call
 from processor.core import CoreUnavailable
 from processor.errors import FatalProcessorError
 from processor.flow import FlowControl
+from processor.local_store import StateLocked
 from processor.output import Output
 from processor.projection import Context, Projection
 from processor.projections.posts_by_id import PostsById
@@ -247,6 +248,9 @@ def main(settings: Settings) -> int:
         processor = Processor(settings)
     except CoreUnavailable as exc:
         log.error("processor_core_unavailable", error=str(exc))
+        return 2
+    except StateLocked as exc:
+        log.error("processor_state_locked", error=str(exc))
         return 2
     tune_gc()
     signal.signal(signal.SIGTERM, processor.stop)

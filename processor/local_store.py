@@ -24,6 +24,10 @@ _NO_WAL = WriteOptions()
 setattr(_NO_WAL, "disable_wal", True)  # noqa: B010 (a property; the stubs call it a method)
 
 
+class StateLocked(RuntimeError):
+    """Another process holds this instance's RocksDB (its LOCK file)."""
+
+
 def _prefix(partition: int) -> bytes:
     return partition.to_bytes(2, "big")
 
@@ -43,7 +47,15 @@ class LocalStore:
         options.set_max_write_buffer_number(3)
         options.increase_parallelism(2)
         self.path = path
-        self.db = Rdict(str(path), options)
+        try:
+            self.db = Rdict(str(path), options)
+        except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's text
+            if "lock" in str(exc).lower():
+                raise StateLocked(
+                    f"{path} is in use by another process: an instance with the same "
+                    "MYSOCIAL_PROCESSOR_INSTANCE_ID runs on this host"
+                ) from exc
+            raise
 
     def task(self, partition: int) -> TaskStore:
         return TaskStore(self.db, partition)

@@ -70,6 +70,20 @@ class ProcessorProc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def wait(self, timeout: float) -> int:
+        """The exit code of a process expected to end by itself."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets but does nothing (a zombie to be)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
 
 @contextmanager
 def command_service(settings: Settings, log_dir: Path) -> Iterator[str]:

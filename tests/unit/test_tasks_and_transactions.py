@@ -141,3 +141,23 @@ def test_call_retries_what_is_retriable_and_raises_the_rest(
 
     with pytest.raises(FatalProcessorError, match="always_retriable"):
         call(always_retriable)  # retries run out: the instance stops and says why
+
+
+def test_an_error_raised_inside_a_delivery_callback_is_classified_too() -> None:
+    """confluent-kafka reports a KafkaException raised while it ran a delivery callback
+    as a SystemError caused by it (seen when a fenced producer flushed)."""
+
+    def flush() -> None:
+        try:
+            raise KafkaException(KafkaError(KafkaError._FENCED))
+        except KafkaException as exc:
+            raise SystemError("callback returned a result with an exception set") from exc
+
+    with pytest.raises(FatalProcessorError, match="_FENCED"):
+        call(flush)
+
+    def unrelated() -> None:
+        raise SystemError("not Kafka's")
+
+    with pytest.raises(SystemError):
+        call(unrelated)
