@@ -10,6 +10,8 @@ into markup strings, so a caption like "[bold]" is shown as typed.
 from __future__ import annotations
 
 import math
+import sys
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -208,6 +210,34 @@ def trending_table(
     return table
 
 
+class Versions:
+    """The highest version shown per post (the newest `limit` posts), so a view drops
+    a state older than one it already shows. After a reconnect, perhaps to another
+    query-service instance a little behind, the snapshot may predate the last update
+    the view got; without this, counts would jump back. A deletion is final."""
+
+    DELETED = sys.maxsize
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self.shown: OrderedDict[str, int] = OrderedDict()
+        self.stale = 0  # messages dropped as older than what was shown
+
+    def fresh(self, post_id: str, version: int, deleted: bool = False) -> bool:
+        """Whether to show this state of post_id (and remember it). Version 0 (a server
+        that sends none) is always shown."""
+        shown = self.shown.get(post_id, 0)
+        if shown == self.DELETED or (version and version < shown):
+            self.stale += 1
+            return False
+        if deleted or version:
+            self.shown[post_id] = self.DELETED if deleted else version
+            self.shown.move_to_end(post_id)
+            if len(self.shown) > self.limit:
+                self.shown.popitem(last=False)
+        return True
+
+
 def footer(updates: int, skipped: int, last_update: datetime | None, note: str = "") -> Text:
     """Status line under a live view: how many updates arrived and how many the server
     coalesced away because this reader was slower than the updates."""
@@ -242,13 +272,18 @@ class PostsView:
         self.updates = 0
         self.skipped = 0
         self.last_update: datetime | None = None
+        self.versions = Versions(max(len(post_ids), 1))
+        self.note = ""  # set by run_watch while it reconnects
 
     def apply(self, msg: qry.WatchPostsResponse, now: datetime) -> None:
-        """Take one streamed state; a deletion keeps the last known data, marked."""
+        """Take one streamed state; a deletion keeps the last known data, marked; a
+        state older than the one shown is dropped."""
         self.updates += 1
         self.skipped += msg.skipped_updates
         self.last_update = now
         pid = msg.post.post_id
+        if not self.versions.fresh(pid, msg.version, msg.deleted):
+            return
         row = self.rows.setdefault(pid, _PostRow(res.Post(post_id=pid)))
         row.updated_at = now
         if msg.deleted:
@@ -277,7 +312,7 @@ class PostsView:
                 format_clock(row.updated_at),
                 style="dim strike" if deleted else None,
             )
-        return Group(table, footer(self.updates, self.skipped, self.last_update))
+        return Group(table, footer(self.updates, self.skipped, self.last_update, self.note))
 
 
 class FeedView:
@@ -291,9 +326,12 @@ class FeedView:
         self.last_update: datetime | None = None
         self.snapshot_complete = False
         self._seq = 0
+        self.versions = Versions()
+        self.note = ""  # set by run_watch while it reconnects
 
     def apply(self, msg: qry.WatchFeedResponse, now: datetime) -> None:
-        """Take one feed change, then drop the oldest rows beyond max_rows."""
+        """Take one feed change (unless older than what is shown), then drop the oldest
+        rows beyond max_rows."""
         self.updates += 1
         self.skipped += msg.skipped_updates
         self.last_update = now
@@ -302,6 +340,8 @@ class FeedView:
         pid = msg.post.post_id
         if not msg.HasField("post") or not pid:
             return  # e.g. the snapshot_complete marker of an empty snapshot
+        if not self.versions.fresh(pid, msg.version, msg.kind == qry.FEED_EVENT_KIND_DELETED):
+            return
         mark = _FEED_MARKS.get(msg.kind, "")
         row = self.rows.get(pid)
         if msg.kind == qry.FEED_EVENT_KIND_DELETED:
@@ -352,7 +392,7 @@ class FeedView:
                 format_clock(row.updated_at),
                 style="dim strike" if row.mark == "deleted" else None,
             )
-        note = "" if self.snapshot_complete else "loading snapshot…"
+        note = self.note or ("" if self.snapshot_complete else "loading snapshot…")
         return Group(table, footer(self.updates, self.skipped, self.last_update, note))
 
 
@@ -364,6 +404,7 @@ class TrendingView:
         self.updates = 0
         self.skipped = 0
         self.last_update: datetime | None = None
+        self.note = ""  # set by run_watch while it reconnects
 
     def apply(self, msg: qry.WatchTrendingResponse, now: datetime) -> None:
         """Replace the ranking: each message is a whole ranking, not a delta."""
@@ -380,5 +421,5 @@ class TrendingView:
         parts: list[RenderableType] = [table]
         if self.updates and not self.ranking.entries:
             parts.append(Text("no trending posts yet", style="italic"))
-        parts.append(footer(self.updates, self.skipped, self.last_update))
+        parts.append(footer(self.updates, self.skipped, self.last_update, self.note))
         return Group(*parts)

@@ -47,6 +47,9 @@ class PostView:
     posts_at: int  # offsets just past the newest applied event, per source
     likes_at: int
     comments_at: int
+    # 1 + offset of the posts_with_counts record this state comes from: the version
+    # streams carry, the same on every instance and only growing for a post.
+    version: int = 0
     seq: int = 0  # change sequence number of the newest change (feed streams)
     created_seq: int = 0
     updates: int = 0
@@ -105,11 +108,15 @@ class ReadModel:
         # changed since, so fan-out costs one entry per change, not one per reader.
         self.seq = 0
         self.by_seq: SortedDict[int, str] = SortedDict()
-        self.deleted_at: dict[str, tuple[int, str]] = {}  # post -> (seq, author)
+        # post -> (seq, author, version of the tombstone), for feed streams
+        self.deleted_at: dict[str, tuple[int, str, int]] = {}
 
     # -- applying records ------------------------------------------------------------
-    def apply_post_record(self, post_id: str, value: ev.PostWithCounts | None) -> Change | None:
-        """A posts_with_counts record (None = tombstone); returns what changed."""
+    def apply_post_record(
+        self, post_id: str, value: ev.PostWithCounts | None, version: int = 0
+    ) -> Change | None:
+        """A posts_with_counts record (None = tombstone) and its version (1 + its
+        offset); returns what changed."""
         if value is None:
             view = self.posts.pop(post_id, None)
             first_time = post_id not in self.deleted
@@ -119,7 +126,7 @@ class ReadModel:
                 self.seq += 1
                 self.by_seq.pop(view.seq, None)
                 self.by_seq[self.seq] = post_id
-                self.deleted_at[post_id] = (self.seq, view.author_id)
+                self.deleted_at[post_id] = (self.seq, view.author_id, version)
                 self._prune_deleted()
                 self.feed.discard(view.feed_key)
                 author = self.by_author.get(view.author_id)
@@ -140,6 +147,7 @@ class ReadModel:
                 value.posts_applied_through,
                 value.likes_applied_through,
                 value.comments_applied_through,
+                version,
             )
             self.posts[post_id] = view
             self.feed.add(view.feed_key)
@@ -154,6 +162,7 @@ class ReadModel:
         view.updates += 1
         self.by_seq[self.seq] = post_id
         view.data = value.post.SerializeToString()
+        view.version = version
         view.posts_at = max(view.posts_at, value.posts_applied_through)
         view.likes_at = max(view.likes_at, value.likes_applied_through)
         view.comments_at = max(view.comments_at, value.comments_applied_through)
@@ -163,7 +172,7 @@ class ReadModel:
         """Forget the oldest deletions in the change index (streams that far behind resync)."""
         while len(self.deleted_at) > keep:
             oldest = next(iter(self.deleted_at))
-            seq, _ = self.deleted_at.pop(oldest)
+            seq, _, _ = self.deleted_at.pop(oldest)
             self.by_seq.pop(seq, None)
 
     def changed_since(self, cursor: int) -> list[tuple[int, str]]:

@@ -88,7 +88,7 @@ class ReadSide:
         for item in batch:
             if item.kind == POST:
                 before = model.posts.get(item.key)
-                change = model.apply_post_record(item.key, item.value)
+                change = model.apply_post_record(item.key, item.value, item.offset + 1)
                 touched.append(item.key)
                 if change is not None:
                     changes.append((change, item.key))
@@ -196,12 +196,16 @@ class ReadSide:
             self.hub.unsubscribe(sub, ids)
 
     def _post_message(self, post_id: str, skipped: int) -> q.WatchPostsResponse:
-        post = self.model.get(post_id)
-        if post is None:
+        view = self.model.posts.get(post_id)
+        if view is None:
+            deleted = self.model.deleted_at.get(post_id)
             return q.WatchPostsResponse(
-                post=res.Post(post_id=post_id), deleted=True, skipped_updates=skipped
+                post=res.Post(post_id=post_id),
+                deleted=True,
+                skipped_updates=skipped,
+                version=deleted[2] if deleted is not None else 0,
             )
-        return q.WatchPostsResponse(post=post, skipped_updates=skipped)
+        return q.WatchPostsResponse(post=view.post, skipped_updates=skipped, version=view.version)
 
     async def watch_feed(self, author_id: str, snapshot_size: int) -> AsyncIterator[bytes]:
         """Snapshot, then the posts changed since this reader last looked (pre-serialized)."""
@@ -238,6 +242,7 @@ class ReadSide:
             if deleted is None or (author and deleted[1] != author):
                 return None
             key = (post_id, deleted[0], q.FEED_EVENT_KIND_DELETED)
+            version = deleted[2]
             skipped = 0
         else:
             if author and view.author_id != author:
@@ -246,13 +251,17 @@ class ReadSide:
                 q.FEED_EVENT_KIND_CREATED if view.created_seq > seen else q.FEED_EVENT_KIND_UPDATED
             )
             key = (post_id, view.seq, kind)
+            version = view.version
             skipped = sub.skipped(post_id, view.updates)
         cached = self._feed_cache.get(key)
         if cached is None:
-            # WatchFeedResponse{kind, post} written directly around the stored post bytes:
-            # no parse and re-serialize per version (field 1 varint, field 2 message).
+            # WatchFeedResponse{kind, post, version} written directly around the stored
+            # post bytes: no parse and re-serialize per version (field 1 varint, field 2
+            # message, field 5 varint).
             data = view.data if view is not None else res.Post(post_id=post_id).SerializeToString()
             cached = b"\x08" + _varint(key[2]) + b"\x12" + _varint(len(data)) + data
+            if version:
+                cached += b"\x28" + _varint(version)
             if len(self._feed_cache) > 20_000:
                 self._feed_cache.clear()
             self._feed_cache[key] = cached
@@ -267,7 +276,13 @@ class ReadSide:
         kind = q.FEED_EVENT_KIND_SNAPSHOT
         if not posts:
             return [q.WatchFeedResponse(kind=kind, snapshot_complete=True, skipped_updates=skipped)]
-        out = [q.WatchFeedResponse(kind=kind, post=p, skipped_updates=skipped) for p in posts]
+        versions = self.model.posts
+        out = [
+            q.WatchFeedResponse(
+                kind=kind, post=p, skipped_updates=skipped, version=versions[p.post_id].version
+            )
+            for p in posts
+        ]
         out[-1].snapshot_complete = True
         return out
 

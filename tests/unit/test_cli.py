@@ -248,3 +248,50 @@ def test_token_and_settings_still_work(capsys: pytest.CaptureFixture[str]) -> No
     assert actor_from_metadata([("authorization", f"Bearer {token}")], secret) == "alice"
     assert cli.main(["settings"]) == 0
     assert "MYSOCIAL_QUERY_ADDR=" in capsys.readouterr().out
+
+
+def test_watch_reconnects_while_unavailable_and_resumes_with_the_view() -> None:
+    """A stream that fails UNAVAILABLE (query service restarted) is opened again; the
+    new stream's older snapshot does not take a count back; other errors end the watch."""
+    first = FakeStream(
+        [feed(qry.FEED_EVENT_KIND_UPDATED, post(1, like_count=7), version=9)],
+        then=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "Socket closed"),
+    )
+    loading = FakeStream([], then=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "loading"))
+    second = FakeStream(
+        [
+            feed(qry.FEED_EVENT_KIND_SNAPSHOT, post(1, like_count=6), version=8),
+            feed(qry.FEED_EVENT_KIND_UPDATED, post(1, like_count=8), version=12),
+        ],
+        then=FakeRpcError(grpc.StatusCode.INTERNAL, "boom"),
+    )
+    reopened = iter([loading, second])
+    sleeps: list[float] = []
+    view = cli_views.FeedView()
+    with pytest.raises(grpc.RpcError):
+        watches.run_watch(
+            first,
+            view,
+            live=True,
+            console=Console(file=io.StringIO(), width=120),
+            reopen=lambda: next(reopened),
+            sleep=sleeps.append,
+        )
+    assert first.cancelled and loading.cancelled and second.cancelled
+    assert sleeps == [watches.RECONNECT_FIRST_S, watches.RECONNECT_FIRST_S * 2]
+    (row,) = view.ordered()
+    assert row.post.like_count == 8 and view.versions.stale == 1 and view.note == ""
+
+
+def test_watch_gives_up_after_a_minute_unavailable() -> None:
+    clock = iter([0.0, 30.0, watches.RECONNECT_FOR_S + 1])
+    view = cli_views.PostsView([pid(1)])
+
+    def down() -> FakeStream:
+        return FakeStream([], then=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down"))
+
+    with pytest.raises(grpc.RpcError):
+        watches.run_watch(
+            down(), view, live=False, reopen=down, sleep=lambda _: None, clock=lambda: next(clock)
+        )
+    assert view.note == watches.RECONNECTING

@@ -207,3 +207,22 @@ def test_trending_view_shows_the_latest_ranking() -> None:
     assert "Trending (computed" in text and "5 skipped" in text
     view.apply(qry.WatchTrendingResponse(), NOW)
     assert "no trending posts yet" in render_text(view.render())
+
+
+def test_views_drop_states_older_than_what_they_show() -> None:
+    """After a reconnect the snapshot may come from an instance a little behind: the
+    views keep the highest version per post, and a deletion stays final."""
+    view = cli_views.FeedView()
+    view.apply(feed(qry.FEED_EVENT_KIND_SNAPSHOT, post(1, like_count=5), version=10), NOW)
+    view.apply(feed(qry.FEED_EVENT_KIND_SNAPSHOT, post(1, like_count=3), version=8), NOW)
+    view.apply(feed(qry.FEED_EVENT_KIND_UPDATED, post(1, like_count=6), version=11), NOW)
+    view.apply(feed(qry.FEED_EVENT_KIND_UPDATED, post(1, like_count=9)), NOW)  # no version
+    assert view.ordered()[0].post.like_count == 9 and view.versions.stale == 1
+    view.apply(feed(qry.FEED_EVENT_KIND_DELETED, res.Post(post_id=pid(1)), version=12), NOW)
+    view.apply(feed(qry.FEED_EVENT_KIND_SNAPSHOT, post(1, like_count=9), version=11), NOW)
+    assert view.ordered()[0].mark == "deleted" and view.versions.stale == 2
+
+    posts = cli_views.PostsView([pid(2)])
+    posts.apply(qry.WatchPostsResponse(post=post(2, like_count=4), version=5), NOW)
+    posts.apply(qry.WatchPostsResponse(post=post(2, like_count=2), version=3), NOW)
+    assert posts.rows[pid(2)].post.like_count == 4 and posts.versions.stale == 1

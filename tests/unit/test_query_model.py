@@ -264,3 +264,36 @@ def test_feed_updates_are_written_as_protobuf_would_encode_them() -> None:
     assert q.WatchFeedResponse.FromString(deleted) == q.WatchFeedResponse(
         kind=q.FEED_EVENT_KIND_DELETED, post=res.Post(post_id=pid)
     )
+
+
+def test_stream_messages_carry_the_records_version() -> None:
+    """Version = 1 + the posts_with_counts offset: on snapshots, updates (the feed's
+    pre-serialized bytes too) and deletions, so a reconnecting client can drop stale
+    states."""
+    from mysocial.config import Settings
+    from mysocial.v1 import query_service_pb2 as q
+    from query_service.service import ReadSide
+    from query_service.streams import FeedSubscription
+
+    side = ReadSide(Settings())
+    pid, other = ids(2)
+    side.model.apply_post_record(other, record(other, "bob", T0 - 1), 3)
+    side.model.apply_post_record(pid, record(pid, "alice", T0), 7)
+    assert side._post_message(pid, 0).version == 7
+    snapshot = side._feed_snapshot("", 10, 0)
+    assert [(m.post.post_id, m.version) for m in snapshot] == [(pid, 7), (other, 3)]
+    seen = side.model.seq
+    side.model.apply_post_record(pid, record(pid, "alice", T0, likes=1), 12)
+    sub = FeedSubscription("")
+    updated = side._feed_bytes(pid, "", seen, sub)
+    assert updated is not None and q.WatchFeedResponse.FromString(updated).version == 12
+    assert side._post_message(pid, 0).version == 12
+    side.model.apply_post_record(pid, None, 20)
+    deleted = side._feed_bytes(pid, "", seen, sub)
+    assert deleted is not None and q.WatchFeedResponse.FromString(deleted).version == 20
+    message = side._post_message(pid, 0)
+    assert message.deleted and message.version == 20
+    # A tombstone of a post never seen: deleted, version unknown (deletion is final).
+    never = str(uuid.uuid4())
+    side.model.apply_post_record(never, None, 30)
+    assert side._post_message(never, 0).deleted and side._post_message(never, 0).version == 0
