@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mysocial.config import Settings
 from mysocial.kafka import topics
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.producer import producer_config
 from mysocial.v1 import events_pb2 as ev
 
@@ -41,7 +42,7 @@ def write_backlog(settings: Settings, spec: BacklogSpec) -> tuple[int, list[str]
     rng = random.Random(spec.seed)
     producer = Producer(
         producer_config(
-            settings.bootstrap,
+            kafka_connection(settings),
             **{
                 "linger.ms": 20,
                 "batch.num.messages": 10000,

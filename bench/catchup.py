@@ -26,7 +26,7 @@ POLL_S = 0.1
 def input_lag(settings: Settings) -> int:
     """Records of the contract input topics (posts, likes, comments) not yet committed."""
     names = [settings.topic(n) for n in (topics.POSTS, topics.LIKES, topics.COMMENTS)]
-    return group_lag(settings.bootstrap, settings.topic(PROCESSOR_GROUP), names)
+    return group_lag(settings, settings.topic(PROCESSOR_GROUP), names)
 
 
 def settled(children: list[Child], seconds: float = 3.0) -> list[int]:

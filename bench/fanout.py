@@ -25,6 +25,7 @@ from confluent_kafka import Producer
 from bench.harness import Child, child_env, free_port
 from mysocial.config import PROJECT_ROOT, Settings
 from mysocial.kafka import topics
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.producer import producer_config
 from mysocial.v1 import events_pb2 as ev
@@ -95,7 +96,7 @@ def measure_subscribers(
 
 def _feed_updates(settings: Settings, posts: list[str], stop: threading.Event, rate: float) -> int:
     """Write posts_with_counts updates for `posts` round-robin at up to `rate`/s."""
-    producer = Producer(producer_config(settings.bootstrap, **{"linger.ms": 5}))
+    producer = Producer(producer_config(kafka_connection(settings), **{"linger.ms": 5}))
     topic = settings.topic(topics.POSTS_WITH_COUNTS)
     n = 0
     start = time.perf_counter()

@@ -56,7 +56,7 @@ class RunningSystem:
     def lag(self) -> int:
         s = self.settings
         names = [s.topic(topics.POSTS), s.topic(topics.LIKES), s.topic(topics.COMMENTS)]
-        return group_lag(s.bootstrap, s.topic("mysocial.processor"), names)
+        return group_lag(s, s.topic("mysocial.processor"), names)
 
     def rss(self) -> dict[str, int]:
         return {c.log.stem: c.rss_bytes() for c in self.children}

@@ -22,6 +22,7 @@ from mysocial.config import PROJECT_ROOT, Settings
 from mysocial.kafka.broker import EmbeddedBroker, kafka_version
 from mysocial.kafka.broker import free_port as free_port
 from mysocial.kafka.broker import free_ports as free_ports
+from mysocial.kafka.connection import login_settings
 from mysocial.kafka.topics import provision
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
@@ -57,6 +58,9 @@ def fresh_settings(bootstrap: str, **overrides: Any) -> Settings:
     ns = f"bench{uuid.uuid4().hex[:8]}."
     state = Path(tempfile.mkdtemp(prefix="mysocial-bench-state-"))
     command_port, query_port = free_ports(2)
+    # A cluster named by KAFKA_BOOTSTRAP_SERVERS keeps its TLS and SASL settings.
+    env = Settings.from_env()
+    login = login_settings(env) if bootstrap == env.kafka_bootstrap_servers else {}
     base = Settings(
         kafka_bootstrap_servers=bootstrap,
         topic_namespace=ns,
@@ -65,6 +69,8 @@ def fresh_settings(bootstrap: str, **overrides: Any) -> Settings:
         query_addr=f"127.0.0.1:{query_port}",
         log_level="info",
         log_format="json",
+        dev_mode=True,  # the benchmark's clients sign tokens with the development secret
+        **login,
     )
     settings = base.with_(**overrides)
     provision(settings)

@@ -17,6 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 
 from mysocial.config import Settings
 from mysocial.kafka import consume_batch, topics
+from mysocial.kafka.connection import KafkaConnection, kafka_connection
 from mysocial.kafka.producer import producer_config
 from mysocial.kafka.reader import end_offsets
 from mysocial.v1 import events_pb2 as ev
@@ -35,7 +36,7 @@ def b2_produce(settings: Settings, messages: int) -> dict[str, Any]:
     topic = settings.topic(topics.LIKES)
     value = sample_event()
     keys = [str(uuid.uuid4()).encode() for _ in range(1000)]
-    producer = Producer(producer_config(settings.bootstrap, **{"linger.ms": 5}))
+    producer = Producer(producer_config(kafka_connection(settings), **{"linger.ms": 5}))
     delivered = [0]
 
     def on_delivery(err: KafkaError | None, _msg: Any) -> None:
@@ -63,7 +64,11 @@ def b2_produce(settings: Settings, messages: int) -> dict[str, Any]:
 
 
 def _drain(
-    bootstrap: str, assignment: list[tuple[str, int, int]], out: Any, first_at: Any, last_at: Any
+    connection: KafkaConnection,
+    assignment: list[tuple[str, int, int]],
+    out: Any,
+    first_at: Any,
+    last_at: Any,
 ) -> None:
     """Consume and parse this process's partitions up to their end offsets.
 
@@ -72,12 +77,13 @@ def _drain(
     their records would be read (and counted) twice.
     """
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-b3-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
+        connection.config(
+            {
+                "group.id": f"bench-b3-{uuid.uuid4().hex}",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+            }
+        )
     )
     consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p, _ in assignment])
     remaining = sum(end for _, _, end in assignment)
@@ -114,9 +120,7 @@ def b3_consume(settings: Settings, processes: int, timeout: float = 600.0) -> di
     assignor gives the processor's instances; every event is read exactly once.
     """
     names = [settings.topic(topics.LIKES), settings.topic(topics.COMMENTS)]
-    from mysocial.kafka import admin_client
-
-    admin = admin_client(settings.bootstrap)
+    admin = kafka_connection(settings).admin()
     ends: dict[tuple[str, int], int] = {}
     for name in names:
         ends.update(end_offsets(admin, name, settings.copartitions))
@@ -133,7 +137,8 @@ def b3_consume(settings: Settings, processes: int, timeout: float = 600.0) -> di
         assignment = [(t, p, ends[(t, p)]) for t in names for p in mine if ends[(t, p)] > 0]
         procs.append(
             ctx.Process(
-                target=_drain, args=(settings.bootstrap, assignment, counter, first_at, last_at)
+                target=_drain,
+                args=(kafka_connection(settings), assignment, counter, first_at, last_at),
             )
         )
     for p in procs:
@@ -158,19 +163,20 @@ def b4_latency(settings: Settings, rate: float, seconds: float) -> dict[str, Any
     """Produce at `rate` msg/s and measure produce → consume latency."""
     topic = settings.topic(topics.COMMENTS)
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap,
-            "group.id": f"bench-b4-{uuid.uuid4().hex}",
-            "auto.offset.reset": "latest",
-            "fetch.wait.max.ms": 5,
-            "isolation.level": "read_committed",
-        }
+        kafka_connection(settings).config(
+            {
+                "group.id": f"bench-b4-{uuid.uuid4().hex}",
+                "auto.offset.reset": "latest",
+                "fetch.wait.max.ms": 5,
+                "isolation.level": "read_committed",
+            }
+        )
     )
     consumer.subscribe([topic])
     while not consumer.assignment():
         consumer.poll(0.1)
     time.sleep(0.5)
-    producer = Producer(producer_config(settings.bootstrap, **{"linger.ms": 0}))
+    producer = Producer(producer_config(kafka_connection(settings), **{"linger.ms": 0}))
     latencies: list[float] = []
     sent: dict[bytes, float] = {}
     interval = 1.0 / rate

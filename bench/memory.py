@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 from bench.harness import Child, fresh_settings
 from mysocial.config import Settings
 from mysocial.kafka import topics
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.producer import producer_config
 from mysocial.v1 import events_pb2 as ev
@@ -26,7 +27,7 @@ from mysocial.v1 import resources_pb2 as res
 
 def write_posts(settings: Settings, n: int) -> None:
     """n realistic posts_with_counts records (caption ~60 characters)."""
-    producer = Producer(producer_config(settings.bootstrap, **{"linger.ms": 20}))
+    producer = Producer(producer_config(kafka_connection(settings), **{"linger.ms": 20}))
     topic = settings.topic(topics.POSTS_WITH_COUNTS)
     for i in range(n):
         pid = str(uuid.uuid4())

@@ -34,7 +34,7 @@ def run(engagements: int, posts: int, partitions: int) -> dict[str, object]:
             raise RuntimeError("processor did not catch up")
         build_s = time.monotonic() - started
         first.stop()
-        changelog = latest_by_key(bootstrap, settings.topic(topics.PROCESSOR_CHANGELOG))
+        changelog = latest_by_key(settings, settings.topic(topics.PROCESSOR_CHANGELOG))
         live_keys = sum(1 for v in changelog.values() if v is not None)
 
         warm = Child("processor", settings, logs / "warm.log")

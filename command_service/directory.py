@@ -23,7 +23,8 @@ from confluent_kafka import Message
 
 from mysocial.config import Settings
 from mysocial.events import InvalidEvent, check
-from mysocial.kafka import LONG_POLL_MS, admin_client, topics
+from mysocial.kafka import LONG_POLL_MS, topics
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.reader import end_offsets
 from mysocial.kafka.tail import Batch, TailReader
@@ -95,7 +96,7 @@ class Directory:
         self.reader: TailReader[ev.Event] = TailReader(
             "directory-reader",
             loop,
-            settings.bootstrap,
+            kafka_connection(settings),
             [self.topic_posts, self.topic_comments],
             self._decode,
             self._apply,
@@ -105,7 +106,7 @@ class Directory:
                 "fetch.wait.max.ms": LONG_POLL_MS,
             },
         )
-        self.admin = admin_client(settings.bootstrap)  # end-offset queries, off the reader
+        self.admin = kafka_connection(settings).admin()  # end-offset queries, off the reader
 
     @property
     def failure(self) -> asyncio.Future[BaseException]:

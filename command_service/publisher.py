@@ -6,6 +6,7 @@ from command_service.commands import PreparedEvent
 from mysocial.config import Settings
 from mysocial.consistency import ConsistencyToken
 from mysocial.errors import Unavailable
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.producer import AsyncProducer, Delivered, DeliveryError, producer_config
 from mysocial.log import get_logger
 
@@ -28,7 +29,9 @@ class Publisher:
         # instead of linger.ms, which librdkafka times per partition (measured on
         # LikePost: linger 5 ms 2,400 req/s; window 3 ms and linger 0 2,600-2,800).
         self._producer = producer or AsyncProducer(
-            producer_config(settings.bootstrap, **{"linger.ms": 0, "compression.type": "none"}),
+            producer_config(
+                kafka_connection(settings), **{"linger.ms": 0, "compression.type": "none"}
+            ),
             window_s=PRODUCE_WINDOW_S,
         )
 

@@ -25,15 +25,20 @@ from command_service.publisher import Publisher
 from command_service.servicer import CommandServicer
 from media.library import MediaLibrary
 from mysocial import log as logconf
-from mysocial.config import DEV_JWT_SECRET, Settings, split_addr
+from mysocial.config import ConfigError, Settings, split_addr
 from mysocial.kafka.tail import ReaderFailed
 from mysocial.process import tune_gc
 from mysocial.rpc import RunningServer, run_until_stopped, start_server
+from mysocial.startup import kafka_or_exit, settings_or_exit
 from mysocial.v1 import command_service_pb2, command_service_pb2_grpc
 
 log = logconf.get_logger("command.server")
 
 DIRECTORY_LOAD_TIMEOUT_S = 300.0
+DEV_SECRET_REFUSED = (
+    "MYSOCIAL_JWT_SECRET (or MYSOCIAL_JWT_SECRET_FILE) is not set, and the public "
+    "development secret is only accepted with MYSOCIAL_DEV_MODE=1"
+)
 SERVICE_NAME = command_service_pb2.DESCRIPTOR.services_by_name["CommandService"].full_name
 
 
@@ -53,12 +58,10 @@ class CommandServer:
     @classmethod
     async def start(cls, settings: Settings, addr: str | None = None) -> CommandServer:
         """Start serving on addr (default: settings.command_addr; port 0 = any free port)."""
-        if not settings.jwt_secret:
-            log.warning(
-                "dev_jwt_secret_in_use",
-                secret=DEV_JWT_SECRET,
-                hint="set MYSOCIAL_JWT_SECRET in production",
-            )
+        if settings.uses_dev_jwt_secret:
+            if not settings.dev_mode:
+                raise ConfigError(DEV_SECRET_REFUSED)
+            log.warning("dev_jwt_secret_in_use", hint="development mode (MYSOCIAL_DEV_MODE=1)")
         publisher = Publisher(settings)
         directory = Directory(settings, asyncio.get_running_loop())
         directory.start()
@@ -133,6 +136,11 @@ def _reserve_port(addr: str) -> tuple[str, socket.socket | None]:
 def run(settings: Settings) -> int:
     """Run the configured number of worker processes until SIGTERM/SIGINT."""
     logconf.configure(settings.log_level, settings.log_format, "command_service")
+    if settings.uses_dev_jwt_secret and not settings.dev_mode:
+        # Anyone can sign tokens with the public development secret: act as anyone.
+        log.error("dev_jwt_secret_refused", setting="MYSOCIAL_JWT_SECRET", error=DEV_SECRET_REFUSED)
+        return 2
+    kafka_or_exit(settings)
     workers = settings.effective_command_workers
     if workers == 1:
         return _worker(settings, settings.command_addr)
@@ -180,4 +188,4 @@ def run(settings: Settings) -> int:
 
 
 def main() -> None:
-    sys.exit(run(Settings.from_env()))
+    sys.exit(run(settings_or_exit("command_service")))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from mysocial import log as logconf
 from mysocial.config import Settings
 from mysocial.kafka.broker import BrokerError, EmbeddedBroker
+from mysocial.kafka.preflight import preflight
 from mysocial.kafka.topics import TopicMismatchError, provision
 
 log = logconf.get_logger("run")
@@ -54,6 +55,9 @@ def available_services() -> list[str]:
 
 
 def main() -> int:
+    # Development: the services accept the public development JWT secret (unless
+    # MYSOCIAL_JWT_SECRET is set) and the CLI mints tokens with it.
+    os.environ.setdefault("MYSOCIAL_DEV_MODE", "1")
     settings = Settings.from_env()
     logconf.configure(settings.log_level, settings.log_format, "run")
     stopping = False
@@ -84,6 +88,9 @@ def main() -> int:
 
 
 def _run_services(settings: Settings, stopping: Callable[[], bool]) -> int:
+    unusable = preflight(settings)  # the cluster: one line naming the setting to fix
+    if unusable:
+        return unusable
     try:
         created = provision(settings)
         log.info("topics_ready", created=created)

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from mysocial import settings_doc
+from mysocial.settings_doc import Setting
+
 DEV_JWT_SECRET = "mysocial-dev-secret-do-not-use-in-production"
 DAY_MS = 24 * 60 * 60 * 1000
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -21,18 +24,14 @@ class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
 
 
-@dataclass(frozen=True)
-class Setting:
-    """Documentation of one environment variable (rendered in docs/SETTINGS.md)."""
-
-    env: str
-    default: str
-    doc: str
-
-
-def _setting(env: str, default: Any, doc: str, *, aliases: tuple[str, ...] = ()) -> Any:
-    """A field read from `env` (or, for renamed settings, from an older name in `aliases`)."""
-    return field(default=default, metadata={"env": env, "doc": doc, "aliases": aliases})
+def _setting(
+    env: str, default: Any, doc: str, *, aliases: tuple[str, ...] = (), secret: bool = False
+) -> Any:
+    """A field read from `env` (or, for renamed settings, from an older name in `aliases`);
+    a secret is left out of the settings' repr, so it never reaches a log line."""
+    return field(
+        default=default, repr=not secret, metadata={"env": env, "doc": doc, "aliases": aliases}
+    )
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,74 @@ class Settings:
         "MYSOCIAL_KAFKA_DATA_DIR",
         str(PROJECT_ROOT / ".cache" / "kafka-data"),
         "Log directory of the embedded broker.",
+    )
+    kafka_security_protocol: str = _setting(
+        "MYSOCIAL_KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "How every Kafka client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (what "
+        "managed clusters require); see docs/OPERATIONS.md.",
+    )
+    kafka_sasl_mechanism: str = _setting(
+        "MYSOCIAL_KAFKA_SASL_MECHANISM",
+        "",
+        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; required by the SASL_* protocols (another "
+        "mechanism: `sasl.mechanism` in MYSOCIAL_KAFKA_CLIENT_PROPERTIES).",
+    )
+    kafka_sasl_username: str = _setting(
+        "MYSOCIAL_KAFKA_SASL_USERNAME", "", "SASL user name (Confluent Cloud: the API key)."
+    )
+    kafka_sasl_password: str = _setting(
+        "MYSOCIAL_KAFKA_SASL_PASSWORD",
+        "",
+        "SASL password (Confluent Cloud: the API secret); or MYSOCIAL_KAFKA_SASL_PASSWORD_FILE.",
+        secret=True,
+    )
+    kafka_sasl_password_file: str = _setting(
+        "MYSOCIAL_KAFKA_SASL_PASSWORD_FILE",
+        "",
+        "A file holding the SASL password (e.g. a mounted secret; a final newline is ignored).",
+    )
+    kafka_ssl_ca_path: str = _setting(
+        "MYSOCIAL_KAFKA_SSL_CA_PATH",
+        "",
+        "PEM file of the CA certificates the brokers' certificates are checked against; "
+        "empty: the system's CA certificates (enough for public managed clusters).",
+    )
+    kafka_ssl_certificate_path: str = _setting(
+        "MYSOCIAL_KAFKA_SSL_CERTIFICATE_PATH",
+        "",
+        "Client certificate (PEM) for clusters that authenticate clients by mutual TLS.",
+    )
+    kafka_ssl_key_path: str = _setting(
+        "MYSOCIAL_KAFKA_SSL_KEY_PATH", "", "Private key (PEM) of the client certificate."
+    )
+    kafka_ssl_key_password: str = _setting(
+        "MYSOCIAL_KAFKA_SSL_KEY_PASSWORD",
+        "",
+        "Password of an encrypted client key; or MYSOCIAL_KAFKA_SSL_KEY_PASSWORD_FILE.",
+        secret=True,
+    )
+    kafka_ssl_key_password_file: str = _setting(
+        "MYSOCIAL_KAFKA_SSL_KEY_PASSWORD_FILE", "", "A file holding the client key's password."
+    )
+    kafka_client_properties: str = _setting(
+        "MYSOCIAL_KAFKA_CLIENT_PROPERTIES",
+        "",
+        "Any other librdkafka properties for every Kafka client, `name=value;name=value` "
+        "(e.g. `client.dns.lookup=use_all_dns_ips`). They cannot replace a setting above "
+        "nor what a client sets for its own correctness (group, isolation, idempotence).",
+    )
+    kafka_client_properties_file: str = _setting(
+        "MYSOCIAL_KAFKA_CLIENT_PROPERTIES_FILE",
+        "",
+        "A Java-style .properties file (`name=value` lines, `#` comments) of such "
+        "properties; MYSOCIAL_KAFKA_CLIENT_PROPERTIES wins for a name in both.",
+    )
+    kafka_startup_timeout_s: float = _setting(
+        "MYSOCIAL_KAFKA_STARTUP_TIMEOUT_S",
+        30.0,
+        "How long a service waits at start for the cluster to answer; then (or at once on "
+        "refused credentials) it exits with one log line naming the setting to check.",
     )
     topic_namespace: str = _setting(
         "MYSOCIAL_TOPIC_NAMESPACE",
@@ -88,8 +155,19 @@ class Settings:
     jwt_secret: str = _setting(
         "MYSOCIAL_JWT_SECRET",
         "",
-        "HS256 secret of bearer tokens (`sub` = user id, `exp` enforced). Empty: a "
-        "development secret is used and a warning is logged.",
+        "HS256 secret of bearer tokens (`sub` = user id, `exp` enforced); or "
+        "MYSOCIAL_JWT_SECRET_FILE. Empty: the public development secret, which the command "
+        "service accepts only with MYSOCIAL_DEV_MODE=1.",
+        secret=True,
+    )
+    jwt_secret_file: str = _setting(
+        "MYSOCIAL_JWT_SECRET_FILE", "", "A file holding the JWT secret (final newline ignored)."
+    )
+    dev_mode: bool = _setting(
+        "MYSOCIAL_DEV_MODE",
+        False,
+        "Development: allows the development JWT secret. `make run` and the tests set it; "
+        "never set it in production.",
     )
     token_ttl_s: int = _setting(
         "MYSOCIAL_TOKEN_TTL_S", 24 * 3600, "Lifetime of tokens minted by `mysocial token`."
@@ -250,6 +328,15 @@ class Settings:
             raise ConfigError(
                 f"MYSOCIAL_PROCESSOR_CORE must be native or python, not {self.processor_core!r}"
             )
+        # Files named by settings; Kafka security combinations: mysocial.kafka.connection.
+        secrets = {f.name for f in fields(self) if not f.repr}
+        for f in fields(self):
+            env, value = f.metadata["env"], getattr(self, f.name)
+            if env.endswith(("_PATH", "_FILE")) and value and not os.access(value, os.R_OK):
+                raise ConfigError(f"{env}={value!r}: no readable file there")
+            secret = f.name.removesuffix("_file")
+            if value and secret != f.name and secret in secrets and getattr(self, secret):
+                raise ConfigError(f"set {env.removesuffix('_FILE')} or {env}, not both")
 
     def with_(self, **changes: Any) -> Settings:
         """Return a copy with some values changed (tests, sub-processes)."""
@@ -273,7 +360,12 @@ class Settings:
 
     @property
     def effective_jwt_secret(self) -> str:
-        return self.jwt_secret or DEV_JWT_SECRET
+        """The configured secret (or its file's), else the public development one."""
+        return self.jwt_secret or read_secret(self.jwt_secret_file) or DEV_JWT_SECRET
+
+    @property
+    def uses_dev_jwt_secret(self) -> bool:
+        return not (self.jwt_secret or self.jwt_secret_file)
 
     @property
     def effective_command_workers(self) -> int:
@@ -304,6 +396,12 @@ def _parse(name: str, raw: str, default: Any) -> Any:
     return raw
 
 
+def read_secret(path: str) -> str:
+    """The secret in a `*_FILE` setting's file ("" when unset); a final newline is not
+    part of it (`echo secret > file` adds one)."""
+    return Path(path).read_text().rstrip("\r\n") if path else ""
+
+
 def split_addr(addr: str, what: str = "address") -> tuple[str, int]:
     """Split ``host:port``; raises ConfigError naming the setting when malformed."""
     host, sep, port = addr.rpartition(":")
@@ -317,34 +415,11 @@ def documented_settings() -> list[Setting]:
     return [Setting(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(Settings)]
 
 
-SETTINGS_DOC = PROJECT_ROOT / "docs" / "SETTINGS.md"
-SETTINGS_BEGIN = "<!-- settings:begin -->"
-SETTINGS_END = "<!-- settings:end -->"
-
-
 def settings_markdown() -> str:
     """The settings table of docs/SETTINGS.md (kept in sync by `python -m mysocial.config`)."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for s in documented_settings():
-        default = s.default.replace(str(PROJECT_ROOT), ".") if s.default else "(empty)"
-        rows.append(f"| `{s.env}` | `{default}` | {s.doc} |")
-    return "\n".join(rows)
-
-
-def sync_settings_doc(path: Path = SETTINGS_DOC) -> bool:
-    """Rewrite the table between the settings markers of `path`; True if it changed."""
-    text = path.read_text()
-    if SETTINGS_BEGIN not in text or SETTINGS_END not in text:
-        raise ConfigError(f"{path} lacks the {SETTINGS_BEGIN} / {SETTINGS_END} markers")
-    head, _, rest = text.partition(SETTINGS_BEGIN)
-    _, _, tail = rest.partition(SETTINGS_END)
-    new = f"{head}{SETTINGS_BEGIN}\n{settings_markdown()}\n{SETTINGS_END}{tail}"
-    if new != text:
-        path.write_text(new)
-        return True
-    return False
+    return settings_doc.markdown(documented_settings())
 
 
 if __name__ == "__main__":
-    done = "updated" if sync_settings_doc() else "already up to date"
-    print(f"{SETTINGS_DOC.relative_to(PROJECT_ROOT)} {done}")
+    done = "updated" if settings_doc.sync(documented_settings()) else "already up to date"
+    print(f"{settings_doc.SETTINGS_DOC.relative_to(PROJECT_ROOT)} {done}")

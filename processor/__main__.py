@@ -2,8 +2,7 @@
 
 import sys
 
-from mysocial import log as logconf
-from mysocial.config import Settings
+from mysocial.startup import kafka_or_exit, settings_or_exit
 
 
 def main() -> int:
@@ -15,8 +14,8 @@ def main() -> int:
     if args and args[0] not in ("run",):
         print("usage: python -m processor [run | audit [--wait SECONDS] [--no-trending]]")
         return 2
-    settings = Settings.from_env()
-    logconf.configure(settings.log_level, settings.log_format, "processor")
+    settings = settings_or_exit("processor")
+    kafka_or_exit(settings)
     from processor.engine import main as run_main
 
     return run_main(settings)

@@ -55,7 +55,7 @@ def wait_caught_up(settings: Settings, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         lag = group_lag(
-            settings.bootstrap,
+            settings,
             settings.topic(topics.PROCESSOR_GROUP),
             [settings.topic(n) for n in names],
             written_by_processor,
@@ -76,9 +76,7 @@ def wait_fresh_ranking(settings: Settings, since_ms: int, timeout: float) -> boo
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        raw = latest_by_key(settings.bootstrap, settings.topic(topics.TRENDING_POSTS)).get(
-            b"global"
-        )
+        raw = latest_by_key(settings, settings.topic(topics.TRENDING_POSTS)).get(b"global")
         if raw is not None:
             ranking = res.TrendingRanking()
             ranking.ParseFromString(raw)
@@ -103,17 +101,16 @@ def settle(settings: Settings, timeout: float) -> bool:
 
 def audit(settings: Settings, check_trending: bool = True) -> AuditReport:
     report = AuditReport()
-    bootstrap = settings.bootstrap
     t = settings.topic
     truth = truth_mod.compute(
-        read_topic(bootstrap, t(topics.POSTS)),
-        read_topic(bootstrap, t(topics.LIKES)),
-        read_topic(bootstrap, t(topics.COMMENTS)),
+        read_topic(settings, t(topics.POSTS)),
+        read_topic(settings, t(topics.LIKES)),
+        read_topic(settings, t(topics.COMMENTS)),
         settings.posts_partitions,
         settings.copartitions,
     )
     report.invalid_events = truth.invalid
-    table = latest_by_key(bootstrap, t(topics.POSTS_WITH_COUNTS))
+    table = latest_by_key(settings, t(topics.POSTS_WITH_COUNTS))
     live = truth.live()
     report.live_posts = len(live)
     keys = {k.decode() for k in table} | set(truth.posts)
@@ -146,7 +143,7 @@ def audit(settings: Settings, check_trending: bool = True) -> AuditReport:
 
 
 def _audit_trending(settings: Settings, truth: truth_mod.Truth, report: AuditReport) -> None:
-    table = latest_by_key(settings.bootstrap, settings.topic(topics.TRENDING_POSTS))
+    table = latest_by_key(settings, settings.topic(topics.TRENDING_POSTS))
     raw = table.get(b"global")
     cfg = TrendingConfig.from_settings(settings)
     if raw is None:

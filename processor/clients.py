@@ -3,7 +3,8 @@
 Per instance: the main consumer (the group, read_committed), the transactional
 producer (every output, changelog record and consumed offset of a commit goes through
 it), the restore consumer (reads changelogs and the trending candidates back into
-local state; no group offsets) and a consumer that only asks for watermarks.
+local state; no group offsets) and a consumer that only asks for watermarks. Each
+starts from the deployment's connection (mysocial.kafka.connection: servers, TLS, SASL).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from confluent_kafka import Consumer, Producer
 
 from mysocial.config import Settings
-from mysocial.kafka import client_logger
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.topics import PROCESSOR_GROUP
 
 
@@ -25,66 +26,66 @@ def main_consumer(settings: Settings) -> Consumer:
     posts, and the trending candidates."""
     group = group_id(settings)
     return Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap,
-            "group.id": group,
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "range",
-            # Static membership: a restarted instance (same id) takes its partitions
-            # back without a rebalance; zombies are fenced by instance id.
-            "group.instance.id": f"{group}.{settings.processor_instance_id}",
-            "session.timeout.ms": settings.processor_session_timeout_ms,
-            "heartbeat.interval.ms": max(500, settings.processor_session_timeout_ms // 5),
-            # Restores run from the main loop, which keeps polling meanwhile, so the
-            # default poll interval (5 min) holds even for a long changelog replay.
-            "max.poll.interval.ms": 300_000,
-            "fetch.wait.max.ms": 50,
-            # The prefetch queue is a fixed buffer (librdkafka's default 64 MiB,
-            # stated here because M1 counts it as fixed): bounding it lower cost
-            # 15-20 % of catch-up throughput in T2.
-            "queued.max.messages.kbytes": 65_536,
-            "logger": client_logger(),
-        }
+        kafka_connection(settings).config(
+            {
+                "group.id": group,
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "range",
+                # Static membership: a restarted instance (same id) takes its partitions
+                # back without a rebalance; zombies are fenced by instance id.
+                "group.instance.id": f"{group}.{settings.processor_instance_id}",
+                "session.timeout.ms": settings.processor_session_timeout_ms,
+                "heartbeat.interval.ms": max(500, settings.processor_session_timeout_ms // 5),
+                # Restores run from the main loop, which keeps polling meanwhile, so the
+                # default poll interval (5 min) holds even for a long changelog replay.
+                "max.poll.interval.ms": 300_000,
+                "fetch.wait.max.ms": 50,
+                # The prefetch queue is a fixed buffer (librdkafka's default 64 MiB,
+                # stated here because M1 counts it as fixed): bounding it lower cost
+                # 15-20 % of catch-up throughput in T2.
+                "queued.max.messages.kbytes": 65_536,
+            }
+        )
     )
 
 
 def transactional_producer(settings: Settings) -> Producer:
     """One transactional id per instance id: a restarted instance fences its zombie."""
     return Producer(
-        {
-            "bootstrap.servers": settings.bootstrap,
-            "transactional.id": f"{group_id(settings)}.{settings.processor_instance_id}",
-            "transaction.timeout.ms": settings.processor_transaction_timeout_ms,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "batch.num.messages": 10000,
-            "queue.buffering.max.messages": 2_000_000,
-            "queue.buffering.max.kbytes": 1_048_576,
-            # As Kafka Streams' default: on two cores the CPU compression takes from
-            # the broker and the processor costs more than the bytes it saves.
-            "compression.type": "none",
-            "partitioner": "murmur2_random",
-            "logger": client_logger(),
-        }
+        kafka_connection(settings).config(
+            {
+                "transactional.id": f"{group_id(settings)}.{settings.processor_instance_id}",
+                "transaction.timeout.ms": settings.processor_transaction_timeout_ms,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "batch.num.messages": 10000,
+                "queue.buffering.max.messages": 2_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+                # As Kafka Streams' default: on two cores the CPU compression takes from
+                # the broker and the processor costs more than the bytes it saves.
+                "compression.type": "none",
+                "partitioner": "murmur2_random",
+            }
+        )
     )
 
 
 def restore_consumer(settings: Settings) -> Consumer:
     """Manual assignment only; end of partition reported so a replay knows it is done."""
     return Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap,
-            "group.id": f"{group_id(settings)}.restore",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 10,
-            "logger": client_logger(),
-        }
+        kafka_connection(settings).config(
+            {
+                "group.id": f"{group_id(settings)}.restore",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 10,
+            }
+        )
     )
 
 
@@ -93,11 +94,11 @@ def watermark_consumer(settings: Settings) -> Consumer:
     read_committed consumer reports the last stable offset as the high watermark, and a
     restore must read to the true end (processor/restore.py)."""
     return Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap,
-            "group.id": f"{group_id(settings)}.watermarks",
-            "isolation.level": "read_uncommitted",
-            "enable.auto.commit": False,
-            "logger": client_logger(),
-        }
+        kafka_connection(settings).config(
+            {
+                "group.id": f"{group_id(settings)}.watermarks",
+                "isolation.level": "read_uncommitted",
+                "enable.auto.commit": False,
+            }
+        )
     )

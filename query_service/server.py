@@ -18,6 +18,7 @@ from mysocial import log as logconf
 from mysocial.config import Settings
 from mysocial.process import tune_gc
 from mysocial.rpc import RunningServer, run_until_stopped, start_server
+from mysocial.startup import kafka_or_exit, settings_or_exit
 from mysocial.v1 import query_service_pb2
 from query_service.service import ReadSide
 from query_service.servicer import QueryServicer, register
@@ -81,6 +82,6 @@ async def _main(settings: Settings) -> int:
 
 
 def main() -> None:
-    settings = Settings.from_env()
-    logconf.configure(settings.log_level, settings.log_format, "query_service")
+    settings = settings_or_exit("query_service")
+    kafka_or_exit(settings)
     sys.exit(asyncio.run(_main(settings)))

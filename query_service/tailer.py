@@ -22,6 +22,7 @@ from confluent_kafka import Message
 from mysocial.config import Settings
 from mysocial.events import InvalidEvent, check, event_time_ms
 from mysocial.kafka import topics
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.tail import Batch, TailReader
 from mysocial.log import get_logger
 from mysocial.v1 import events_pb2 as ev
@@ -77,7 +78,7 @@ class Tailer:
         self.reader: TailReader[Item] = TailReader(
             "kafka-tailer",
             loop,
-            settings.bootstrap,
+            kafka_connection(settings),
             list(self.kinds),
             self._decode_message,
             self._apply,

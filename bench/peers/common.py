@@ -26,7 +26,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from google.protobuf.message import DecodeError
 
 from mysocial.config import Settings
-from mysocial.kafka import admin_client, client_logger, topics
+from mysocial.kafka import topics
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.reader import group_lag, iter_topic, latest_by_key
 from mysocial.kafka.topics import TopicSpec, ensure_topics
 from mysocial.v1 import events_pb2 as ev
@@ -60,7 +61,7 @@ def create_output_topic(settings: Settings, name: str) -> str:
     """Create the peer's compacted output topic, co-partitioned with likes; its name."""
     topic = output_topic(settings, name)
     spec = TopicSpec(topic, settings.copartitions, {"cleanup.policy": "compact"})
-    ensure_topics(admin_client(settings.bootstrap), [spec])
+    ensure_topics(kafka_connection(settings).admin(), [spec])
     return topic
 
 
@@ -78,7 +79,7 @@ def ground_truth(settings: Settings, timeout: float = 300.0) -> dict[str, tuple[
     """
     posts: dict[str, PostTruth] = {}
     for topic in input_topics(settings):
-        for rec in iter_topic(settings.bootstrap, topic, timeout):
+        for rec in iter_topic(settings, topic, timeout):
             if rec.key is None or rec.value is None:
                 continue
             key = rec.key.decode()
@@ -111,7 +112,7 @@ def verify(settings: Settings, name: str) -> tuple[int, int]:
     A post the peer never wrote counts as (0, 0): a peer writes only when a count changes.
     """
     truth = ground_truth(settings)
-    table = latest_by_key(settings.bootstrap, output_topic(settings, name))
+    table = latest_by_key(settings, output_topic(settings, name))
     got = {
         k.decode(): COUNTS.unpack(v) if v is not None and len(v) == COUNTS.size else (-1, -1)
         for k, v in table.items()
@@ -187,7 +188,7 @@ _RETRIABLE = {
 def _lag(settings: Settings, group: str) -> int | None:
     """group_lag on the input topics; None while the group coordinator is not available."""
     try:
-        return group_lag(settings.bootstrap, group, input_topics(settings))
+        return group_lag(settings, group, input_topics(settings))
     except KafkaException as exc:
         err = exc.args[0] if exc.args else None
         if isinstance(err, KafkaError) and (err.code() in _RETRIABLE or err.retriable()):
@@ -210,11 +211,7 @@ def warm_up_broker(settings: Settings, timeout: float = 60.0) -> None:
     would be charged to whichever peer runs first; a long-running cluster has them.
     """
     producer = Producer(
-        {
-            "bootstrap.servers": settings.bootstrap,
-            "transactional.id": f"peer-warm-up-{uuid.uuid4().hex}",
-            "logger": client_logger(),
-        }
+        kafka_connection(settings).config({"transactional.id": f"peer-warm-up-{uuid.uuid4().hex}"})
     )
     producer.init_transactions(timeout)
     producer.begin_transaction()

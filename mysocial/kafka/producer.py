@@ -22,7 +22,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from mysocial.kafka import client_logger
+from mysocial.kafka.connection import KafkaConnection
 from mysocial.log import get_logger
 
 log = get_logger("kafka.producer")
@@ -45,14 +45,13 @@ class DeliveryError(Exception):
     """The record was not acknowledged (broker unreachable, timed out, fatal error)."""
 
 
-def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
+def producer_config(connection: KafkaConnection, **overrides: Any) -> dict[str, Any]:
     """Idempotent, acks=all producer configuration shared by every writer.
 
     murmur2_random is the Java client's partitioner: keys land on the same partition
     whoever writes them (this producer, Kafka Streams, the console tools).
     """
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
         "enable.idempotence": True,
         "acks": "all",
         "partitioner": "murmur2_random",
@@ -60,10 +59,9 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
         "compression.type": "lz4",
         "message.timeout.ms": 30000,
         "socket.keepalive.enable": True,
-        "logger": client_logger(),
     }
     config.update(overrides)
-    return config
+    return connection.config(config)
 
 
 class AsyncProducer:

@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from mysocial.kafka import client_logger
+from mysocial.kafka.connection import Cluster, connection_of
 
 # While a broker restarts or a leader moves, metadata may briefly not know a
 # partition: retried until the caller's deadline, then raised.
@@ -50,17 +50,15 @@ def to_record(msg: Any) -> Record:
     )
 
 
-def _consumer(bootstrap: str, isolation: str = "read_committed", **extra: Any) -> Consumer:
+def _consumer(cluster: Cluster, isolation: str = "read_committed", **extra: Any) -> Consumer:
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
         "group.id": f"mysocial.reader.{uuid.uuid4().hex}",
         "enable.auto.commit": False,
         "isolation.level": isolation,
         "enable.partition.eof": True,
-        "logger": client_logger(),
     }
     config.update(extra)
-    return Consumer(config)
+    return Consumer(connection_of(cluster).config(config))
 
 
 def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float) -> tuple[int, int]:
@@ -89,10 +87,10 @@ def partitions_of(consumer: Consumer, topic: str, timeout: float) -> list[int]:
 
 
 def iter_topic(
-    bootstrap: str, topic: str, timeout: float = 60.0, isolation: str = "read_committed"
+    cluster: Cluster, topic: str, timeout: float = 60.0, isolation: str = "read_committed"
 ) -> Iterator[Record]:
     """Every visible record of topic from the beginning to its end at call time."""
-    consumer = _consumer(bootstrap, isolation)
+    consumer = _consumer(cluster, isolation)
     try:
         ends = {
             p: watermarks(consumer, topic, p, timeout)[1]
@@ -123,15 +121,15 @@ def iter_topic(
 
 
 def read_topic(
-    bootstrap: str, topic: str, timeout: float = 60.0, isolation: str = "read_committed"
+    cluster: Cluster, topic: str, timeout: float = 60.0, isolation: str = "read_committed"
 ) -> list[Record]:
-    return list(iter_topic(bootstrap, topic, timeout, isolation))
+    return list(iter_topic(cluster, topic, timeout, isolation))
 
 
-def latest_by_key(bootstrap: str, topic: str, timeout: float = 60.0) -> dict[bytes, bytes | None]:
+def latest_by_key(cluster: Cluster, topic: str, timeout: float = 60.0) -> dict[bytes, bytes | None]:
     """The table view of a compacted topic: last value per key (None = tombstone)."""
     table: dict[bytes, bytes | None] = {}
-    for rec in iter_topic(bootstrap, topic, timeout):
+    for rec in iter_topic(cluster, topic, timeout):
         if rec.key is not None:
             table[rec.key] = rec.value
     return table
@@ -149,15 +147,13 @@ def end_offsets(
 
 
 def stable_partitions(
-    bootstrap: str, topic: str, partitions: list[int], timeout: float
+    cluster: Cluster, topic: str, partitions: list[int], timeout: float
 ) -> dict[int, bool]:
     """Per partition: True when no transaction is open (last stable offset = end)."""
     from confluent_kafka import IsolationLevel
     from confluent_kafka.admin import OffsetSpec
 
-    from mysocial.kafka import admin_client
-
-    admin = admin_client(bootstrap)
+    admin = connection_of(cluster).admin()
     ends = {}
     for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
         request = {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}  # type: ignore[no-untyped-call]
@@ -168,7 +164,7 @@ def stable_partitions(
 
 
 def last_visible_offsets(
-    bootstrap: str, topic: str, timeout: float = 30.0, transactional: bool = True
+    cluster: Cluster, topic: str, timeout: float = 30.0, transactional: bool = True
 ) -> dict[int, tuple[int, bool]]:
     """Per partition: (offset just past the last committed data record, settled).
 
@@ -178,7 +174,7 @@ def last_visible_offsets(
     is below the high watermark): records may still appear below the end, so nobody
     can be "caught up" yet. Non-transactional topics: (high watermark, True).
     """
-    consumer = _consumer(bootstrap, "read_committed", **{"fetch.wait.max.ms": 10})
+    consumer = _consumer(cluster, "read_committed", **{"fetch.wait.max.ms": 10})
     try:
         marks = {
             p: watermarks(consumer, topic, p, timeout)
@@ -186,7 +182,7 @@ def last_visible_offsets(
         }
         if not transactional:
             return {p: (high, True) for p, (_, high) in marks.items()}
-        stable = stable_partitions(bootstrap, topic, list(marks), timeout)
+        stable = stable_partitions(cluster, topic, list(marks), timeout)
         out = {p: (0, stable[p]) for p in marks}
         window = 64
         todo = {p for p, (low, high) in marks.items() if high > low}
@@ -222,7 +218,7 @@ def last_visible_offsets(
 
 
 def group_lag(
-    bootstrap: str,
+    cluster: Cluster,
     group: str,
     topics_: list[str],
     transactional: frozenset[str] = frozenset(),
@@ -233,11 +229,11 @@ def group_lag(
     Topics in `transactional` are written in transactions: their end is the last
     visible record, not the high watermark (which counts commit markers).
     """
-    consumer = _consumer(bootstrap, **{"group.id": group})
+    consumer = _consumer(cluster, **{"group.id": group})
     try:
         total = 0
         for topic in topics_:
-            ends = last_visible_offsets(bootstrap, topic, timeout, topic in transactional)
+            ends = last_visible_offsets(cluster, topic, timeout, topic in transactional)
             committed = consumer.committed(
                 [TopicPartition(topic, p) for p in ends], timeout=timeout
             )

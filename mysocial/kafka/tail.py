@@ -36,7 +36,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from mysocial.kafka import client_logger, consume_batch
+from mysocial.kafka import consume_batch
+from mysocial.kafka.connection import KafkaConnection
 from mysocial.kafka.reader import partitions_of, watermarks
 from mysocial.log import get_logger
 
@@ -79,7 +80,7 @@ class TailReader(Generic[T]):
         self,
         name: str,
         loop: asyncio.AbstractEventLoop,
-        bootstrap: str,
+        connection: KafkaConnection,
         topics: Sequence[str],
         decode: Callable[[Message], T | None],
         apply: Callable[[Batch[T]], None],
@@ -109,15 +110,13 @@ class TailReader(Generic[T]):
         # pending after a requested stop.
         self.failure: asyncio.Future[BaseException] = loop.create_future()
         config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
             "group.id": f"mysocial.tail.{name}.unused",  # required; assign() uses no group
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
-            "logger": client_logger(),
         }
         config.update(consumer_config or {})
-        self.consumer = Consumer(config)
+        self.consumer = Consumer(connection.config(config))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 

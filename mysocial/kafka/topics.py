@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from mysocial.config import Settings
-from mysocial.kafka import admin_client
+from mysocial.kafka.connection import kafka_connection
 
 # Contract names (DESIGN.md, "Topics").
 POSTS = "posts"
@@ -173,7 +173,7 @@ def _check_cleanup(admin: AdminClient, specs: list[TopicSpec], timeout: float) -
 
 def provision(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Ensure every topic of this deployment exists with the right layout."""
-    admin = admin_client(settings.bootstrap)
+    admin = kafka_connection(settings).admin()
     return ensure_topics(admin, topic_specs(settings), timeout)
 
 

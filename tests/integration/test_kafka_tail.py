@@ -12,6 +12,7 @@ from confluent_kafka import Message, Producer
 
 from mysocial.config import Settings
 from mysocial.kafka import topics
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.tail import Batch, ReaderFailed, TailReader
 
 Item = tuple[int, int, bytes]
@@ -19,7 +20,7 @@ Item = tuple[int, int, bytes]
 
 def produce(settings: Settings, topic: str, counts: dict[int, int], tag: str) -> None:
     """counts[p] records on partition p, with values f"{tag}-{p}-{i}"."""
-    producer = Producer({"bootstrap.servers": settings.bootstrap})
+    producer = Producer(kafka_connection(settings).config())
     for p, n in counts.items():
         for i in range(n):
             producer.produce(topic, f"{tag}-{p}-{i}".encode(), partition=p)
@@ -67,7 +68,7 @@ def test_reads_from_start_offsets_reports_caught_up_once_then_follows(
         reader: TailReader[Item] = TailReader(
             "test-tail",
             asyncio.get_running_loop(),
-            settings.bootstrap,
+            kafka_connection(settings),
             [topic],
             decode,
             seen.apply,
@@ -110,7 +111,7 @@ def test_nothing_to_read_is_caught_up_at_once(settings: Settings) -> None:
         reader: TailReader[Item] = TailReader(
             "test-tail",
             asyncio.get_running_loop(),
-            settings.bootstrap,
+            kafka_connection(settings),
             [topic],
             decode,
             seen.apply,
@@ -145,7 +146,7 @@ def test_an_exception_in_a_callback_fails_the_reader(settings: Settings, where: 
         reader: TailReader[Item] = TailReader(
             "test-tail",
             asyncio.get_running_loop(),
-            settings.bootstrap,
+            kafka_connection(settings),
             [topic],
             failing_decode,
             failing_apply if where == "apply" else seen.apply,
@@ -168,7 +169,7 @@ def test_a_missing_topic_fails_the_reader(settings: Settings) -> None:
         reader: TailReader[Item] = TailReader(
             "test-tail",
             asyncio.get_running_loop(),
-            settings.bootstrap,
+            kafka_connection(settings),
             [settings.topic("never-provisioned")],
             decode,
             lambda batch: None,
@@ -189,7 +190,7 @@ def test_start_offsets_must_be_real_offsets(settings: Settings) -> None:
             TailReader(
                 "test-tail",
                 loop,
-                settings.bootstrap,
+                kafka_connection(settings),
                 ["x"],
                 decode,
                 lambda batch: None,

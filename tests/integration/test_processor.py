@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 
 from command_service import commands
 from mysocial.config import PROJECT_ROOT, Settings
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.reader import latest_by_key, read_topic
 from mysocial.v1 import command_service_pb2 as cmd
@@ -84,7 +85,7 @@ def test_poison_records_go_to_the_dead_letter_topic_once(
             stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(addr))
             post = stub.CreatePost(cmd.CreatePostRequest(caption="target"), metadata=auth("alice"))
             pid = post.post_id
-            producer = Producer({"bootstrap.servers": s.bootstrap, "partitioner": "murmur2_random"})
+            producer = Producer(kafka_connection(s).config({"partitioner": "murmur2_random"}))
             poison = [b"\xff\xfe not protobuf", b"\x0a\xff\xff\xff", b""]
             for value in poison:
                 producer.produce(s.topic("likes"), value, pid.encode())
@@ -119,7 +120,7 @@ def test_poison_records_go_to_the_dead_letter_topic_once(
                 )
             producer.flush(10)
         assert wait_caught_up(s, 60)
-        dead = read_topic(s.bootstrap, s.topic("mysocial.dead-letter"))
+        dead = read_topic(s, s.topic("mysocial.dead-letter"))
         assert len(dead) == len(poison) + 1
         by_value = {d.value or b"": d for d in dead}
         for value in poison:
@@ -130,7 +131,7 @@ def test_poison_records_go_to_the_dead_letter_topic_once(
         reasons = sorted(d.headers["reason"].decode() for d in dead)
         assert any("misrouted" in r for r in reasons), reasons
         assert any("undecodable" in r or "payload" in r for r in reasons), reasons
-        table = latest_by_key(s.bootstrap, s.topic("posts_with_counts"))
+        table = latest_by_key(s, s.topic("posts_with_counts"))
         got = ev.PostWithCounts()
         got.ParseFromString(table[pid.encode()] or b"")
         assert got.post.like_count == 5 and got.post.comment_count == 1

@@ -8,13 +8,14 @@ from typing import Any
 
 from mysocial.config import Settings
 from mysocial.kafka import topics
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.producer import AsyncProducer, Delivered, producer_config
 from tests.support.helpers import LoopThread, read_topic
 
 
 def _config(settings: Settings, stats: list[dict[str, Any]]) -> dict[str, Any]:
     return producer_config(
-        settings.bootstrap,
+        kafka_connection(settings),
         **{
             "linger.ms": 0,
             "compression.type": "none",
@@ -60,7 +61,7 @@ def test_a_window_of_sends_shares_produce_requests_and_each_gets_its_offset(
     # 300 records over 6 partitions handed over in one burst: a handful of requests,
     # not one per record (librdkafka times linger per partition).
     assert 0 < requests <= 30, requests
-    stored = {(r.partition, r.offset): r.key for r in read_topic(settings.bootstrap, topic)}
+    stored = {(r.partition, r.offset): r.key for r in read_topic(settings, topic)}
     for key, d in zip(keys, delivered, strict=True):
         assert stored[(d.partition, d.offset)] == key
 
@@ -80,6 +81,6 @@ def test_a_send_cancelled_inside_its_window_is_never_written(
         return kept
 
     kept = loop_thread.run(scenario())
-    values = [r.value for r in read_topic(settings.bootstrap, topic)]
+    values = [r.value for r in read_topic(settings, topic)]
     assert values == [b"kept"]
     assert kept.offset >= 0

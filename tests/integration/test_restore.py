@@ -7,7 +7,7 @@ from confluent_kafka import OFFSET_BEGINNING, Message, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from mysocial.config import Settings
-from mysocial.kafka import admin_client
+from mysocial.kafka.connection import kafka_connection
 from processor import clients
 from processor.restore import ChangelogReader, Restoration
 from tests.support.helpers import wait_until
@@ -15,10 +15,10 @@ from tests.support.helpers import wait_until
 
 def _topic(settings: Settings, name: str, partitions: int, records: int) -> str:
     topic = settings.topic(name)
-    admin = admin_client(settings.bootstrap)
+    admin = kafka_connection(settings).admin()
     for fut in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
         fut.result(30)
-    producer = Producer({"bootstrap.servers": settings.bootstrap})
+    producer = Producer(kafka_connection(settings).config())
     for p in range(partitions):
         for i in range(records):
             producer.produce(topic, f"{p}:{i}".encode(), f"k{i}".encode(), partition=p)
@@ -84,7 +84,7 @@ def test_a_restore_waits_for_an_open_transaction_and_misses_nothing_after_it(
     topic = _topic(settings, "restore-open-txn", 1, 0)
 
     def transactional(tid: str) -> Producer:
-        p = Producer({"bootstrap.servers": settings.bootstrap, "transactional.id": tid})
+        p = Producer(kafka_connection(settings).config({"transactional.id": tid}))
         p.init_transactions(30)
         return p
 

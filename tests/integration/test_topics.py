@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import ConfigResource
 
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.topics import TopicMismatchError, provision
 from tests.support.helpers import make_settings
 
@@ -14,7 +15,7 @@ def test_provisioning_is_idempotent_and_checks_layout(kafka_bootstrap: str) -> N
     created = provision(s)
     assert s.topic("posts") in created and s.topic("mysocial.dead-letter") in created
     assert provision(s) == []
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = kafka_connection(s).admin()
     md = admin.list_topics(timeout=10).topics
     assert len(md[s.topic("posts")].partitions) == s.posts_partitions
     assert len(md[s.topic("likes")].partitions) == s.copartitions

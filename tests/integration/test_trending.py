@@ -12,6 +12,7 @@ from confluent_kafka import Producer
 
 from command_service import commands
 from mysocial.config import Settings
+from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.producer import producer_config
 from mysocial.kafka.topics import provision
 from mysocial.v1 import command_service_pb2 as cmd
@@ -26,7 +27,7 @@ def write_old_post(settings: Settings, likers: int, age: timedelta) -> str:
     """A post and its likes written straight to the topics with event times in the past
     (as if replayed from long ago): the command service always stamps 'now'."""
     then = datetime.now(UTC) - age
-    producer = Producer(producer_config(settings.bootstrap))
+    producer = Producer(producer_config(kafka_connection(settings)))
     created = commands.create_post(
         "oldtimer", cmd.CreatePostRequest(caption="old news"), then, commands.Limits()
     )

@@ -20,6 +20,7 @@ from mysocial.config import DEV_JWT_SECRET, PROJECT_ROOT, Settings
 from mysocial.kafka import reader
 from mysocial.kafka.broker import free_port as free_port
 from mysocial.kafka.broker import free_ports as free_ports
+from mysocial.kafka.connection import Cluster, login_settings
 from mysocial.kafka.reader import Record as Record
 from mysocial.v1 import events_pb2 as ev
 
@@ -27,7 +28,11 @@ T = TypeVar("T")
 
 
 def make_settings(bootstrap: str, **overrides: object) -> Settings:
-    """Settings for a test: unique topic namespace, small partition counts."""
+    """Settings for a test: unique topic namespace, small partition counts, development
+    mode (tokens signed with the development secret); a cluster named by
+    KAFKA_BOOTSTRAP_SERVERS keeps its TLS and SASL settings."""
+    env = Settings.from_env()
+    login = login_settings(env) if bootstrap == env.kafka_bootstrap_servers else {}
     base = Settings(
         kafka_bootstrap_servers=bootstrap,
         topic_namespace=f"t{uuid.uuid4().hex[:10]}.",
@@ -36,6 +41,8 @@ def make_settings(bootstrap: str, **overrides: object) -> Settings:
         command_workers=1,
         grace_period_s=5.0,
         log_level="warning",
+        dev_mode=True,
+        **login,
     )
     return base.with_(**overrides)
 
@@ -65,15 +72,15 @@ def auth(user: str, secret: str = DEV_JWT_SECRET, ttl: int = 3600) -> Metadata:
     return (("authorization", f"Bearer {mint_token(user, secret, ttl)}"),)
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
+def read_topic(cluster: Cluster, topic: str, timeout: float = 30.0) -> list[Record]:
     """Every committed record of topic, from the beginning to its current end."""
-    return reader.read_topic(bootstrap, topic, timeout)
+    return reader.read_topic(cluster, topic, timeout)
 
 
 def events(settings: Settings, topic: str) -> list[tuple[Record, ev.Event]]:
     """Every committed record of a topic of settings' namespace, decoded as an Event."""
     out = []
-    for rec in read_topic(settings.bootstrap, settings.topic(topic)):
+    for rec in read_topic(settings, settings.topic(topic)):
         e = ev.Event()
         e.ParseFromString(rec.value or b"")
         out.append((rec, e))

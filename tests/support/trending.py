@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from confluent_kafka import Consumer
 
 from mysocial.config import Settings
+from mysocial.kafka.connection import kafka_connection
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import resources_pb2 as res
@@ -24,13 +25,14 @@ class RankingWatcher:
         self.rankings: list[tuple[float, res.TrendingRanking]] = []
         self._stop = threading.Event()
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.bootstrap,
-                "group.id": f"watch-{uuid.uuid4().hex}",
-                "isolation.level": "read_committed",
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 10,
-            }
+            kafka_connection(settings).config(
+                {
+                    "group.id": f"watch-{uuid.uuid4().hex}",
+                    "isolation.level": "read_committed",
+                    "auto.offset.reset": "earliest",
+                    "fetch.wait.max.ms": 10,
+                }
+            )
         )
         self._consumer.subscribe([settings.topic("trending_posts")])
         self._thread = threading.Thread(target=self._run, daemon=True)

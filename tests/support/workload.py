@@ -241,7 +241,7 @@ class Workload:
 
 def check_exact(settings: Settings, model: Model) -> None:
     assert settle(settings, 120), "processor did not catch up"
-    table = latest_by_key(settings.bootstrap, settings.topic("posts_with_counts"))
+    table = latest_by_key(settings, settings.topic("posts_with_counts"))
     problems = model.diff(table)
     assert problems == [], f"{len(problems)} posts differ from the model: {problems[:10]}"
     report = audit(settings)

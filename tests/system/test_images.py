@@ -234,7 +234,7 @@ def test_post_with_unknown_or_foreign_media_is_rejected(system: System) -> None:
                 cmd.CreatePostRequest(caption="mine", media_ids=media_ids), metadata=auth("dave")
             )
         assert err.value.code() == code and words in (err.value.details() or "")
-    posts = read_topic(system.settings.bootstrap, system.settings.topic("posts"))
+    posts = read_topic(system.settings, system.settings.topic("posts"))
     actors = set()
     for rec in posts:
         event = ev.Event()

@@ -19,6 +19,7 @@ from confluent_kafka import KafkaException, Producer
 
 from mysocial.config import Settings
 from mysocial.kafka import topics
+from mysocial.kafka.connection import kafka_connection
 from processor.audit import wait_caught_up
 from tests.support.services import ProcessorProc, command_service
 from tests.support.workload import Workload, check_exact
@@ -30,11 +31,12 @@ def open_transaction_on_every_partition(settings: Settings) -> Producer:
     """A transaction that writes one record to each changelog partition and is never
     committed: what an instance stopped in the middle of its commit leaves behind."""
     zombie = Producer(
-        {
-            "bootstrap.servers": settings.bootstrap,
-            "transactional.id": settings.topic("stopped-instance"),
-            "transaction.timeout.ms": ZOMBIE_TIMEOUT_MS,
-        }
+        kafka_connection(settings).config(
+            {
+                "transactional.id": settings.topic("stopped-instance"),
+                "transaction.timeout.ms": ZOMBIE_TIMEOUT_MS,
+            }
+        )
     )
     zombie.init_transactions(30)
     zombie.begin_transaction()

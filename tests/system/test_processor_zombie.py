@@ -77,7 +77,7 @@ def test_a_resumed_zombie_is_fenced_and_changes_nothing(
         # Each posts record was re-keyed into posts-by-id exactly once.
         rekeyed = Counter(
             (r.headers[SRC_PARTITION], r.headers[SRC_OFFSET])
-            for r in read_topic(settings.bootstrap, settings.topic(topics.POSTS_BY_ID))
+            for r in read_topic(settings, settings.topic(topics.POSTS_BY_ID))
         )
         assert [k for k, n in rekeyed.items() if n > 1] == []
         assert (

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mysocial.config import PROJECT_ROOT, Settings
 from mysocial.kafka import topics
+from mysocial.kafka.connection import kafka_connection
 from tests.support.helpers import free_port, make_settings, python_env
 from tests.support.services import SERVING, health
 
@@ -127,7 +128,7 @@ def test_a_reader_failure_while_serving_goes_not_serving_and_exits_1(
             stream = stub.Watch(request, timeout=60)  # type: ignore[attr-defined]
             assert next(stream).status == SERVING
 
-            producer = Producer({"bootstrap.servers": s.bootstrap})
+            producer = Producer(kafka_connection(s).config())
             producer.produce(s.topic(topic), b"any record", key=b"k")
             assert producer.flush(30) == 0
 

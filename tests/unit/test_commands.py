@@ -215,7 +215,8 @@ def test_topic_layout_matches_the_design() -> None:
 
 
 def test_settings_doc_documents_every_setting() -> None:
-    from mysocial.config import SETTINGS_BEGIN, SETTINGS_DOC, SETTINGS_END, settings_markdown
+    from mysocial.config import settings_markdown
+    from mysocial.settings_doc import SETTINGS_BEGIN, SETTINGS_DOC, SETTINGS_END
 
     table = f"{SETTINGS_BEGIN}\n{settings_markdown()}\n{SETTINGS_END}"
     assert table in SETTINGS_DOC.read_text(), (
