@@ -9,9 +9,11 @@
   mysocial watch feed                         live views: watch post ID..., watch trending
 
 Every call acts as --user (default $MYSOCIAL_USER, else "demo"): the CLI mints that
-user's development token with MYSOCIAL_JWT_SECRET. --json prints raw responses; watches
-print one JSON line per message when stdout is not a terminal. Failures print
-`error: <STATUS>: <details>` and exit 1.
+user's development token with MYSOCIAL_JWT_SECRET. Against a deployment whose secret you
+do not hold, pass its token with --token (or $MYSOCIAL_TOKEN), and --cacert FILE when it
+serves TLS with a certificate from that CA (--tls: the system's CAs; --plaintext: the
+default). --json prints raw responses; watches print one JSON line per message when
+stdout is not a terminal. Failures print `error: <STATUS>: <details>` and exit 1.
 """
 
 from __future__ import annotations
@@ -131,9 +133,28 @@ def _add_client_options(parser: argparse.ArgumentParser, *, on_subcommand: bool)
         help="query service (default: $MYSOCIAL_QUERY_ADDR, else 127.0.0.1:50052)",
     )
     group.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=unset,
+        help="send this bearer token instead of minting one for --user (default: $MYSOCIAL_TOKEN)",
+    )
+    group.add_argument(
+        "--cacert",
+        metavar="FILE",
+        default=unset,
+        help="TLS: the services' certificates are signed by the CA in FILE (PEM)",
+    )
+    flag = argparse.SUPPRESS if on_subcommand else False
+    group.add_argument(
+        "--tls", action="store_true", default=flag, help="TLS, trusting the system's CAs"
+    )
+    group.add_argument(
+        "--plaintext", action="store_true", default=flag, help="no TLS (the default)"
+    )
+    group.add_argument(
         "--json",
         action="store_true",
-        default=argparse.SUPPRESS if on_subcommand else False,
+        default=flag,
         help="print raw responses as JSON (watches: one JSON line per message)",
     )
 

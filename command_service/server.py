@@ -30,6 +30,7 @@ from mysocial.kafka.tail import ReaderFailed
 from mysocial.process import tune_gc
 from mysocial.rpc import RunningServer, run_until_stopped, start_server
 from mysocial.startup import kafka_or_exit, settings_or_exit
+from mysocial.tls import server_credentials
 from mysocial.v1 import command_service_pb2, command_service_pb2_grpc
 
 log = logconf.get_logger("command.server")
@@ -72,6 +73,7 @@ class CommandServer:
             lambda s: command_service_pb2_grpc.add_CommandServiceServicer_to_server(servicer, s),
             [SERVICE_NAME],
             serving=False,
+            credentials=server_credentials(settings),
         )
         log.info("command_service_listening", port=running.port, pid=os.getpid())
         server = cls(running, publisher, directory, settings)

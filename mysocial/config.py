@@ -169,6 +169,21 @@ class Settings:
         "Development: allows the development JWT secret. `make run` and the tests set it; "
         "never set it in production.",
     )
+    tls_cert_path: str = _setting(
+        "MYSOCIAL_TLS_CERT_PATH",
+        "",
+        "Certificate chain (PEM) both gRPC services serve TLS with; empty: plaintext "
+        "(`make run`, or behind a proxy that terminates TLS).",
+    )
+    tls_key_path: str = _setting(
+        "MYSOCIAL_TLS_KEY_PATH", "", "Private key (PEM, unencrypted) of that certificate."
+    )
+    tls_client_ca_path: str = _setting(
+        "MYSOCIAL_TLS_CLIENT_CA_PATH",
+        "",
+        "Mutual TLS: CA certificates (PEM) of client certificates; set, a call without a "
+        "client certificate signed by one of them is refused.",
+    )
     token_ttl_s: int = _setting(
         "MYSOCIAL_TOKEN_TTL_S", 24 * 3600, "Lifetime of tokens minted by `mysocial token`."
     )
@@ -337,6 +352,13 @@ class Settings:
             secret = f.name.removesuffix("_file")
             if value and secret != f.name and secret in secrets and getattr(self, secret):
                 raise ConfigError(f"set {env.removesuffix('_FILE')} or {env}, not both")
+        if bool(self.tls_cert_path) != bool(self.tls_key_path) or (
+            self.tls_client_ca_path and not self.tls_cert_path
+        ):
+            raise ConfigError(
+                "MYSOCIAL_TLS_CERT_PATH and MYSOCIAL_TLS_KEY_PATH go together, and "
+                "MYSOCIAL_TLS_CLIENT_CA_PATH needs them"
+            )
 
     def with_(self, **changes: Any) -> Settings:
         """Return a copy with some values changed (tests, sub-processes)."""

@@ -194,8 +194,10 @@ async def start_server(
     *,
     serving: bool = True,
     options: list[tuple[str, Any]] | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
-    """Start a grpc.aio server with health and reflection; returns it with its port."""
+    """Start a grpc.aio server with health and reflection; returns it with its port.
+    With credentials (mysocial.tls) it serves TLS only, else plaintext."""
     server = grpc.aio.server(options=options or SERVER_OPTIONS)
     register(server)
     health_servicer = health.aio.HealthServicer()
@@ -209,7 +211,10 @@ async def start_server(
         ],
         server,
     )
-    port = server.add_insecure_port(addr)
+    if credentials is None:
+        port = server.add_insecure_port(addr)
+    else:
+        port = server.add_secure_port(addr, credentials)
     if port == 0:
         raise OSError(f"could not bind {addr}")
     await server.start()

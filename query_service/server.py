@@ -19,6 +19,7 @@ from mysocial.config import Settings
 from mysocial.process import tune_gc
 from mysocial.rpc import RunningServer, run_until_stopped, start_server
 from mysocial.startup import kafka_or_exit, settings_or_exit
+from mysocial.tls import server_credentials
 from mysocial.v1 import query_service_pb2
 from query_service.service import ReadSide
 from query_service.servicer import QueryServicer, register
@@ -49,6 +50,7 @@ class QueryServer:
             lambda s: register(servicer, s),
             [SERVICE_NAME],
             serving=False,
+            credentials=server_credentials(settings),
         )
         server = cls(running, read_side, settings)
         loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mysocial import tls
 from mysocial.config import PROJECT_ROOT, Settings
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
@@ -25,10 +26,16 @@ from tests.support.helpers import free_port, free_ports, python_env, service_pro
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-def health(addr: str, service: str, timeout: float = 1.0) -> int | None:
-    """The health status of service at addr, or None if it does not answer."""
+def health(
+    addr: str,
+    service: str,
+    timeout: float = 1.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> int | None:
+    """The health status of service at addr (over TLS with credentials), or None if it
+    does not answer."""
     try:
-        with grpc.insecure_channel(addr) as channel:
+        with tls.channel(addr, credentials) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest(service=service)
             return int(stub.Check(request, timeout=timeout).status)  # type: ignore[attr-defined]
@@ -101,7 +108,15 @@ def command_service(settings: Settings, log_dir: Path) -> Iterator[str]:
 class Service:
     """A service process that can be killed and restarted on the same address."""
 
-    def __init__(self, module: str, settings: Settings, addr: str, log: Path, name: str) -> None:
+    def __init__(
+        self,
+        module: str,
+        settings: Settings,
+        addr: str,
+        log: Path,
+        name: str,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.module, self.settings, self.addr, self.log, self.name = (
             module,
             settings,
@@ -110,6 +125,7 @@ class Service:
             name,
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.credentials = credentials  # TLS services: how health checks connect
 
     def start(self, wait: bool = True) -> None:
         with open(self.log, "ab") as logf:
@@ -125,7 +141,7 @@ class Service:
 
     def wait_serving(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
-        while health(self.addr, self.name) != SERVING:
+        while health(self.addr, self.name, credentials=self.credentials) != SERVING:
             assert self.proc is not None and self.proc.poll() is None, (
                 f"{self.module} died: {self.log}"
             )

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from client import cli, commands_read, commands_write, session, watches
 from client import views as cli_views
-from mysocial.auth import actor_from_metadata
+from mysocial.auth import actor_from_metadata, mint_token
 from mysocial.config import DEV_JWT_SECRET, Settings
 from mysocial.v1 import query_service_pb2 as qry
 from mysocial.v1 import resources_pb2 as res
@@ -96,6 +96,27 @@ def test_client_resolves_user_and_addresses_and_mints_a_token() -> None:
     assert actor_from_metadata(client.metadata, DEV_JWT_SECRET) == "dave"
     with pytest.raises(session.CliError, match="invalid user"):
         session.make_client(parse(["--user", "no spaces", "like", "p"]), settings, {})
+
+
+def test_a_given_token_and_tls_flags(tmp_path: Path) -> None:
+    parse, settings = cli.build_parser().parse_args, Settings()
+    token = mint_token("erin", "a secret of another deployment, 32 bytes+")
+    client = session.make_client(parse(["like", "p", "--token", token]), settings, {})
+    assert client.user == "erin" and client.metadata == (("authorization", f"Bearer {token}"),)
+    assert client.credentials is None  # plaintext unless asked
+    client = session.make_client(parse(["like", "p"]), settings, {"MYSOCIAL_TOKEN": token})
+    assert client.user == "erin"
+    with pytest.raises(session.CliError, match="not a JWT"):
+        session.make_client(parse(["--token", "nonsense", "like", "p"]), settings, {})
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    args = parse(["--cacert", str(ca), "get", "p"])
+    assert session.make_client(args, settings, {}).credentials is not None
+    assert session.make_client(parse(["--tls", "get", "p"]), settings, {}).credentials
+    with pytest.raises(session.CliError, match="--plaintext contradicts"):
+        session.make_client(parse(["--plaintext", "--tls", "get", "p"]), settings, {})
+    with pytest.raises(session.CliError, match="--cacert"):
+        session.make_client(parse(["--cacert", str(tmp_path / "none"), "get", "p"]), settings, {})
 
 
 # --- streams, uploads, downloads ---------------------------------------------------------------
