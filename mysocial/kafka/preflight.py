@@ -8,13 +8,14 @@ exit 1 (2 for settings that cannot work at all):
 
     kafka_authentication_failed   the SASL user or password (or the client certificate)
     kafka_tls_failed              the CA file, or the client certificate and key
-    kafka_protocol_mismatch       MYSOCIAL_KAFKA_SECURITY_PROTOCOL vs the listener
+    kafka_protocol_mismatch       MYSOCIAL_KAFKA_SECURITY_PROTOCOL vs the listener's
     kafka_unreachable             nothing answered within MYSOCIAL_KAFKA_STARTUP_TIMEOUT_S
     kafka_settings_invalid        an impossible combination (the message names it)
 
 Refused credentials and TLS failures end the check at once (librdkafka reports them
-through error_cb); connection failures are retried until the timeout, since a
-cluster may be starting at the same time.
+through error_cb), a listener that drops every connection (another protocol) within a
+few seconds; connection failures are retried until the timeout, since a cluster may be
+starting at the same time.
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ PROTOCOL = "MYSOCIAL_KAFKA_SECURITY_PROTOCOL"
 SASL_CREDENTIALS = ("MYSOCIAL_KAFKA_SASL_USERNAME", "MYSOCIAL_KAFKA_SASL_PASSWORD")
 CLIENT_CERT = ("MYSOCIAL_KAFKA_SSL_CERTIFICATE_PATH", "MYSOCIAL_KAFKA_SSL_KEY_PATH")
 CA = "MYSOCIAL_KAFKA_SSL_CA_PATH"
-# librdkafka's own hints that the listener speaks another protocol than the client.
+# librdkafka's own words when a listener speaks another protocol than the client.
 _MISMATCH_HINTS = ("security.protocol", "PLAINTEXT broker listener", "wrong version number")
-# A mismatch hint may come from one dropped connection; this many in a row settle it.
-_MISMATCH_REPEATS = 3
+# Without such words, a protocol mismatch looks like this: the broker accepts each
+# connection and closes it at the first request. A broker shutting down does that too,
+# once; many times over a few seconds, never answering, settles it.
+_CLOSED_BY_PEER = "closed by peer"
+_MISMATCH_CLOSES = 5
+_MISMATCH_AFTER_S = 2.0
 
 
 class KafkaStartupError(Exception):
@@ -54,16 +59,19 @@ class KafkaStartupError(Exception):
 
 def check_cluster(conn: KafkaConnection, timeout: float) -> None:
     """Return once the cluster answers a metadata request over `conn`; raise
-    KafkaStartupError at the first refused login or TLS failure, or after timeout."""
+    KafkaStartupError at the first refused login or TLS failure, on a protocol
+    mismatch, or after timeout."""
     errors: list[KafkaError] = []
+    logs = _Collected()
     try:
-        admin = conn.admin(error_cb=errors.append, logger=_quiet_logger())
+        admin = conn.admin(error_cb=errors.append, logger=logs.logger)
     except KafkaException as exc:  # a property librdkafka rejects, e.g. an unusable CA file
         text = exc.args[0].str()
         owner = next((env for key, env in OWNED.items() if key in text), PASS_THROUGH)
         raise KafkaStartupError("kafka_settings_invalid", (owner,), text) from None
-    deadline = time.monotonic() + timeout
-    last, mismatches = "no answer", 0
+    started = time.monotonic()
+    deadline = started + timeout
+    last, closes = "no answer", 0
     while True:
         try:
             md = admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
@@ -71,16 +79,19 @@ def check_cluster(conn: KafkaConnection, timeout: float) -> None:
                 return
         except KafkaException as exc:
             last = exc.args[0].str()
-        admin.poll(0)  # serves error_cb
+        admin.poll(0)  # serves error_cb and the log lines
         for err in errors:
             failure = _fatal(conn, err)
             if failure is not None:
                 raise failure
-            last = err.str()
-            mismatches = mismatches + 1 if _mismatch(last) else 0
+            if err.code() != KafkaError._ALL_BROKERS_DOWN:  # says less than what led to it
+                last = err.str()
         errors.clear()
-        if mismatches >= _MISMATCH_REPEATS:
-            raise KafkaStartupError("kafka_protocol_mismatch", (PROTOCOL,), last)
+        for line in logs.take():
+            if _CLOSED_BY_PEER in line:
+                closes, last = closes + 1, line.partition("]: ")[2] or line
+        if closes >= _MISMATCH_CLOSES and time.monotonic() - started >= _MISMATCH_AFTER_S:
+            raise KafkaStartupError("kafka_protocol_mismatch", (PROTOCOL, BOOTSTRAP), last)
         if time.monotonic() >= deadline:
             raise KafkaStartupError("kafka_unreachable", (BOOTSTRAP,), last)
 
@@ -88,15 +99,17 @@ def check_cluster(conn: KafkaConnection, timeout: float) -> None:
 def _fatal(conn: KafkaConnection, err: KafkaError) -> KafkaStartupError | None:
     """The startup error an error callback settles, or None if it may pass."""
     code, text = err.code(), err.str()
+    if _mismatch(text):
+        return KafkaStartupError("kafka_protocol_mismatch", (PROTOCOL, BOOTSTRAP), text)
     if code == KafkaError._AUTHENTICATION:
-        if "mechanism" in text.lower():
+        if "unsupported sasl mechanism" in text.lower():
             return KafkaStartupError(
                 "kafka_authentication_failed", (_mechanism_setting(conn),), text
             )
         if conn.protocol.startswith("SASL_"):
             return KafkaStartupError("kafka_authentication_failed", SASL_CREDENTIALS, text)
         return KafkaStartupError("kafka_authentication_failed", CLIENT_CERT, text)
-    if code == KafkaError._SSL and not _mismatch(text):
+    if code == KafkaError._SSL:
         names = (CA, *CLIENT_CERT) if "ssl.certificate.location" in dict(conn.properties) else (CA,)
         return KafkaStartupError("kafka_tls_failed", names, text)
     if code in (KafkaError._FATAL, KafkaError._INVALID_ARG):
@@ -113,14 +126,24 @@ def _mismatch(text: str) -> bool:
     return any(hint in text for hint in _MISMATCH_HINTS)
 
 
-def _quiet_logger() -> logging.Logger:
-    """librdkafka's own lines about failed connections would bury the one line that
-    explains them: the check reports through error_cb instead."""
-    logger = logging.getLogger("mysocial.kafka.preflight-client")
-    if not logger.handlers:
-        logger.addHandler(logging.NullHandler())
-        logger.propagate = False
-    return logger
+class _Collected(logging.Handler):
+    """librdkafka's own log lines of the check, kept for it to read: printed, they
+    would bury the one line that explains them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        # Not registered with logging: one per check, gone with it.
+        self.logger = logging.Logger("mysocial.kafka.preflight-client", logging.DEBUG)
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.lines) < 1000:
+            self.lines.append(record.getMessage())
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
 
 
 def preflight(settings: Settings) -> int:
