@@ -1,9 +1,9 @@
 """`make run`: the whole system in the foreground.
 
-Starts the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS names a cluster),
-provisions the topics, then runs each service as a child process and restarts one
-that dies (the processor exits on fenced/fatal errors by design). Ctrl-C or SIGTERM
-stops the services in reverse order, then the broker.
+Starts the embedded Kafka, MYSOCIAL_KAFKA_BROKERS nodes (unless KAFKA_BOOTSTRAP_SERVERS
+names a cluster), provisions the topics, then runs each service as a child process and
+restarts one that dies (the processor exits on fenced/fatal errors by design). Ctrl-C
+or SIGTERM stops the services in reverse order, then the Kafka nodes one by one.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from mysocial import log as logconf
 from mysocial.config import Settings
-from mysocial.kafka.broker import BrokerError, EmbeddedBroker
+from mysocial.kafka.broker import BrokerError
+from mysocial.kafka.cluster import EmbeddedCluster
 from mysocial.kafka.preflight import preflight
 from mysocial.kafka.topics import TopicMismatchError, provision
 
@@ -69,21 +70,22 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    broker: EmbeddedBroker | None = None
+    cluster: EmbeddedCluster | None = None
     if settings.embedded_broker:
-        broker = EmbeddedBroker.from_settings(settings)
+        cluster = EmbeddedCluster.from_settings(settings)
         try:
-            broker.start()
+            cluster.start()
         except BrokerError as exc:
             log.error("broker_failed", error=str(exc))
             return 1
-        log.info("broker_started", bootstrap=broker.bootstrap, log=str(broker.log_file))
-        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+        logs = [str(node.log_file) for node in cluster.nodes.values()]
+        log.info("broker_started", bootstrap=cluster.bootstrap, nodes=len(logs), logs=logs)
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = cluster.bootstrap
     try:
         return _run_services(settings, lambda: stopping)
     finally:
-        if broker is not None:
-            broker.stop()
+        if cluster is not None:
+            cluster.stop()
             log.info("broker_stopped")
 
 

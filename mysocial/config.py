@@ -45,12 +45,23 @@ class Settings:
         "and use it; set: nothing local is started.",
     )
     kafka_port: int = _setting(
-        "MYSOCIAL_KAFKA_PORT", 9092, "Port of the embedded broker (controller uses port+1)."
+        "MYSOCIAL_KAFKA_PORT",
+        9092,
+        "Port of the embedded broker (its controller uses port+1); node i of an embedded "
+        "cluster uses port+2(i-1) and the port after it.",
     )
     kafka_data_dir: str = _setting(
         "MYSOCIAL_KAFKA_DATA_DIR",
         str(PROJECT_ROOT / ".cache" / "kafka-data"),
-        "Log directory of the embedded broker.",
+        "Data folder of the embedded broker; an embedded cluster of N nodes keeps node i "
+        "in `cluster-of-N/node-i` under it.",
+    )
+    kafka_brokers: int = _setting(
+        "MYSOCIAL_KAFKA_BROKERS",
+        1,
+        "Nodes of the embedded KRaft cluster `make run` starts (each broker and "
+        "controller, one quorum of all); at 3 or more, topics get replication factor 3 "
+        "and min.insync.replicas 2. Unused when KAFKA_BOOTSTRAP_SERVERS is set.",
     )
     kafka_security_protocol: str = _setting(
         "MYSOCIAL_KAFKA_SECURITY_PROTOCOL",
@@ -127,7 +138,19 @@ class Settings:
         "so the topics carry their contract names.",
     )
     replication_factor: int = _setting(
-        "MYSOCIAL_REPLICATION_FACTOR", 1, "Replication factor of topics the project creates."
+        "MYSOCIAL_REPLICATION_FACTOR",
+        0,
+        "Replication factor of every topic the project creates; 0 = min(3, live brokers "
+        "in the cluster's metadata). Provisioning stops at an existing topic with fewer "
+        "replicas and prints the reassignment that adds them.",
+    )
+    min_insync_replicas: int = _setting(
+        "MYSOCIAL_MIN_INSYNC_REPLICAS",
+        0,
+        "`min.insync.replicas` of every topic the project creates: an acks=all write fails "
+        "(NOT_ENOUGH_REPLICAS) rather than be acknowledged by fewer in-sync replicas. 0 = "
+        "2 when the topic's replication factor is 3 or more, else 1. Provisioning stops at "
+        "an existing topic with another value and prints the kafka-configs command.",
     )
     posts_partitions: int = _setting("MYSOCIAL_POSTS_PARTITIONS", 32, "Partitions of `posts`.")
     copartitions: int = _setting(
@@ -327,7 +350,7 @@ class Settings:
         for name in (
             "posts_partitions",
             "copartitions",
-            "replication_factor",
+            "kafka_brokers",
             "media_max_bytes",
             "media_max_pixels",
         ):
@@ -342,6 +365,11 @@ class Settings:
         if self.processor_core not in ("native", "python"):
             raise ConfigError(
                 f"MYSOCIAL_PROCESSOR_CORE must be native or python, not {self.processor_core!r}"
+            )
+        if 0 < self.replication_factor < self.min_insync_replicas:
+            raise ConfigError(
+                f"MYSOCIAL_MIN_INSYNC_REPLICAS={self.min_insync_replicas} exceeds "
+                f"MYSOCIAL_REPLICATION_FACTOR={self.replication_factor}: no write could succeed"
             )
         # Files named by settings; Kafka security combinations: mysocial.kafka.connection.
         secrets = {f.name for f in fields(self) if not f.repr}
@@ -373,7 +401,10 @@ class Settings:
     @property
     def bootstrap(self) -> str:
         """Bootstrap servers: the configured cluster or the embedded broker."""
-        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+        if self.kafka_bootstrap_servers:
+            return self.kafka_bootstrap_servers
+        ports = (self.kafka_port + 2 * i for i in range(self.kafka_brokers))
+        return ",".join(f"127.0.0.1:{port}" for port in ports)
 
     @property
     def embedded_broker(self) -> bool:

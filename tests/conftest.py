@@ -5,6 +5,11 @@ The broker starts only when a test asks for it (kafka_bootstrap), so tests/unit 
 starts one. With KAFKA_BOOTSTRAP_SERVERS set the tests use that cluster; otherwise they
 start the project's embedded KRaft broker on free ports in a temporary folder. Each test
 gets its own topic namespace, so tests never see each other's events.
+
+Tests of replication and broker faults ask for kafka_cluster instead: a 3-node KRaft
+cluster (mysocial.kafka.cluster.EmbeddedCluster), also started once per session and only
+when asked for, and put back together (every node up, every replica in sync) after each
+test that uses it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from command_service.server import CommandServer
 from mysocial import log as logconf
 from mysocial.config import Settings
 from mysocial.kafka.broker import EmbeddedBroker
+from mysocial.kafka.cluster import EmbeddedCluster
 from mysocial.kafka.topics import provision
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from tests.support.helpers import LoopThread, free_port, make_settings
@@ -52,6 +58,26 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """The 3-node cluster, shared by the session; use kafka_cluster in tests."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("KAFKA_BOOTSTRAP_SERVERS is set: no embedded cluster to break")
+    cluster = EmbeddedCluster.on_free_ports(3, tmp_path_factory.mktemp("kafka-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def kafka_cluster(kafka_cluster_session: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
+    """The 3-node cluster; whatever a test killed or paused is back and in sync after it."""
+    yield kafka_cluster_session
+    kafka_cluster_session.heal()
 
 
 @pytest.fixture

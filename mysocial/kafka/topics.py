@@ -3,17 +3,26 @@
 `ensure_topics` creates what is missing and refuses to run against topics whose
 partition count or cleanup policy differ from the configuration: co-partitioning of
 likes, comments and the processor's topics is what makes per-post state correct, so
-a mismatch must stop the system rather than silently mis-route events.
+a mismatch must stop the system rather than silently mis-route events. Every topic gets
+the configured replication factor and `min.insync.replicas` (README, "Durability"); an
+existing topic with fewer replicas or another min ISR stops provisioning too, with the
+command that fixes it.
+
+    python -m mysocial.kafka.topics                  # provision
+    python -m mysocial.kafka.topics --plan-replicas  # kafka-reassign-partitions plan
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from mysocial.config import Settings
@@ -55,6 +64,73 @@ class TopicSpec:
         return self.config.get("cleanup.policy", "delete")
 
 
+@dataclass(frozen=True)
+class Durability:
+    """Replication of the project's topics; 0 means auto (see the settings)."""
+
+    replication_factor: int = 0
+    min_insync_replicas: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Durability:
+        return cls(settings.replication_factor, settings.min_insync_replicas)
+
+    def factor_for(self, live_brokers: int) -> int:
+        """The replication factor new topics get on a cluster of live_brokers."""
+        return self.replication_factor or max(1, min(3, live_brokers))
+
+    def min_isr_for(self, replication_factor: int) -> int:
+        """min.insync.replicas of a topic with that many replicas: one replica may fail
+        without stopping acks=all writes, and no acknowledged write rests on one alone."""
+        return self.min_insync_replicas or (2 if replication_factor >= 3 else 1)
+
+
+def replication_problem(topic: str, actual: int, wanted: int, bootstrap: str) -> str:
+    return (
+        f"topic {topic} has replication factor {actual}, this deployment requires at least "
+        f"{wanted}: write a plan with `python -m mysocial.kafka.topics --plan-replicas > "
+        f"plan.json`, then run `kafka-reassign-partitions.sh --bootstrap-server {bootstrap} "
+        f"--reassignment-json-file plan.json --execute` (or set "
+        f"MYSOCIAL_REPLICATION_FACTOR={actual})"
+    )
+
+
+def min_isr_problem(topic: str, actual: int, wanted: int, bootstrap: str) -> str:
+    return (
+        f"topic {topic} has min.insync.replicas={actual}, this deployment requires {wanted}: "
+        f"run `kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics "
+        f"--entity-name {topic} --add-config min.insync.replicas={wanted}` (or set "
+        f"MYSOCIAL_MIN_INSYNC_REPLICAS={actual})"
+    )
+
+
+def reassignment_plan(
+    current: Mapping[str, Mapping[int, Sequence[int]]], brokers: Sequence[int], factor: int
+) -> dict[str, Any]:
+    """A kafka-reassign-partitions plan giving every partition with fewer than `factor`
+    replicas enough of them: its replicas stay (the leader first), brokers are added in
+    an order rotated by partition so the new replicas spread evenly."""
+    ordered = sorted(brokers)
+    if factor > len(ordered):
+        raise TopicMismatchError(
+            f"replication factor {factor} needs {factor} brokers, not {ordered}"
+        )
+    moves = []
+    for topic in sorted(current):
+        for partition, replicas in sorted(current[topic].items()):
+            if len(replicas) >= factor:
+                continue
+            new = list(replicas)
+            shift = partition % len(ordered)
+            for broker in ordered[shift:] + ordered[:shift]:
+                if len(new) == factor:
+                    break
+                if broker not in new:
+                    new.append(broker)
+            moves.append({"topic": topic, "partition": partition, "replicas": new})
+    return {"version": 1, "partitions": moves}
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic the system uses, derived from the settings."""
     t = settings.topic
@@ -93,49 +169,78 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0) -> list[str]:
+def ensure_topics(
+    admin: AdminClient,
+    specs: list[TopicSpec],
+    timeout: float = 30.0,
+    durability: Durability | None = None,
+    bootstrap: str = "<bootstrap servers>",
+) -> list[str]:
     """Create missing topics and verify existing ones; returns the names created.
 
-    Raises TopicMismatchError when an existing topic has another partition count or
-    cleanup policy than its spec.
+    Raises TopicMismatchError when an existing topic has another partition count,
+    cleanup policy or min.insync.replicas than wanted, or fewer replicas; `bootstrap`
+    only goes into the messages' commands.
     """
-    existing = admin.list_topics(timeout=timeout).topics
+    durability = durability or Durability()
+    metadata = admin.list_topics(timeout=timeout)
+    existing = metadata.topics
+    factor = durability.factor_for(len(metadata.brokers))
     problems: list[str] = []
+    replicas: dict[str, int] = {}
     for spec in specs:
         meta = existing.get(spec.name)
         if meta is None:
             continue
         if meta.error is not None:
             problems.append(f"topic {spec.name}: {meta.error}")
-        elif len(meta.partitions) != spec.partitions:
+            continue
+        if len(meta.partitions) != spec.partitions:
             problems.append(
                 f"topic {spec.name} has {len(meta.partitions)} partitions but this deployment "
                 f"is configured for {spec.partitions}; fix the setting or migrate the topic"
             )
-    present = [s for s in specs if s.name in existing and existing[s.name].error is None]
+        replicas[spec.name] = min((len(p.replicas) for p in meta.partitions.values()), default=0)
+        if replicas[spec.name] < factor:
+            problems.append(replication_problem(spec.name, replicas[spec.name], factor, bootstrap))
+    present = [s for s in specs if s.name in replicas]
     if present:
-        problems += _check_cleanup(admin, present, timeout)
+        # min.insync.replicas suits the replication factor the topic has, or will have
+        # once the reassignment above is done (a broker down does not fail the check).
+        isr = {name: durability.min_isr_for(max(n, factor)) for name, n in replicas.items()}
+        problems += _check_configs(admin, present, isr, bootstrap, timeout)
     if problems:
         raise TopicMismatchError("; ".join(problems))
 
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         return []
-    futures = admin.create_topics(
-        [NewTopic(s.name, s.partitions, replication_factor=-1, config=s.config) for s in missing],
-        request_timeout=timeout,
-    )
+    if factor > len(metadata.brokers):
+        raise TopicMismatchError(
+            f"replication factor {factor} (MYSOCIAL_REPLICATION_FACTOR) needs {factor} live "
+            f"brokers, the cluster has {len(metadata.brokers)}: start them or lower the setting"
+        )
+    min_isr = str(durability.min_isr_for(factor))
+    new = [
+        NewTopic(s.name, s.partitions, factor, config={**s.config, "min.insync.replicas": min_isr})
+        for s in missing
+    ]
+    futures = admin.create_topics(new, request_timeout=timeout)
     created: list[str] = []
     for name, fut in futures.items():
         try:
             fut.result()
             created.append(name)
         except KafkaException as exc:
-            # A concurrent provisioner created it first: fine, it is verified next run.
+            # Created meanwhile (another provisioner, or metadata that had not caught up
+            # with a creation): verified below like any existing topic.
             if exc.args and getattr(exc.args[0], "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
                 continue
             raise
     _wait_for_leaders(admin, [s.name for s in missing], timeout)
+    raced = [s for s in missing if s.name not in created]
+    if raced:
+        ensure_topics(admin, raced, timeout, durability, bootstrap)
     return created
 
 
@@ -158,28 +263,83 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> N
         time.sleep(0.05)
 
 
-def _check_cleanup(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> list[str]:
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs]
+def _check_configs(
+    admin: AdminClient,
+    specs: list[TopicSpec],
+    min_isr: Mapping[str, int],
+    bootstrap: str,
+    timeout: float,
+) -> list[str]:
+    """Cleanup policy and min.insync.replicas of existing topics."""
     wanted = {s.name: s.cleanup_policy for s in specs}
     problems = []
-    for resource, fut in admin.describe_configs(resources, request_timeout=timeout).items():
-        entries = fut.result(timeout)
+    for name, entries in _describe_topics_configs(admin, list(wanted), timeout).items():
         policy = entries["cleanup.policy"].value if "cleanup.policy" in entries else "delete"
-        expected = wanted[resource.name]
-        if policy != expected:
-            problems.append(f"topic {resource.name}: cleanup.policy={policy}, expected {expected}")
+        if policy != wanted[name]:
+            problems.append(f"topic {name}: cleanup.policy={policy}, expected {wanted[name]}")
+        isr = int(entries["min.insync.replicas"].value) if "min.insync.replicas" in entries else 1
+        if isr != min_isr[name]:
+            problems.append(min_isr_problem(name, isr, min_isr[name], bootstrap))
     return problems
+
+
+def _describe_topics_configs(
+    admin: AdminClient, names: list[str], timeout: float
+) -> dict[str, dict[str, Any]]:
+    """Every config of each topic. On a cluster, a broker may not know yet of a topic
+    another one just reported (each learns from the controller in its own time): such
+    UNKNOWN_TOPIC_OR_PART answers are asked again until the timeout."""
+    deadline = time.monotonic() + timeout
+    out: dict[str, dict[str, Any]] = {}
+    while True:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names if n not in out]
+        for resource, fut in admin.describe_configs(resources, request_timeout=timeout).items():
+            try:
+                out[resource.name] = fut.result(timeout)
+            except KafkaException as exc:
+                unknown = exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+                if not unknown or time.monotonic() > deadline:
+                    raise
+        if len(out) == len(names):
+            return out
+        time.sleep(0.1)
 
 
 def provision(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Ensure every topic of this deployment exists with the right layout."""
     admin = kafka_connection(settings).admin()
-    return ensure_topics(admin, topic_specs(settings), timeout)
+    durability = Durability.from_settings(settings)
+    return ensure_topics(admin, topic_specs(settings), timeout, durability, settings.bootstrap)
+
+
+def plan_replicas(settings: Settings, timeout: float = 30.0) -> dict[str, Any]:
+    """The reassignment that gives this deployment's topics their replication factor."""
+    md = kafka_connection(settings).admin().list_topics(timeout=timeout)
+    factor = Durability.from_settings(settings).factor_for(len(md.brokers))
+    current = {
+        s.name: {p: list(pm.replicas) for p, pm in md.topics[s.name].partitions.items()}
+        for s in topic_specs(settings)
+        if s.name in md.topics and md.topics[s.name].error is None
+    }
+    return reassignment_plan(current, list(md.brokers), factor)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="python -m mysocial.kafka.topics").parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m mysocial.kafka.topics")
+    parser.add_argument(
+        "--plan-replicas",
+        action="store_true",
+        help="print the kafka-reassign-partitions plan that adds the missing replicas",
+    )
+    args = parser.parse_args(argv)
     settings = Settings.from_env()
+    if args.plan_replicas:
+        try:
+            print(json.dumps(plan_replicas(settings), indent=1))
+        except TopicMismatchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         created = provision(settings)
     except TopicMismatchError as exc:

@@ -7,5 +7,6 @@ import pytest
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+    names = getattr(item, "fixturenames", ())
+    if "kafka_bootstrap" in names or "kafka_cluster_session" in names:
         pytest.fail("a unit test may not use the broker: move it to tests/integration")
