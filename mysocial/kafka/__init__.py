@@ -29,15 +29,6 @@ def client_logger() -> logging.Logger:
     return logger
 
 
-def admin_client(bootstrap: str, **overrides: Any) -> Any:
-    """An AdminClient whose librdkafka logs go through structlog."""
-    from confluent_kafka.admin import AdminClient
-
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": client_logger()}
-    config.update(overrides)
-    return AdminClient(config)
-
-
 def consume_batch(consumer: Any, max_messages: int, timeout: float) -> list[Any]:
     """Wait up to `timeout` for the first record, then take what else is ready at once.
 
