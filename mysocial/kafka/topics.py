@@ -104,6 +104,15 @@ def min_isr_problem(topic: str, actual: int, wanted: int, bootstrap: str) -> str
     )
 
 
+def unclean_problem(topic: str, bootstrap: str) -> str:
+    return (
+        f"topic {topic} has unclean.leader.election.enable=true: an out-of-sync replica "
+        f"could become leader and drop acknowledged events; run `kafka-configs.sh "
+        f"--bootstrap-server {bootstrap} --alter --entity-type topics --entity-name {topic} "
+        f"--add-config unclean.leader.election.enable=false`"
+    )
+
+
 def reassignment_plan(
     current: Mapping[str, Mapping[int, Sequence[int]]], brokers: Sequence[int], factor: int
 ) -> dict[str, Any]:
@@ -176,39 +185,18 @@ def ensure_topics(
     durability: Durability | None = None,
     bootstrap: str = "<bootstrap servers>",
 ) -> list[str]:
-    """Create missing topics and verify existing ones; returns the names created.
+    """Create missing topics and verify every one; returns the names created.
 
-    Raises TopicMismatchError when an existing topic has another partition count,
-    cleanup policy or min.insync.replicas than wanted, or fewer replicas; `bootstrap`
-    only goes into the messages' commands.
+    Raises TopicMismatchError when a topic has another partition count, cleanup policy
+    or min.insync.replicas than wanted, fewer replicas, or unclean leader election on;
+    `bootstrap` only goes into the messages' commands.
     """
     durability = durability or Durability()
     metadata = admin.list_topics(timeout=timeout)
     existing = metadata.topics
     factor = durability.factor_for(len(metadata.brokers))
-    problems: list[str] = []
-    replicas: dict[str, int] = {}
-    for spec in specs:
-        meta = existing.get(spec.name)
-        if meta is None:
-            continue
-        if meta.error is not None:
-            problems.append(f"topic {spec.name}: {meta.error}")
-            continue
-        if len(meta.partitions) != spec.partitions:
-            problems.append(
-                f"topic {spec.name} has {len(meta.partitions)} partitions but this deployment "
-                f"is configured for {spec.partitions}; fix the setting or migrate the topic"
-            )
-        replicas[spec.name] = min((len(p.replicas) for p in meta.partitions.values()), default=0)
-        if replicas[spec.name] < factor:
-            problems.append(replication_problem(spec.name, replicas[spec.name], factor, bootstrap))
-    present = [s for s in specs if s.name in replicas]
-    if present:
-        # min.insync.replicas suits the replication factor the topic has, or will have
-        # once the reassignment above is done (a broker down does not fail the check).
-        isr = {name: durability.min_isr_for(max(n, factor)) for name, n in replicas.items()}
-        problems += _check_configs(admin, present, isr, bootstrap, timeout)
+    present = [s for s in specs if s.name in existing]
+    problems = _problems(admin, present, existing, factor, durability, bootstrap, timeout)
     if problems:
         raise TopicMismatchError("; ".join(problems))
 
@@ -233,19 +221,56 @@ def ensure_topics(
             created.append(name)
         except KafkaException as exc:
             # Created meanwhile (another provisioner, or metadata that had not caught up
-            # with a creation): verified below like any existing topic.
+            # with a creation): verified below like the rest.
             if exc.args and getattr(exc.args[0], "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
                 continue
             raise
-    _wait_for_leaders(admin, [s.name for s in missing], timeout)
-    raced = [s for s in missing if s.name not in created]
-    if raced:
-        ensure_topics(admin, raced, timeout, durability, bootstrap)
+    # The new topics inherit what the cluster sets (unclean election) and raced ones
+    # may differ in anything: check them as existing ones.
+    now = _wait_for_leaders(admin, [s.name for s in missing], timeout)
+    problems = _problems(admin, missing, now, factor, durability, bootstrap, timeout)
+    if problems:
+        raise TopicMismatchError("; ".join(problems))
     return created
 
 
-def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
-    """Block until every partition of the new topics has a leader (usable at once)."""
+def _problems(
+    admin: AdminClient,
+    specs: list[TopicSpec],
+    topics: Mapping[str, Any],
+    factor: int,
+    durability: Durability,
+    bootstrap: str,
+    timeout: float,
+) -> list[str]:
+    """What differs between existing topics (metadata `topics`) and their specs."""
+    problems: list[str] = []
+    replicas: dict[str, int] = {}
+    for spec in specs:
+        meta = topics[spec.name]
+        if meta.error is not None:
+            problems.append(f"topic {spec.name}: {meta.error}")
+            continue
+        if len(meta.partitions) != spec.partitions:
+            problems.append(
+                f"topic {spec.name} has {len(meta.partitions)} partitions but this deployment "
+                f"is configured for {spec.partitions}; fix the setting or migrate the topic"
+            )
+        replicas[spec.name] = min((len(p.replicas) for p in meta.partitions.values()), default=0)
+        if replicas[spec.name] < factor:
+            problems.append(replication_problem(spec.name, replicas[spec.name], factor, bootstrap))
+    if replicas:
+        # min.insync.replicas suits the replication factor the topic has, or will have
+        # once the reassignment above is done (a broker down does not fail the check).
+        isr = {name: durability.min_isr_for(max(n, factor)) for name, n in replicas.items()}
+        checked = [s for s in specs if s.name in replicas]
+        problems += _check_configs(admin, checked, isr, bootstrap, timeout)
+    return problems
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> dict[str, Any]:
+    """Block until every partition of the new topics has a leader (usable at once);
+    the metadata that showed it."""
     deadline = time.monotonic() + timeout
     while True:
         md = admin.list_topics(timeout=timeout).topics
@@ -257,7 +282,7 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> N
             or any(p.leader < 0 for p in md[n].partitions.values())
         ]
         if not waiting:
-            return
+            return dict(md)
         if time.monotonic() > deadline:
             raise TimeoutError(f"topics without partition leaders after {timeout}s: {waiting}")
         time.sleep(0.05)
@@ -270,7 +295,8 @@ def _check_configs(
     bootstrap: str,
     timeout: float,
 ) -> list[str]:
-    """Cleanup policy and min.insync.replicas of existing topics."""
+    """Cleanup policy, min.insync.replicas and unclean leader election of topics (their
+    effective values: a topic's own, else the cluster's)."""
     wanted = {s.name: s.cleanup_policy for s in specs}
     problems = []
     for name, entries in _describe_topics_configs(admin, list(wanted), timeout).items():
@@ -280,6 +306,9 @@ def _check_configs(
         isr = int(entries["min.insync.replicas"].value) if "min.insync.replicas" in entries else 1
         if isr != min_isr[name]:
             problems.append(min_isr_problem(name, isr, min_isr[name], bootstrap))
+        unclean = entries.get("unclean.leader.election.enable")
+        if unclean is not None and unclean.value == "true":
+            problems.append(unclean_problem(name, bootstrap))
     return problems
 
 

@@ -168,11 +168,14 @@ def test_topics_get_replication_3_and_min_isr_2(kafka_cluster: EmbeddedCluster) 
 def test_provisioning_says_what_to_change(kafka_cluster: EmbeddedCluster) -> None:
     s = make_settings(kafka_cluster.bootstrap)
     admin = AdminClient({"bootstrap.servers": kafka_cluster.bootstrap})
-    posts, likes = s.topic("posts"), s.topic("likes")
+    posts, likes, comments = s.topic("posts"), s.topic("likes"), s.topic("comments")
     futures = admin.create_topics(
         [
             NewTopic(posts, s.posts_partitions, 1, config={"min.insync.replicas": "1"}),
             NewTopic(likes, s.copartitions, 3, config={"min.insync.replicas": "1"}),
+            NewTopic(
+                comments, s.copartitions, 3, config={"unclean.leader.election.enable": "true"}
+            ),
         ]
     )
     for fut in futures.values():
@@ -188,6 +191,8 @@ def test_provisioning_says_what_to_change(kafka_cluster: EmbeddedCluster) -> Non
         f"--alter --entity-type topics --entity-name {likes} --add-config min.insync.replicas=2"
         in message
     )
+    assert f"topic {comments} has unclean.leader.election.enable=true" in message
+    assert f"--entity-name {comments} --add-config unclean.leader.election.enable=false" in message
     # The same topics satisfy a deployment configured for what they have.
     lenient = s.with_(replication_factor=1, min_insync_replicas=1)
     assert ensure_topics(admin, topic_specs(lenient)[:2], 30, Durability(1, 1)) == []

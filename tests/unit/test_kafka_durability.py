@@ -25,6 +25,7 @@ from mysocial.kafka.topics import (
     min_isr_problem,
     reassignment_plan,
     replication_problem,
+    unclean_problem,
 )
 
 
@@ -79,6 +80,8 @@ def test_mismatch_messages_name_the_command() -> None:
         "--entity-name likes --add-config min.insync.replicas=2" in isr
     )
     assert "MYSOCIAL_MIN_INSYNC_REPLICAS=1" in isr
+    unclean = unclean_problem("comments", "b:9092")
+    assert "--entity-name comments --add-config unclean.leader.election.enable=false" in unclean
 
 
 def test_reassignment_plan_adds_replicas_and_keeps_the_leader_first() -> None:
