@@ -22,6 +22,7 @@ from mysocial.kafka.topics import (
     TopicMismatchError,
     TopicSpec,
     ensure_topics,
+    plan_replicas,
     provision,
     topic_specs,
 )
@@ -192,6 +193,10 @@ def test_provisioning_says_what_to_change(kafka_cluster: EmbeddedCluster) -> Non
         in message
     )
     assert f"topic {comments} has unclean.leader.election.enable=true" in message
+    plan = plan_replicas(s)  # what --plan-replicas prints
+    moves = {(m["topic"], m["partition"]): m["replicas"] for m in plan["partitions"]}
+    assert sorted(moves) == [(posts, p) for p in range(s.posts_partitions)]
+    assert all(sorted(replicas) == [1, 2, 3] for replicas in moves.values())
     assert f"--entity-name {comments} --add-config unclean.leader.election.enable=false" in message
     # The same topics satisfy a deployment configured for what they have.
     lenient = s.with_(replication_factor=1, min_insync_replicas=1)
