@@ -15,11 +15,15 @@ class ServiceError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, *, field: str = "", reason: str = "") -> None:
+    def __init__(
+        self, message: str, *, field: str = "", reason: str = "", retry_after_s: float = 0.0
+    ) -> None:
+        """retry_after_s > 0: a retry may succeed after this delay (a RetryInfo detail)."""
         super().__init__(message)
         self.message = message
         self.field = field
         self.reason = reason
+        self.retry_after_s = retry_after_s
 
 
 class InvalidArgument(ServiceError):

@@ -68,6 +68,12 @@ def _status_for(exc: ServiceError) -> status_pb2.Status:
         packed = any_pb2.Any()
         packed.Pack(info)
         details.append(packed)
+    if exc.retry_after_s > 0:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(round(exc.retry_after_s * 1000))
+        packed = any_pb2.Any()
+        packed.Pack(retry)
+        details.append(packed)
     return status_pb2.Status(code=exc.code.value[0], message=exc.message, details=details)
 
 

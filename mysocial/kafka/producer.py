@@ -45,6 +45,11 @@ class DeliveryError(Exception):
     """The record was not acknowledged (broker unreachable, timed out, fatal error)."""
 
 
+class DeliveryUnknown(DeliveryError):
+    """The wait ended before librdkafka settled the record: it may still be written,
+    until its message.timeout.ms (plus librdkafka's expiry scan) has passed."""
+
+
 def producer_config(connection: KafkaConnection, **overrides: Any) -> dict[str, Any]:
     """Idempotent, acks=all producer configuration shared by every writer.
 
@@ -89,7 +94,7 @@ class AsyncProducer:
         self._schedule(self.IDLE_POLL_S)
         self.window_s = window_s
         self._window: asyncio.TimerHandle | None = None
-        self._outbox: list[tuple[str, bytes, bytes, _Headers, _Fut]] = []
+        self._outbox: list[tuple[str, bytes, bytes, _Headers, _Fut, list[bool]]] = []
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -129,18 +134,23 @@ class AsyncProducer:
     ) -> Delivered:
         """Produce one record and wait until it is acknowledged or timeout passes.
 
-        On DeliveryError the record may still be written later (it stays queued in
-        librdkafka until message.timeout.ms): callers make commands idempotent.
+        DeliveryError: librdkafka reported the record failed (it never sends it again;
+        bytes a stalled broker had already received may still be appended when it
+        resumes), or it was never handed to librdkafka. DeliveryUnknown: the timeout
+        came first and the record is still in librdkafka, which may write it until its
+        message.timeout.ms has passed; a timeout longer than that (plus the expiry scan)
+        never ends this way.
         """
         if self._fatal is not None:
             self._recreate()
         fut: _Fut = self._loop.create_future()
         hdrs: _Headers = list(headers)
-        self._outbox.append((topic, value, key, hdrs, fut))
+        handed = [False]  # set once librdkafka holds the record
+        self._outbox.append((topic, value, key, hdrs, fut, handed))
         if self._window is None:
             self._window = self._loop.call_later(self.window_s, self._produce_outbox)
         # A timer instead of wait_for(): no extra task per request on the hot path.
-        expiry = self._loop.call_at(self._loop.time() + timeout, _expire, fut, timeout)
+        expiry = self._loop.call_at(self._loop.time() + timeout, _expire, fut, timeout, handed)
         try:
             return await fut
         finally:
@@ -157,13 +167,14 @@ class AsyncProducer:
         """
         self._window = None
         outbox, self._outbox = self._outbox, []
-        for i, (topic, value, key, headers, fut) in enumerate(outbox):
+        for i, (topic, value, key, headers, fut, handed) in enumerate(outbox):
             if fut.done():  # timed out or cancelled before it was written: stays unwritten
                 continue
             try:
                 self._producer.produce(
                     topic, value, key, headers=headers, on_delivery=partial(self._delivered, fut)
                 )
+                handed[0] = True
             except BufferError:
                 # Local queue full: back-pressure; the rest waits for the next window
                 # (each record's own deadline still applies).
@@ -189,6 +200,11 @@ class AsyncProducer:
         log.warning("producer_recreated")
         threading.Thread(target=old.flush, args=(1.0,), daemon=True).start()
 
+    def metadata(self, topic: str, timeout: float) -> None:
+        """Ask the cluster for topic's metadata through this producer's connections
+        (blocking: call from a thread); raises KafkaException if it does not answer."""
+        self._producer.list_topics(topic, timeout=timeout)
+
     def flush(self, timeout: float) -> int:
         """Wait for queued records; returns how many are still undelivered."""
         remaining = int(self._producer.flush(timeout))
@@ -202,9 +218,10 @@ class AsyncProducer:
         return remaining
 
 
-def _expire(fut: _Fut, timeout: float) -> None:
+def _expire(fut: _Fut, timeout: float, handed: list[bool]) -> None:
     if not fut.done():
-        fut.set_exception(DeliveryError(f"no acknowledgement from Kafka within {timeout:.1f}s"))
+        error = DeliveryUnknown if handed[0] else DeliveryError
+        fut.set_exception(error(f"no acknowledgement from Kafka within {timeout:.1f}s"))
 
 
 def _resolve_all(batch: list[tuple[_Fut, KafkaError | None, Any]]) -> None:
