@@ -1,8 +1,11 @@
 """Command service process: one grpc.aio server per worker process, all on one port.
 
 Workers share the listening port with SO_REUSEPORT so the kernel spreads connections
-over the cores; each worker has its own producer. SIGTERM: health goes NOT_SERVING,
-the server stops accepting and drains in-flight calls, the producer is flushed.
+over the cores; each worker has its own producers. Health is NOT_SERVING until the
+directory is loaded, then follows Kafka (mysocial.kafka.probe): NOT_SERVING while the
+cluster does not answer, since every command would fail. SIGTERM: health goes
+NOT_SERVING, the server stops accepting and drains in-flight calls, the producers are
+flushed.
 
 If a worker's directory reader dies, the worker shuts down the same way and exits 1:
 with one worker the process exits 1 for its supervisor (make run) to restart it;
@@ -18,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from command_service.directory import Directory
 from command_service.publisher import Publisher
@@ -26,6 +29,8 @@ from command_service.servicer import CommandServicer
 from media.library import MediaLibrary
 from mysocial import log as logconf
 from mysocial.config import ConfigError, Settings, split_addr
+from mysocial.kafka import topics
+from mysocial.kafka.probe import ReachabilityProbe
 from mysocial.kafka.tail import ReaderFailed
 from mysocial.process import tune_gc
 from mysocial.rpc import RunningServer, run_until_stopped, start_server
@@ -51,10 +56,35 @@ class CommandServer:
     publisher: Publisher
     directory: Directory
     settings: Settings
+    probe: ReachabilityProbe | None = None
+    stopping: bool = False
+    _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def port(self) -> int:
         return self.running.port
+
+    def _watch_kafka(self) -> None:
+        """Health follows Kafka: NOT_SERVING within ~3 s of the cluster no longer
+        answering (a stalled broker included), SERVING again once it answers."""
+        topic = self.settings.topic(topics.POSTS)
+        producer = self.publisher.default
+        self.probe = ReachabilityProbe(
+            "command-producer",
+            lambda timeout: producer.metadata(topic, timeout),
+            asyncio.get_running_loop(),
+            self._kafka_reachable,
+        )
+        self.probe.start()
+
+    def _kafka_reachable(self, reachable: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self._set_health(reachable))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _set_health(self, serving: bool) -> None:
+        if not self.stopping:
+            await self.running.set_serving([SERVICE_NAME], serving)
 
     @classmethod
     async def start(cls, settings: Settings, addr: str | None = None) -> CommandServer:
@@ -84,6 +114,7 @@ class CommandServer:
             await server.stop(0)
             raise
         await running.set_serving([SERVICE_NAME], True)
+        server._watch_kafka()
         return server
 
     async def serve(self) -> int:
@@ -92,6 +123,11 @@ class CommandServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight RPCs finish, then flush the producer."""
+        self.stopping = True
+        if self.probe is not None:
+            self.probe.stop(0)  # a probe under way ends on its own; nothing is reported
+        for task in list(self._health_updates):
+            task.cancel()
         await self.running.set_serving([SERVICE_NAME], False)
         await self.running.server.stop(self.settings.grace_period_s if grace is None else grace)
         undelivered = await asyncio.to_thread(self.publisher.close, self.settings.grace_period_s)
