@@ -11,6 +11,7 @@ Exit code 1 when a rule is broken.
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,8 +125,22 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def source_files() -> list[Path]:
+    """The files git tracks or would track (build output and caches it ignores are
+    not the project's code)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return sorted(ROOT / name for name in listed.split("\0") if name)
+
+
 def long_files() -> Iterator[str]:
-    for path in sorted(ROOT.rglob("*")):
+    for path in source_files():
+        if not path.is_file():
+            continue  # listed by git but deleted in the working tree
         rel = path.relative_to(ROOT).as_posix()
         if (
             path.suffix not in SOURCE_SUFFIXES
