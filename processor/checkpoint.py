@@ -24,7 +24,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from mysocial.log import get_logger
-from processor.errors import FatalProcessorError
+from processor.errors import FatalProcessorError, is_fatal
 from processor.projection import Context, Projection
 
 log = get_logger("processor.checkpoint")
@@ -44,8 +44,7 @@ class ErrorClass(Enum):
 
 def classify(err: KafkaError) -> ErrorClass:
     """How to react to an error of the transactional producer (pure)."""
-    if err.fatal() or err.code() in (
-        KafkaError._FATAL,
+    if is_fatal(err) or err.code() in (
         KafkaError._FENCED,
         KafkaError.PRODUCER_FENCED,
         KafkaError.INVALID_PRODUCER_EPOCH,

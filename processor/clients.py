@@ -9,7 +9,9 @@ starts from the deployment's connection (mysocial.kafka.connection: servers, TLS
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer, Producer
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaError, Producer
 
 from mysocial.config import Settings
 from mysocial.kafka.connection import kafka_connection
@@ -20,14 +22,19 @@ def group_id(settings: Settings) -> str:
     return settings.topic(PROCESSOR_GROUP)
 
 
-def main_consumer(settings: Settings) -> Consumer:
+OnError = Callable[[KafkaError], None]
+
+
+def main_consumer(settings: Settings, on_error: OnError) -> Consumer:
     """The group member: partition p of likes, comments and posts-by-id (the range
     assignor gives the same p of co-partitioned topics to one member), partitions of
-    posts, and the trending candidates."""
+    posts, and the trending candidates. on_error sees librdkafka's error events: a
+    fatal one (e.g. fenced as a static member) is not returned by poll()."""
     group = group_id(settings)
     return Consumer(
         kafka_connection(settings).config(
             {
+                "error_cb": on_error,
                 "group.id": group,
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,
@@ -52,11 +59,12 @@ def main_consumer(settings: Settings) -> Consumer:
     )
 
 
-def transactional_producer(settings: Settings) -> Producer:
+def transactional_producer(settings: Settings, on_error: OnError) -> Producer:
     """One transactional id per instance id: a restarted instance fences its zombie."""
     return Producer(
         kafka_connection(settings).config(
             {
+                "error_cb": on_error,
                 "transactional.id": f"{group_id(settings)}.{settings.processor_instance_id}",
                 "transaction.timeout.ms": settings.processor_transaction_timeout_ms,
                 "enable.idempotence": True,

@@ -34,7 +34,7 @@ from mysocial.process import tune_gc
 from processor import clients
 from processor.checkpoint import Transaction, call
 from processor.core import CoreUnavailable
-from processor.errors import FatalProcessorError
+from processor.errors import FatalProcessorError, is_fatal
 from processor.flow import FlowControl
 from processor.local_store import StateLocked
 from processor.output import Output
@@ -44,7 +44,7 @@ from processor.projections.posts_with_counts import PostsWithCounts
 from processor.projections.trending_posts import TrendingPosts
 from processor.restore import ChangelogReader
 from processor.stats import StatsLog
-from processor.tasks import TaskManager
+from processor.tasks import TaskManager, owned_only
 from processor.trending import TrendingConfig
 
 log = get_logger("processor")
@@ -55,8 +55,9 @@ class Processor:
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
-        self.consumer = clients.main_consumer(settings)
-        producer = clients.transactional_producer(settings)
+        self.fatal: KafkaError | None = None  # a fatal error event of a client
+        self.consumer = clients.main_consumer(settings, self._on_client_error)
+        producer = clients.transactional_producer(settings, self._on_client_error)
         self.reader = ChangelogReader(clients.restore_consumer(settings))
         self.marks = clients.watermark_consumer(settings)
         ctx = Context(
@@ -76,7 +77,7 @@ class Processor:
         self.by_topic = {settings.topic(s): p for p in self.projections for s in p.sources}
         self.tasks = TaskManager(self.projections, ctx, self.consumer, self.reader)
         self.txn = Transaction(ctx, self.consumer, self.projections)
-        self.flow = FlowControl(self.consumer, ctx, self.posts_by_id.repartitioned)
+        self.flow = FlowControl(self.consumer, ctx, self.posts_by_id.rekeyed_until)
         self.stats = StatsLog([self._counters, *(p.stats for p in self.projections)])
         self.assignment_epoch = 0  # bumped by every rebalance callback
         self.running = True
@@ -149,8 +150,10 @@ class Processor:
         timeout = min([timeout, *(p.next_timer(now) for p in self.projections)])
         epoch = self.assignment_epoch
         msgs = consume_batch(self.consumer, batch_size, timeout)
+        if self.fatal is not None:  # e.g. fenced as a static member: no task comes back
+            raise FatalProcessorError(str(self.fatal))
         if self.assignment_epoch != epoch:
-            msgs = self._owned_only(msgs)
+            msgs = owned_only(self.consumer, msgs)
         return msgs
 
     def _process(self, msgs: list[Message]) -> None:
@@ -180,30 +183,18 @@ class Processor:
     def _flow_control(self) -> None:
         self.flow.update(*self.tasks.partitions())
 
+    def _on_client_error(self, err: KafkaError) -> None:
+        """librdkafka's error events (run inside poll); it retries the others itself."""
+        self.fatal = err if is_fatal(err) else self.fatal
+
     def _consume_error(self, msg: Message) -> None:
         err = msg.error()
         assert err is not None
         if err.code() == KafkaError._PARTITION_EOF:
             return
-        if err.fatal() or err.code() == KafkaError._FATAL:
+        if is_fatal(err):
             raise FatalProcessorError(str(err))
         log.warning("consume_error", error=str(err))
-
-    def _owned_only(self, msgs: list[Message]) -> list[Message]:
-        """A rebalance ran inside the consume calls that returned msgs.
-
-        The batch may then hold records of partitions revoked in between
-        (confluent-kafka-python#1013). Those are dropped here, before they could move
-        this instance's positions: otherwise its next commit would write offsets for
-        partitions another instance owns now. Records of partitions revoked and given
-        back are read again from the committed offset; that leaves the same state as
-        reading them once (test_records_read_again_after_a_rebalance_change_nothing).
-        """
-        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        kept = [m for m in msgs if (m.topic(), m.partition()) in owned]
-        if len(kept) != len(msgs):
-            log.info("records_of_revoked_partitions_dropped", records=len(msgs) - len(kept))
-        return kept
 
     # -- rebalancing (callbacks run inside poll; nothing here blocks for long) ----------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -238,7 +229,8 @@ class Processor:
         for consumer in (self.consumer, self.reader.consumer, self.marks):
             with contextlib.suppress(KafkaException, RuntimeError):
                 consumer.close()
-        self.ctx.producer.flush(5)
+        with contextlib.suppress(KafkaException):  # a fatal producer refuses to flush
+            self.ctx.producer.flush(5)
         self.counts.shutdown()
         log.info("processor_stopped")
 

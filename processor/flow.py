@@ -14,6 +14,7 @@ Two reasons to pause a partition:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -33,7 +34,9 @@ Partition = tuple[str, int]
 class FlowControl:
     """Decides the paused set each loop pass and applies only the difference."""
 
-    def __init__(self, consumer: Consumer, ctx: Context, repartitioned: dict[int, int]) -> None:
+    def __init__(
+        self, consumer: Consumer, ctx: Context, rekeyed_until: Callable[[int], int]
+    ) -> None:
         self.consumer = consumer
         self.ctx = ctx
         t = ctx.settings.topic
@@ -41,7 +44,7 @@ class FlowControl:
         self.topic_by_id = t(topics.POSTS_BY_ID)
         self.engagement = frozenset((t(topics.LIKES), t(topics.COMMENTS)))
         # posts-by-id partition -> offset after the newest post re-keyed into it.
-        self.repartitioned = repartitioned
+        self.rekeyed_until = rekeyed_until
         self.engagement_held = True
         self.paused: set[Partition] = set()
         self.logged = 0.0
@@ -84,7 +87,7 @@ class FlowControl:
                     behind += high - position
                     where = where or f"posts[{p}] at {position} of {high}"
             elif topic == self.topic_by_id:
-                target = self.repartitioned.get(p, 0)
+                target = self.rekeyed_until(p)
                 position = consumed.get((topic, p), 0)
                 if position < target:
                     behind += target - position

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from mysocial.log import get_logger
 from processor.projection import Context, Projection
@@ -224,3 +224,21 @@ class TaskManager:
         task.transition(State.CLOSED)
         task.projection.close(task.partition)
         del self.tasks[(task.projection.name, task.partition)]
+
+
+def owned_only(consumer: Consumer, msgs: list[Message]) -> list[Message]:
+    """The records of msgs whose partitions this instance still owns, after a rebalance
+    ran inside the consume calls that returned them.
+
+    The batch may hold records of partitions revoked in between
+    (confluent-kafka-python#1013). Those are dropped before they could move this
+    instance's positions: otherwise its next commit would write offsets for partitions
+    another instance owns now. Records of partitions revoked and given back are read
+    again from the committed offset; that leaves the same state as reading them once
+    (test_records_read_again_after_a_rebalance_change_nothing).
+    """
+    owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+    kept = [m for m in msgs if (m.topic(), m.partition()) in owned]
+    if len(kept) != len(msgs):
+        log.info("records_of_revoked_partitions_dropped", records=len(msgs) - len(kept))
+    return kept

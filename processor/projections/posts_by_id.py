@@ -9,6 +9,8 @@ where it came from: the source offset is what read-your-writes tokens name.
 
 from __future__ import annotations
 
+import functools
+
 from confluent_kafka import KafkaError, Message
 
 from mysocial.events import InvalidEvent, check
@@ -31,9 +33,14 @@ class PostsById(Projection):
         self.topic_by_id = settings.topic(topics.POSTS_BY_ID)
         self.partitions = settings.copartitions
         self.instance = settings.processor_instance_id.encode()
-        # Offset after the newest record re-keyed into each posts-by-id partition
-        # (flow control waits until those this instance reads have been read back).
+        # Offset after the newest committed record re-keyed into each posts-by-id
+        # partition (flow control waits until those this instance reads have been read
+        # back). Deliveries count only for the transaction they were written in: a
+        # report served after its transaction was aborted must not set a target that
+        # read_committed readers never reach (likes would wait for it forever).
         self.repartitioned: dict[int, int] = {}
+        self.delivered: dict[int, int] = {}  # of the open transaction
+        self.generation = 0  # bumped at every commit and abort
 
     def apply(self, msgs: list[Message], start: int) -> int:
         run = self.ctx.run_of(msgs, start, self.topic_posts)
@@ -54,7 +61,7 @@ class PostsById(Projection):
             key,
             msg.value(),
             partition_for(key, self.partitions),
-            on_delivery=self._delivered,
+            on_delivery=functools.partial(self._delivered, self.generation),
             headers=[
                 (SRC_PARTITION, str(partition).encode()),
                 (SRC_OFFSET, str(offset).encode()),
@@ -63,10 +70,22 @@ class PostsById(Projection):
             timestamp=msg.timestamp()[1],
         )
 
-    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
-        if err is None:
+    def _delivered(self, generation: int, err: KafkaError | None, msg: Message) -> None:
+        if err is None and generation == self.generation:
             p, offset = msg.partition() or 0, msg.offset() or 0
-            self.repartitioned[p] = max(self.repartitioned.get(p, 0), offset + 1)
+            self.delivered[p] = max(self.delivered.get(p, 0), offset + 1)
+
+    def rekeyed_until(self, partition: int) -> int:
+        """The offset after the newest post re-keyed into this posts-by-id partition,
+        committed or in the open transaction (flow control's target)."""
+        return max(self.repartitioned.get(partition, 0), self.delivered.get(partition, 0))
+
+    def post_commit(self) -> None:
+        for p, end in self.delivered.items():
+            self.repartitioned[p] = max(self.repartitioned.get(p, 0), end)
+        self.delivered.clear()
+        self.generation += 1
 
     def abort(self) -> None:
-        self.repartitioned.clear()  # what the aborted transaction re-keyed never shows up
+        self.delivered.clear()  # what the aborted transaction re-keyed never shows up
+        self.generation += 1
