@@ -19,9 +19,10 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import Message
+from confluent_kafka import KafkaException, Message
 
 from mysocial.config import Settings
+from mysocial.errors import Unavailable
 from mysocial.events import InvalidEvent, check
 from mysocial.kafka import LONG_POLL_MS, topics
 from mysocial.kafka.connection import kafka_connection
@@ -160,37 +161,53 @@ class Directory:
 
     # -- lookups --------------------------------------------------------------------------
     async def post(self, post_id: str, timeout: float) -> Entry | None:
-        """The post, waiting for the reader to catch up before saying it does not exist."""
+        """The post, waiting for the reader to catch up before saying it does not exist;
+        Unavailable if it could not catch up in time (Kafka away, reader behind)."""
         found = self.state.posts.get(post_id)
         if found is not None:
             return found
-        await self._catch_up(self.topic_posts, None, timeout)
-        return self.state.posts.get(post_id)
+        reached = await self._catch_up(self.topic_posts, None, timeout)
+        return self._found_or_unsure(self.state.posts.get(post_id), reached)
 
     async def comment(self, post_id: str, comment_id: str, timeout: float) -> Entry | None:
         found = self.state.comments.get(comment_id)
         if found is not None:
             return found
         partition = partition_for(post_id.encode(), self.settings.copartitions)
-        await self._catch_up(self.topic_comments, partition, timeout)
-        return self.state.comments.get(comment_id)
+        reached = await self._catch_up(self.topic_comments, partition, timeout)
+        return self._found_or_unsure(self.state.comments.get(comment_id), reached)
 
-    async def _catch_up(self, topic: str, partition: int | None, timeout: float) -> None:
-        """Wait until the reader reached the partitions' ends as of now (or timeout)."""
+    @staticmethod
+    def _found_or_unsure(found: Entry | None, reached: bool) -> Entry | None:
+        """A miss counts as "does not exist" only once the reader saw everything written
+        before the lookup; otherwise (Kafka unreachable: the end offsets or the records
+        did not come in time) NOT_FOUND could be wrong, and the caller should retry."""
+        if found is None and not reached:
+            raise Unavailable(
+                "could not check against Kafka in time whether it exists; retry",
+                reason="EVENT_STORE_UNAVAILABLE",
+                retry_after_s=1.0,
+            )
+        return found
+
+    async def _catch_up(self, topic: str, partition: int | None, timeout: float) -> bool:
+        """Wait until the reader reached the partitions' ends as of now; False if it
+        did not within timeout (or the ends could not be fetched)."""
         deadline = self.loop.time() + timeout
         try:
             ends = await asyncio.wait_for(self._ends(topic), timeout)
-        except TimeoutError:
-            return
+        except (TimeoutError, KafkaException):
+            return False
         wanted = {k: v for k, v in ends.items() if partition is None or k[1] == partition}
         while any(self.positions.get(k, 0) < end for k, end in wanted.items()):
             remaining = deadline - self.loop.time()
             if remaining <= 0:
-                return
+                return False
             try:
                 await asyncio.wait_for(self._progress.wait(), remaining)
             except TimeoutError:
-                return
+                return False
+        return True
 
     async def _ends(self, topic: str) -> dict[tuple[str, int], int]:
         """End offsets of every partition of topic, fetched no earlier than this call.
@@ -221,8 +238,12 @@ class Directory:
         def done(t: asyncio.Future[dict[tuple[str, int], int]]) -> None:
             if self._queries.get(topic) is query:
                 del self._queries[topic]
-            if t.exception() is not None:
-                query.future.set_exception(t.exception())  # type: ignore[arg-type]
+            error = t.exception()
+            if error is not None:
+                query.future.set_exception(error)
+                # Marked retrieved: every waiter may have given up already (Kafka away),
+                # and asyncio would log the exception with a traceback.
+                query.future.exception()
             else:
                 query.future.set_result(t.result())
 

@@ -181,6 +181,10 @@ def test_services_ride_out_a_kafka_outage(
                 like = cmd.LikePostRequest(post_id=post.post_id, request_id="during")
                 commands.LikePost(like, metadata=auth("bo"), timeout=3)
             command_failed_s = time.monotonic() - started
+            # A post this process does not know: it cannot tell "no such post" now.
+            with pytest.raises(grpc.RpcError) as unsure:
+                like = cmd.LikePostRequest(post_id="00000000-0000-4000-8000-0000000000ff")
+                commands.LikePost(like, metadata=auth("bo"), timeout=3)
             latencies = reads_during(queries, post_ids, outage)
         went, back = outage.went, outage.back
         down_at = command_health.first(NOT_SERVING, went) or went
@@ -219,6 +223,7 @@ def test_services_ride_out_a_kafka_outage(
         query.stop()
         command.stop()
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value
+    assert unsure.value.code() == grpc.StatusCode.UNAVAILABLE, unsure.value
     assert not_serving <= 5.0, f"NOT_SERVING only after {not_serving:.2f}s"
     assert all(len(r.connections) == 1 and not r.errors for r in readers.readers), [
         (r.name, len(r.connections), r.errors) for r in readers.readers
