@@ -21,7 +21,14 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from mysocial.log import get_logger
 from processor.errors import FatalProcessorError, is_fatal
@@ -29,7 +36,7 @@ from processor.projection import Context, Projection
 
 log = get_logger("processor.checkpoint")
 
-RETRIES = 10
+ATTEMPT_S = 5.0  # the longest one transactional call may block
 
 
 class Abortable(Exception):
@@ -57,12 +64,17 @@ def classify(err: KafkaError) -> ErrorClass:
     return ErrorClass.FATAL
 
 
-def call(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a transactional API, retrying retriable errors; raise the others as
-    Abortable or FatalProcessorError."""
-    for attempt in range(RETRIES):
+def call(what: str, fn: Callable[[float], Any], deadline: float) -> Any:
+    """Call a transactional API, fn(timeout of one attempt), retrying retriable errors
+    until `deadline` (time.monotonic()); raise the others as Abortable or
+    FatalProcessorError. No attempt outlasts ATTEMPT_S, so a stalled broker cannot hold
+    the loop (or a SIGTERM) longer than that, and nothing is retried past the point
+    where the broker aborts the transaction anyway."""
+    attempt = 0
+    while True:
+        attempt += 1
         try:
-            return fn(*args)
+            return fn(max(0.1, min(ATTEMPT_S, deadline - time.monotonic())))
         except (KafkaException, SystemError) as raised:
             # A KafkaException raised while librdkafka ran a delivery callback reaches
             # us as a SystemError whose cause it is.
@@ -72,13 +84,25 @@ def call(fn: Callable[..., Any], *args: Any) -> Any:
             err: KafkaError = exc.args[0]
             kind = classify(err)
             if kind == ErrorClass.ABORTABLE:
-                raise Abortable(f"{fn.__name__}: {err}") from exc
-            if kind == ErrorClass.RETRIABLE and attempt < RETRIES - 1:
-                log.warning("transaction_call_retry", call=fn.__name__, error=str(err))
-                time.sleep(0.2 * (attempt + 1))
+                raise Abortable(f"{what}: {err}") from exc
+            if kind == ErrorClass.RETRIABLE and time.monotonic() < deadline:
+                log.warning("transaction_call_retry", call=what, error=str(err))
+                time.sleep(min(1.0, 0.1 * attempt))
                 continue
-            raise FatalProcessorError(f"{fn.__name__}: {err}") from exc
-    raise AssertionError("unreachable")
+            why = " (retried until its deadline)" if kind == ErrorClass.RETRIABLE else ""
+            raise FatalProcessorError(f"{what}: {err}{why}") from exc
+
+
+def flush(producer: Producer, timeout: float) -> None:
+    """Every record produced so far acknowledged, or a retriable timeout."""
+    left = producer.flush(timeout)
+    if left:
+        reason = f"{left} records not acknowledged within {timeout:.1f}s"
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, reason, retriable=True))
+
+
+def _soon() -> float:
+    return time.monotonic() + ATTEMPT_S
 
 
 class Transaction:
@@ -91,12 +115,14 @@ class Transaction:
         self.projections = projections
         self.open = False
         self.started = 0.0
+        # The broker aborts a transaction open longer than this: no use retrying past.
+        self.timeout_s = ctx.settings.processor_transaction_timeout_ms / 1000.0
         self.commits = 0
         self.aborts = 0
 
     def begin(self) -> None:
         if not self.open:
-            call(self.producer.begin_transaction)
+            call("begin_transaction", lambda t: self.producer.begin_transaction(), _soon())
             self.open = True
             self.started = time.monotonic()
 
@@ -111,17 +137,18 @@ class Transaction:
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.ctx.positions.items()]
         try:
             # 2. Every record of the transaction is acknowledged by the broker.
-            call(self.producer.flush)
+            deadline = max(self.started + self.timeout_s, time.monotonic() + ATTEMPT_S)
+            call("flush", lambda t: flush(self.producer, t), deadline)
             # 3. The consumed offsets join the transaction.
             if offsets:
+                group = self.consumer.consumer_group_metadata()
                 call(
-                    self.producer.send_offsets_to_transaction,
-                    offsets,
-                    self.consumer.consumer_group_metadata(),
-                    30,
+                    "send_offsets_to_transaction",
+                    lambda t: self.producer.send_offsets_to_transaction(offsets, group, t),
+                    deadline,
                 )
             # 4. Commit: outputs, changelog and offsets become visible together.
-            call(self.producer.commit_transaction, 60)
+            call("commit_transaction", lambda t: self.producer.commit_transaction(t), deadline)
         except Abortable as exc:
             self.abort_and_rewind(str(exc))
             return
@@ -137,7 +164,11 @@ class Transaction:
         log.warning("transaction_aborted", reason=reason)
         self.aborts += 1
         try:
-            call(self.producer.abort_transaction, 30)
+            call(
+                "abort_transaction",
+                lambda t: self.producer.abort_transaction(t),
+                time.monotonic() + self.timeout_s,
+            )
         except Abortable as exc:
             raise FatalProcessorError(f"abort failed: {exc}") from exc
         self.open = False

@@ -80,6 +80,7 @@ class Processor:
         self.flow = FlowControl(self.consumer, ctx, self.posts_by_id.rekeyed_until)
         self.stats = StatsLog([self._counters, *(p.stats for p in self.projections)])
         self.assignment_epoch = 0  # bumped by every rebalance callback
+        self.closing = False
         self.running = True
 
     def stop(self, *_: Any) -> None:
@@ -89,7 +90,8 @@ class Processor:
     def run(self) -> int:
         """Process until stop(); returns the process exit code."""
         try:
-            call(self.ctx.producer.init_transactions, 30)
+            producer = self.ctx.producer
+            call("init_transactions", producer.init_transactions, time.monotonic() + 60)
             self.consumer.subscribe(
                 list(self.by_topic),
                 on_assign=self._on_assign,
@@ -207,13 +209,14 @@ class Processor:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assignment_epoch += 1
-        self.txn.commit()
+        if not self.closing:  # closing after a fatal error: no transactional work
+            self.txn.commit()
         self.tasks.revoke(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assignment_epoch += 1
         log.warning("partitions_lost", count=len(partitions))
-        if self.txn.open:
+        if self.txn.open and not self.closing:
             self.txn.abort_and_rewind("partitions lost")
         self.tasks.revoke(partitions, lost=True)
 
@@ -225,6 +228,7 @@ class Processor:
         }
 
     def _close(self) -> None:
+        self.closing = True
         self.tasks.close_all()
         for consumer in (self.consumer, self.reader.consumer, self.marks):
             with contextlib.suppress(KafkaException, RuntimeError):

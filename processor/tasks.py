@@ -23,13 +23,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from mysocial.log import get_logger
 from processor.projection import Context, Projection
 from processor.restore import ChangelogReader
 
 log = get_logger("processor.tasks")
+
+# Fetching a new assignment's committed offsets: each attempt waits this long; a
+# cluster that does not answer is asked again until the give-up time.
+COMMITTED_ATTEMPT_S = 10.0
+COMMITTED_GIVE_UP_S = 120.0
+_TRANSIENT = (KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
 
 
 class State(Enum):
@@ -208,10 +214,26 @@ class TaskManager:
         matches the offsets the task resumes from."""
         tps = [TopicPartition(t, p) for task in tasks for (t, p) in task.inputs]
         out: dict[tuple[str, int], int] = {}
-        for tp in self.consumer.committed(tps, timeout=60):
+        for tp in self._fetch_committed(tps):
             out[(tp.topic, tp.partition)] = max(tp.offset, 0)
             self.ctx.consumed[(tp.topic, tp.partition)] = max(tp.offset, 0)
         return out
+
+    def _fetch_committed(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        """consumer.committed(), asked again while the cluster does not answer (a
+        request caught by a stalled broker is not retried by librdkafka once the broker
+        resumes); after COMMITTED_GIVE_UP_S, or on another error, the instance stops."""
+        give_up = time.monotonic() + COMMITTED_GIVE_UP_S
+        while True:
+            try:
+                return list(self.consumer.committed(tps, timeout=COMMITTED_ATTEMPT_S))
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if not (err.retriable() or err.code() in _TRANSIENT):
+                    raise
+                if time.monotonic() > give_up:
+                    raise
+                log.warning("committed_offsets_retry", error=str(err))
 
     def _suspend(self, task: Task) -> None:
         self.reader.cancel(task.id)
@@ -238,7 +260,9 @@ def owned_only(consumer: Consumer, msgs: list[Message]) -> list[Message]:
     (test_records_read_again_after_a_rebalance_change_nothing).
     """
     owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-    kept = [m for m in msgs if (m.topic(), m.partition()) in owned]
+    # Error events stay: the fatal one that fenced this instance comes with the very
+    # rebalance (partitions lost) that made this filter run.
+    kept = [m for m in msgs if m.error() is not None or (m.topic(), m.partition()) in owned]
     if len(kept) != len(msgs):
         log.info("records_of_revoked_partitions_dropped", records=len(msgs) - len(kept))
     return kept

@@ -3,13 +3,14 @@ assignments and revocations, and how transactional errors are classified."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from mysocial.config import Settings
-from processor.checkpoint import Abortable, ErrorClass, call, classify
+from processor.checkpoint import ATTEMPT_S, Abortable, ErrorClass, call, classify
 from processor.errors import FatalProcessorError
 from processor.projection import Context, Projection
 from processor.tasks import IllegalTransition, State, Task, TaskManager
@@ -121,43 +122,46 @@ def test_call_retries_what_is_retriable_and_raises_the_rest(
 ) -> None:
     monkeypatch.setattr("processor.checkpoint.time.sleep", lambda s: None)
     attempts = iter([KafkaError(KafkaError._TIMED_OUT, retriable=True)] * 2 + [None])
+    timeouts: list[float] = []
 
-    def flaky() -> str:
+    def flaky(timeout: float) -> str:
+        timeouts.append(timeout)
         err = next(attempts)
         if err is not None:
             raise KafkaException(err)
         return "ok"
 
-    assert call(flaky) == "ok"
+    assert call("flaky", flaky, time.monotonic() + 60) == "ok"
+    assert len(timeouts) == 3 and max(timeouts) <= ATTEMPT_S  # no attempt blocks long
 
-    def abortable() -> None:
+    def abortable(timeout: float) -> None:
         raise KafkaException(KafkaError(KafkaError._STATE, txn_requires_abort=True))
 
     with pytest.raises(Abortable):
-        call(abortable)
+        call("abortable", abortable, time.monotonic() + 60)
 
-    def always_retriable() -> None:
+    def always_retriable(timeout: float) -> None:
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, retriable=True))
 
-    with pytest.raises(FatalProcessorError, match="always_retriable"):
-        call(always_retriable)  # retries run out: the instance stops and says why
+    with pytest.raises(FatalProcessorError, match=r"always_retriable.*until its deadline"):
+        call("always_retriable", always_retriable, time.monotonic() + 0.05)
 
 
 def test_an_error_raised_inside_a_delivery_callback_is_classified_too() -> None:
     """confluent-kafka reports a KafkaException raised while it ran a delivery callback
     as a SystemError caused by it (seen when a fenced producer flushed)."""
 
-    def flush() -> None:
+    def flush(timeout: float) -> None:
         try:
             raise KafkaException(KafkaError(KafkaError._FENCED))
         except KafkaException as exc:
             raise SystemError("callback returned a result with an exception set") from exc
 
     with pytest.raises(FatalProcessorError, match="_FENCED"):
-        call(flush)
+        call("flush", flush, time.monotonic() + 60)
 
-    def unrelated() -> None:
+    def unrelated(timeout: float) -> None:
         raise SystemError("not Kafka's")
 
     with pytest.raises(SystemError):
-        call(unrelated)
+        call("unrelated", unrelated, time.monotonic() + 60)
