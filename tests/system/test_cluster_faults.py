@@ -1,0 +1,283 @@
+"""Broker faults on a 3-node cluster (RF 3, min ISR 2), with the randomized workload's
+retrying clients, the processor and the command service supervised as `make run` does.
+
+After each scenario: every command answered OK is in Kafka (once, unless its first
+attempt reached a stalled broker and was retried: same event id, counted once), the
+projections equal the workload's own model, `processor audit` agrees, and any restart
+a supervisor made is reported. The scenarios follow Kafka's replication and
+transaction system tests and Jepsen's analyses of Kafka-compatible systems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from mysocial.config import Settings
+from mysocial.kafka import topics
+from mysocial.kafka.cluster import EmbeddedCluster
+from mysocial.kafka.connection import kafka_connection
+from mysocial.kafka.topics import PROCESSOR_GROUP, provision
+from mysocial.v1 import command_service_pb2 as cmd
+from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
+from tests.support.helpers import auth, free_port, make_settings
+from tests.support.services import ProcessorProc, Service
+from tests.support.supervisor import Supervisor, Watched
+from tests.support.workload import Model, Workload, check_acknowledged, check_exact
+
+
+@dataclass
+class Running:
+    settings: Settings
+    addr: str
+    processor: ProcessorProc
+    command: Service
+    supervisor: Supervisor
+
+
+@contextmanager
+def system_on(cluster: EmbeddedCluster, tmp_path: Path) -> Iterator[Running]:
+    """The processor and a command service on the cluster, restarted if they exit."""
+    addr = f"127.0.0.1:{free_port()}"
+    settings = make_settings(
+        cluster.bootstrap,
+        processor_state_dir=str(tmp_path / "state"),
+        processor_session_timeout_ms=6000,
+        processor_transaction_timeout_ms=10000,
+        command_addr=addr,
+        log_level="info",
+    )
+    provision(settings)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    processor = ProcessorProc(settings, "a", logs)
+    command = Service(
+        "command_service", settings, addr, logs / "command.log", "mysocial.v1.CommandService"
+    )
+    processor.start()
+    command.start()
+    watched = [
+        Watched("processor", processor.alive, processor.start),
+        Watched(
+            "command_service",
+            lambda: command.proc is not None and command.proc.poll() is None,
+            lambda: command.start(wait=False),
+        ),
+    ]
+    with Supervisor(watched) as supervisor:
+        try:
+            yield Running(settings, addr, processor, command, supervisor)
+        finally:
+            supervisor.__exit__()
+            processor.terminate()
+            command.stop()
+
+
+def drive(
+    run: Running,
+    workload: Workload,
+    total: int,
+    faults: Sequence[tuple[int, Callable[[], None]]] = (),
+) -> Model:
+    """Drive the workload up to `total` commands; each fault runs once it sent its mark."""
+    progress = {"sent": workload.sent}
+    failures: list[BaseException] = []
+
+    def conductor() -> None:
+        try:
+            for mark, fault in faults:
+                while progress["sent"] < mark:
+                    time.sleep(0.01)
+                fault()
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=conductor)
+    thread.start()
+    model = asyncio.run(workload.run(total, lambda n: progress.__setitem__("sent", n)))
+    thread.join(300)
+    assert not thread.is_alive() and failures == []
+    assert workload.errors == []
+    return model
+
+
+def retrying(run: Running, seed: int) -> Workload:
+    """The workload's clients: 5 s per attempt, an indeterminate call sent again."""
+    return Workload(run.addr, seed=seed, users=40, call_timeout=5.0, retry_for=240.0)
+
+
+def verify(run: Running, workload: Workload, model: Model) -> dict[str, object]:
+    check_exact(run.settings, model)
+    report: dict[str, object] = dict(check_acknowledged(run.settings, workload))
+    report["retries"] = dict(workload.retries)
+    report["restarts"] = list(run.supervisor.restarts)
+    print(f"scenario report: {report}")
+    return report
+
+
+def busiest_leader(cluster: EmbeddedCluster, settings: Settings) -> int:
+    """The node leading the likes partition that holds the most records."""
+    topic = settings.topic(topics.LIKES)
+    consumer = Consumer(kafka_connection(settings).config({"group.id": "fault-probe"}))
+    try:
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(settings.copartitions)
+        }
+    finally:
+        consumer.close()
+    return cluster.leader_of(topic, max(ends, key=lambda p: ends[p]))
+
+
+def bounce(cluster: EmbeddedCluster, node: int, down_s: float = 3.0) -> None:
+    """kill -9 a node, leave it down a moment, start it, wait until all is in sync."""
+    cluster.kill_node(node)
+    time.sleep(down_s)  # the fault's duration, not a wait for a condition
+    cluster.start_node(node)
+    cluster.wait_until_in_sync(timeout=120)
+
+
+def test_killing_the_busiest_leader_and_the_transaction_coordinator(
+    kafka_cluster: EmbeddedCluster, tmp_path: Path
+) -> None:
+    """Scenario 1: kill -9 the leader of the busiest partitions three times during a
+    10,000-command workload (the second time the processor's transaction coordinator),
+    restarting it each time."""
+    with system_on(kafka_cluster, tmp_path) as run:
+        txn_id = f"{run.settings.topic(PROCESSOR_GROUP)}.a"
+        faults = [
+            (2000, lambda: bounce(kafka_cluster, busiest_leader(kafka_cluster, run.settings))),
+            (5000, lambda: bounce(kafka_cluster, kafka_cluster.transaction_coordinator(txn_id))),
+            (8000, lambda: bounce(kafka_cluster, busiest_leader(kafka_cluster, run.settings))),
+        ]
+        workload = retrying(run, 101)
+        verify(run, workload, drive(run, workload, 10_000, faults))
+
+
+def test_two_brokers_down_acknowledge_nothing_then_service_resumes(
+    kafka_cluster: EmbeddedCluster, tmp_path: Path
+) -> None:
+    """Scenario 2: with two of three brokers down, commands fail with UNAVAILABLE within
+    their deadline and none is acknowledged; after the brokers return, service resumes
+    by itself and the counts are exact (no failed command was written later)."""
+    with system_on(kafka_cluster, tmp_path) as run:
+        workload = retrying(run, 102)
+        drive(run, workload, 1500)
+        post = next(p for p in workload.model.posts.values() if not p.deleted)
+        down = kafka_cluster.node_ids[:2]
+        for node in down:
+            kafka_cluster.kill_node(node)
+        stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(run.addr))
+        outcomes = []
+        for i in range(10):
+            began = time.monotonic()
+            try:
+                stub.LikePost(
+                    cmd.LikePostRequest(post_id=post.post_id, request_id=f"down-{i}"),
+                    metadata=auth(f"outage{i}"),
+                    timeout=3.0,
+                )
+                outcomes.append(("OK", time.monotonic() - began))
+            except grpc.RpcError as exc:
+                outcomes.append((exc.code().name, time.monotonic() - began))
+        assert all(code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") for code, _ in outcomes), outcomes
+        assert max(seconds for _, seconds in outcomes) < 4.0, outcomes
+        for node in down:
+            kafka_cluster.start_node(node)
+        kafka_cluster.wait_until_in_sync(timeout=180)
+        verify(run, workload, drive(run, workload, workload.sent + 2500))
+
+
+def test_hard_bouncing_every_broker_in_turn(kafka_cluster: EmbeddedCluster, tmp_path: Path) -> None:
+    """Scenario 3: kill -9 and restart each broker in turn while the processor commits."""
+    with system_on(kafka_cluster, tmp_path) as run:
+        faults = [
+            (1500 + 1500 * i, lambda n=node: bounce(kafka_cluster, n))
+            for i, node in enumerate(kafka_cluster.node_ids)
+        ]
+        workload = retrying(run, 103)
+        verify(run, workload, drive(run, workload, 6500, faults))
+
+
+def test_a_broker_stopped_for_thirty_seconds(
+    kafka_cluster: EmbeddedCluster, tmp_path: Path
+) -> None:
+    """Scenario 6a: SIGSTOP the busiest leader for 30 s (it holds its connections and
+    answers nothing: clients must time out and move on), then SIGCONT it."""
+    with system_on(kafka_cluster, tmp_path) as run:
+
+        def stall() -> None:
+            node = busiest_leader(kafka_cluster, run.settings)
+            kafka_cluster.pause_node(node)
+            time.sleep(30)  # the fault's duration
+            kafka_cluster.resume_node(node)
+
+        workload = retrying(run, 104)
+        model = drive(run, workload, 5000, [(1500, stall)])
+        kafka_cluster.wait_until_in_sync(timeout=120)
+        verify(run, workload, model)
+
+
+@pytest.fixture
+def cluster_with_a_small_disk(tmp_path: Path) -> Iterator[tuple[EmbeddedCluster, Path]]:
+    """A 3-node cluster whose node 3 keeps its partitions on a 48 MiB tmpfs (its
+    metadata log stays on the ordinary disk)."""
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(small)], check=True)
+    cluster = EmbeddedCluster.on_free_ports(
+        3,
+        tmp_path / "cluster",
+        node_overrides={
+            3: {"log.dirs": str(small / "logs"), "metadata.log.dir": str(tmp_path / "meta-3")}
+        },
+    )
+    try:
+        cluster.start()
+        yield cluster, small
+    finally:
+        cluster.stop()
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_broker_whose_disk_fills_up(
+    cluster_with_a_small_disk: tuple[EmbeddedCluster, Path], tmp_path: Path
+) -> None:
+    """Scenario 6b: node 3's log directory fills up under load. The node takes its log
+    directory offline (and stops leading or following); the other two keep the
+    service going; once space is freed and the node restarted, it catches up."""
+    cluster, small = cluster_with_a_small_disk
+    filler = small / "filler"
+    with system_on(cluster, tmp_path) as run:
+
+        def fill() -> None:
+            free = subprocess.run(
+                ["df", "--output=avail", "-B1", str(small)], capture_output=True, text=True
+            ).stdout.split()[-1]
+            with open(filler, "wb") as f:  # leave 64 KiB: the workload fills the rest
+                f.write(b"\0" * max(0, int(free) - 64 * 1024))
+
+        def free_and_restart() -> None:
+            filler.unlink()
+            if 3 not in cluster.running_ids():
+                cluster.start_node(3)
+            else:
+                cluster.stop_node(3)
+                cluster.start_node(3)
+
+        workload = retrying(run, 105)
+        model = drive(run, workload, 6000, [(1000, fill), (4500, free_and_restart)])
+        cluster.wait_until_in_sync(timeout=180)
+        node_log = cluster.node(3).log_file.read_text(errors="replace")
+        assert "No space left on device" in node_log  # the fault really happened
+        verify(run, workload, model)
