@@ -33,6 +33,7 @@ POSTS = "posts"
 LIKES = "likes"
 COMMENTS = "comments"
 POSTS_WITH_COUNTS = "posts_with_counts"
+POST_COMMENTS = "post_comments"
 TRENDING_POSTS = "trending_posts"
 # Internal topics, under the mysocial. prefix.
 POSTS_BY_ID = "mysocial.posts-by-id"
@@ -168,6 +169,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t(LIKES), n, dict(engagement)),
         TopicSpec(t(COMMENTS), n, dict(engagement)),
         TopicSpec(t(POSTS_WITH_COUNTS), n, dict(compact_hot)),
+        TopicSpec(t(POST_COMMENTS), n, dict(compact_hot)),
         TopicSpec(t(TRENDING_POSTS), 1, dict(compact_small)),
         TopicSpec(t(POSTS_BY_ID), n, {"cleanup.policy": "delete", "retention.ms": str(FOREVER)}),
         TopicSpec(t(PROCESSOR_CHANGELOG), n, dict(compact_hot)),
