@@ -84,6 +84,8 @@ class CoreStats(NamedTuple):
 Positions = dict[tuple[str, int], int]
 # A changed post: (post_id, posts_with_counts value or None for a tombstone, PostRecord).
 Change = tuple[str, bytes | None, bytes]
+# (offset in `comments`, post id, comment id, CommentRecord or None if deleted/unknown)
+CommentChange = tuple[int, str, str, bytes | None]
 OnDelivery = Callable[[Any, Message], None]
 
 
@@ -103,6 +105,10 @@ class Core(Protocol):
     def apply(self, partition: int, route: int, offset: int, event: bytes, time_ms: int) -> bool:
         """Apply a checked event (canonical encoding); False if its post's pending
         queue is full (nothing changed)."""
+        ...
+
+    def drain_comments(self, partition: int) -> list[CommentChange]:
+        """Comments touched since the last drain, in source offset order; before drain()."""
         ...
 
     def drain(self, partition: int) -> list[Change]: ...
@@ -213,6 +219,7 @@ class NativeCore:
         core = self._core
         self.process = core.process
         self.apply = core.apply
+        self.drain_comments = core.drain_comments
         self.drain = core.drain
         self.produce_changelog = core.produce_changelog
         self.write_batch = core.write_batch
@@ -316,6 +323,9 @@ class PyCore:
         except PendingOverflow:
             return False
         return True
+
+    def drain_comments(self, partition: int) -> list[CommentChange]:
+        return self.tasks[partition].state.drain_comments()
 
     def drain(self, partition: int) -> list[Change]:
         task = self.tasks[partition]

@@ -1,4 +1,5 @@
-"""Headers of a post event the processor re-keys from `posts` to `posts_by_id`.
+"""Headers of a post event the processor re-keys from `posts` to `posts_by_id`, and
+of a `post_comments` record (there: the `comments` record it reflects).
 
 Defined once here: the engine writes them, and both cores read SRC_OFFSET (the
 compiled one is given the name when it is built, processor/core.py), so a rename

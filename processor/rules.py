@@ -99,6 +99,9 @@ class TaskState:
     changed_posts: set[str] = field(default_factory=set)
     # Keys written since the last drain, for the changelog (None = deleted).
     changelog: dict[bytes, bytes | None] = field(default_factory=dict)
+    # (post id, comment id) -> offset of the newest comment event on it since the last
+    # drain: each becomes one post_comments record.
+    comments_touched: dict[tuple[str, str], int] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
     max_pending: int = MAX_PENDING_PER_POST
 
@@ -251,6 +254,9 @@ class TaskState:
             self._comment_added(rec, event, time_ms)
         elif kind == "comment_deleted":
             self._comment_deleted(rec, event)
+        if kind in ("comment_added", "comment_deleted"):
+            comment = (post_id, getattr(event, kind).comment_id)
+            self.comments_touched[comment] = max(offset, self.comments_touched.get(comment, offset))
         self._touch(post_id)
 
     # -- likes --------------------------------------------------------------------
@@ -329,7 +335,9 @@ class TaskState:
             self.stats.duplicates += 1  # retried add, or an attempt to revive a deleted one
             rec.trending.ignored_events += 1
             return
-        comment = st.CommentRecord(author_id=event.actor_user_id, created_at_ms=time_ms)
+        comment = st.CommentRecord(
+            author_id=event.actor_user_id, created_at_ms=time_ms, text=added.text
+        )
         self._put(key, comment.SerializeToString())
         rec.post.comment_count += 1
         self._update_engager(rec, added.post_id, event.actor_user_id, time_ms, None, +1)
@@ -358,6 +366,7 @@ class TaskState:
             )
             return
         comment.deleted = True
+        comment.text = ""  # a deleted comment's words are not kept
         self._put(key, comment.SerializeToString())
         rec.post.comment_count -= 1
         self._update_engager(
@@ -405,6 +414,23 @@ class TaskState:
         rec.pending_first = rec.pending_next = 0
 
     # -- commit support -----------------------------------------------------------
+    def drain_comments(self) -> list[tuple[int, str, str, bytes | None]]:
+        """Touched comments in source offset order: (offset in `comments`, post id,
+        comment id, CommentRecord bytes or None when deleted or unknown). Call before
+        drain()."""
+        out: list[tuple[int, str, str, bytes | None]] = []
+        for (post_id, comment_id), offset in self.comments_touched.items():
+            raw = self.store.get(self._comment_key(post_id, comment_id))
+            if raw is not None:
+                record = st.CommentRecord()
+                record.ParseFromString(raw)
+                if record.deleted:
+                    raw = None
+            out.append((offset, post_id, comment_id, raw))
+        self.comments_touched = {}
+        out.sort(key=lambda c: c[0])
+        return out
+
     def drain(self) -> tuple[dict[bytes, bytes | None], list[st.PostRecord]]:
         """Changed keys (for changelog and store) and changed posts (for output).
 
@@ -426,6 +452,7 @@ class TaskState:
         self.dirty_posts.clear()
         self.changed_posts.clear()
         self.changelog.clear()
+        self.comments_touched.clear()
 
     def trim_cache(self, max_posts: int) -> None:
         """Bound the post cache (clean entries only; call right after drain)."""

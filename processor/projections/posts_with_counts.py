@@ -6,8 +6,10 @@ the changelog and of posts_with_counts. The per-event rules run in a Core
 (processor/core.py: compiled by default, the Python rules on request), which takes
 whole consumed batches and stops at whatever it cannot apply itself.
 
-At commit, each task's changed keys go to the changelog and each changed post to
-posts_with_counts (one record per post per commit, however many events touched it);
+At commit, each task's changed keys go to the changelog, each changed post to
+posts_with_counts (one record per post per commit, however many events touched it)
+and each comment an event touched to post_comments (the comment as it is now, or a
+tombstone; in the order of the events, with the newest one's offset in headers);
 listeners (the trending stage) see the changed post records. After Kafka committed,
 the same keys reach RocksDB with the changelog offset they correspond to.
 """
@@ -24,7 +26,9 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message
 from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
 from mysocial.log import get_logger
-from processor.core import ROUTE_OF_CONTRACT, Stop, apply_checked, make_core
+from mysocial.v1 import resources_pb2 as res
+from processor.core import ROUTE_OF_CONTRACT, CommentChange, Stop, apply_checked, make_core
+from processor.headers import SRC_OFFSET, SRC_PARTITION
 from processor.local_store import LocalStore, TaskStore
 from processor.projection import Context, Offsets, Projection
 from processor.restore import Restoration
@@ -59,6 +63,7 @@ class PostsWithCounts(Projection):
         self.partitions = settings.copartitions
         self.topic_changelog = t(topics.PROCESSOR_CHANGELOG)
         self.topic_output = t(topics.POSTS_WITH_COUNTS)
+        self.topic_comments = t(topics.POST_COMMENTS)
         # Full topic name -> contract name of the topics this projection consumes.
         self.contract = {t(name): name for name in self.sources}
         self.core = make_core(
@@ -146,6 +151,7 @@ class PostsWithCounts(Projection):
             log.warning(event, **fields)
         self.changelog_next.clear()
         for p in self.stores:
+            self._produce_comments(p, self.core.drain_comments(p))
             changed = self.core.drain(p)
             # One record per changed key, the bulk of what the processor writes; the
             # last one reports its offset (the store's checkpoint).
@@ -159,6 +165,31 @@ class PostsWithCounts(Projection):
             self.outputs += len(changed)
             for listener in self.listeners:
                 listener.counts_changed(p, records, now)
+
+    def _produce_comments(self, partition: int, changes: list[CommentChange]) -> None:
+        """post_comments records, in event order (readers take the headers' offset as
+        how far the partition's comment events are reflected)."""
+        source = str(partition).encode()
+        for offset, post_id, comment_id, raw in changes:
+            value = None
+            if raw is not None:
+                record = st.CommentRecord.FromString(raw)
+                comment = res.Comment(
+                    comment_id=comment_id,
+                    post_id=post_id,
+                    author_id=record.author_id,
+                    text=record.text,
+                )
+                comment.created_at.FromMilliseconds(record.created_at_ms)
+                value = comment.SerializeToString()
+            self.ctx.output.produce(
+                self.topic_comments,
+                f"{post_id}/{comment_id}".encode(),
+                value,
+                partition,
+                headers=[(SRC_PARTITION, source), (SRC_OFFSET, str(offset).encode())],
+            )
+        self.outputs += len(changes)
 
     def _changelog_delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:

@@ -211,7 +211,9 @@ def workload(seed: int, n: int = 600) -> list[Msg]:
             user = rng.choice(users)
             comments.append((post, user, cid))
             e = _event(user, t, rng)
-            e.comment_added.CopyFrom(ev.CommentAdded(post_id=post, comment_id=cid, text="hi"))
+            e.comment_added.CopyFrom(
+                ev.CommentAdded(post_id=post, comment_id=cid, text=f"hi {rng.randrange(1000)} ü")
+            )
             source = topics.COMMENTS
         else:
             cpost, cuser, cid = rng.choice(comments)
@@ -254,6 +256,8 @@ class Run:
         self.core = self._new_core()
         self.dead: list[tuple[int, str]] = []
         self.changes: list[list[tuple[str, Any, Any]]] = []
+        # Per commit: the post_comments records, (partition, offset, post, comment, record).
+        self.comments: list[list[tuple[int, int, str, str, Any]]] = []
         self.changelog: list[dict[bytes, Any]] = []
         self.positions: dict[tuple[str, int], int] = {}
 
@@ -290,7 +294,11 @@ class Run:
     ) -> None:
         producer = Producer(rng)
         changes = []
+        comments = []
         for p in partitions:
+            for offset, post_id, comment_id, raw in self.core.drain_comments(p):
+                parsed = None if raw is None else st.CommentRecord.FromString(raw)
+                comments.append((p, offset, post_id, comment_id, parsed))
             for post_id, output, record in self.core.drain(p):
                 changes.append((post_id, _parsed_output(output), parsed_record(record)))
             self.core.produce_changelog(p, producer, "ns.changelog", lambda err, msg: None)  # type: ignore[arg-type]
@@ -306,6 +314,7 @@ class Run:
             last[p] = reports
         assert all(last.values()), "the last changelog record of a partition reports back"
         self.changes.append(sorted(changes, key=lambda c: c[0]))
+        self.comments.append(comments)
         self.changelog.append(
             {
                 bytes([p]) + key: _parsed_value(key, value)

@@ -40,6 +40,7 @@ def test_native_core_equals_the_python_reference(seed: int, cfg: TrendingConfig)
     assert len(native.changes) == len(py.changes)
     for changes, expected in zip(native.changes, py.changes, strict=True):
         assert changes == expected
+    assert native.comments == py.comments
     for changelog, expected_log in zip(native.changelog, py.changelog, strict=True):
         assert changelog == expected_log
     assert native.snapshot() == py.snapshot()
@@ -57,6 +58,8 @@ def test_the_workload_exercises_every_path() -> None:
     for expected in ("undecodable", "malformed", "misrouted", "missing event_id"):
         assert expected in reasons
     py, native = runs[3]
+    records = [c[4] for commit in py.comments for c in commit]
+    assert any(r is None for r in records) and any(r is not None and r.text for r in records)
     for run in (py, native):
         totals = CoreStats._make(
             sum(column)

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
 from mysocial.v1 import events_pb2 as ev
 from processor import rules as rules_mod
@@ -57,6 +58,36 @@ def test_comment_delete_authorization() -> None:
     h.uncomment(P, "author", C1)  # the post's author may delete any comment
     h.uncomment(P, "u2", C2)  # the comment's author may delete it
     assert h.counts(P) == (0, 0)
+
+
+def test_every_comment_event_yields_its_comment_as_it_is_now() -> None:
+    """What post_comments gets per commit: one record per touched comment, in event
+    order, with the newest event's offset; a deleted or unknown comment is None."""
+    h = Harness()
+    h.create(P, "author")
+    h.comment(P, "u1", C1)  # offset 0
+    h.comment(P, "u2", C2)  # 1
+    h.comment(P, "u1", C1)  # 2: retried add, the same comment again
+    changes = h.state.drain_comments()
+    assert [(o, c) for o, _, c, _ in changes] == [(1, C2), (2, C1)]
+    record = st.CommentRecord.FromString(changes[1][3] or b"")
+    assert (record.author_id, record.text, record.deleted) == ("u1", "hi", False)
+    h.drain()
+    h.uncomment(P, "intruder", C1)  # 3: ignored, but says what C1 is
+    h.uncomment(P, "u2", C2)  # 4
+    unknown = str(uuid.uuid4())
+    h.uncomment(P, "u1", unknown)  # 5
+    changes = h.state.drain_comments()
+    assert [(o, c, r is None) for o, _, c, r in changes] == [
+        (3, C1, False),
+        (4, C2, True),
+        (5, unknown, True),
+    ]
+    h.delete(P, "author")
+    h.comment(P, "u1", str(uuid.uuid4()))  # on a deleted post: nothing
+    assert h.state.drain_comments() == []
+    deleted = h.state.store.get(b"C" + P.encode() + C2.encode())
+    assert deleted is not None and st.CommentRecord.FromString(deleted).text == ""
 
 
 def test_post_delete_authorization_and_tombstone() -> None:

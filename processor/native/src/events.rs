@@ -51,6 +51,8 @@ pub struct Event<'a> {
     pub kind: Option<Kind>,
     pub post_id: &'a str,
     pub comment_id: &'a str,
+    /// CommentAdded text (kept: the post_comments projection carries it).
+    pub text: &'a str,
     pub caption: &'a str,
     /// PostCreated media, each the raw bytes of one Media message, and its media_id.
     pub media: Vec<(&'a [u8], &'a str)>,
@@ -72,6 +74,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>> {
                     event.kind = kind;
                     event.post_id = "";
                     event.comment_id = "";
+                    event.text = "";
                     event.caption = "";
                     event.media.clear();
                 }
@@ -90,9 +93,7 @@ fn decode_payload<'a>(buf: &'a [u8], event: &mut Event<'a>) -> Result<()> {
         match (kind, field) {
             (_, 1) => event.post_id = r.str_of(wire)?,
             (Kind::CommentAdded | Kind::CommentDeleted, 2) => event.comment_id = r.str_of(wire)?,
-            (Kind::CommentAdded, 3) => {
-                r.str_of(wire)?; // the text: validated as UTF-8, not kept
-            }
+            (Kind::CommentAdded, 3) => event.text = r.str_of(wire)?,
             (Kind::PostCreated, 2) => event.caption = r.str_of(wire)?,
             (Kind::PostCreated, 3) => {
                 let raw = r.bytes_of(wire)?;

@@ -27,6 +27,7 @@ use state::{Applied, Names, Task};
 
 /// A changed post as drain() returns it: (post_id, output or tombstone, PostRecord).
 type Changed<'py> = (String, Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>);
+type CommentChanged<'py> = (i64, String, String, Option<Bound<'py, PyBytes>>);
 
 struct Topic {
     name: String,
@@ -256,6 +257,25 @@ impl Core {
             task.apply(py, source, offset, &decoded, event, time_ms)?,
             Applied::Done
         ))
+    }
+
+    /// Touched comments since the last drain, in source offset order: [(offset in
+    /// `comments`, post_id, comment_id, CommentRecord bytes or None when deleted or
+    /// unknown)]. Called before drain().
+    fn drain_comments<'py>(
+        &mut self,
+        py: Python<'py>,
+        partition: u32,
+    ) -> PyResult<Vec<CommentChanged<'py>>> {
+        let task = self.task(partition)?;
+        Ok(task
+            .drain_comments(py)?
+            .into_iter()
+            .map(|c| {
+                let record = c.record.map(|r| PyBytes::new(py, &r));
+                (c.offset, c.post_id, c.comment_id, record)
+            })
+            .collect())
     }
 
     /// Changed posts since the last drain: [(post_id, posts_with_counts value or None

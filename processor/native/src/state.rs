@@ -200,6 +200,7 @@ struct Comment {
     author_id: String,
     created_at_ms: i64,
     deleted: bool,
+    text: String,
 }
 
 fn encode_comment(c: &Comment) -> Vec<u8> {
@@ -207,6 +208,7 @@ fn encode_comment(c: &Comment) -> Vec<u8> {
     put_str(&mut out, 1, c.author_id.as_bytes());
     put_int(&mut out, 2, c.created_at_ms);
     put_bool(&mut out, 3, c.deleted);
+    put_str(&mut out, 4, c.text.as_bytes());
     out
 }
 
@@ -217,6 +219,7 @@ fn decode_comment(buf: &[u8]) -> Parse<Comment> {
             1 => c.author_id = r.str_of(wire)?.to_owned(),
             2 => c.created_at_ms = r.varint_of(wire)? as i64,
             3 => c.deleted = r.varint_of(wire)? != 0,
+            4 => c.text = r.str_of(wire)?.to_owned(),
             _ => return Ok(false),
         }
         Ok(true)
@@ -359,6 +362,9 @@ pub struct Io {
     store_get: Py<PyAny>,
     dirty: HashSet<String>,
     changed: HashSet<String>,
+    /// (post id, comment id) -> offset of the newest comment event on it since the
+    /// last drain: each becomes one post_comments record.
+    comments_touched: HashMap<(String, String), i64>,
     pub stats: Stats,
     pub warnings: Vec<Warning>,
     pub store_reads: u64,
@@ -398,6 +404,14 @@ impl Io {
         self.overlay.insert(key, value);
     }
 
+    fn touch_comment(&mut self, post_id: &str, comment_id: &str, offset: i64) {
+        let newest = self
+            .comments_touched
+            .entry((post_id.to_owned(), comment_id.to_owned()))
+            .or_insert(offset);
+        *newest = (*newest).max(offset);
+    }
+
     fn touch(&mut self, post_id: &str, output: bool) {
         if !self.dirty.contains(post_id) {
             self.dirty.insert(post_id.to_owned());
@@ -424,6 +438,16 @@ pub struct Change {
     pub post_id: String,
     pub output: Option<Vec<u8>>,
     pub record: Vec<u8>,
+}
+
+/// What drain() hands over for one touched comment (a post_comments record).
+pub struct CommentChange {
+    /// Offset in `comments` of the newest event on it (records go out in this order).
+    pub offset: i64,
+    pub post_id: String,
+    pub comment_id: String,
+    /// The CommentRecord, or None when the comment is deleted or unknown.
+    pub record: Option<Vec<u8>>,
 }
 
 fn key2(tag: u8, a: &str, b: &str) -> Vec<u8> {
@@ -461,6 +485,7 @@ impl Task {
                 store_get,
                 dirty: HashSet::new(),
                 changed: HashSet::new(),
+                comments_touched: HashMap::new(),
                 stats: Stats::default(),
                 warnings: Vec::new(),
                 store_reads: 0,
@@ -586,6 +611,31 @@ impl Task {
 
     /// Changed posts for the output; the changed keys move to `committing` (the
     /// changelog of this transaction and what reaches RocksDB once it committed).
+    /// Touched comments since the last drain, in source offset order; call before
+    /// drain() (which moves the changed keys out of the overlay).
+    pub fn drain_comments(&mut self, py: Python<'_>) -> PyResult<Vec<CommentChange>> {
+        let touched = std::mem::take(&mut self.io.comments_touched);
+        let mut out = Vec::with_capacity(touched.len());
+        for ((post_id, comment_id), offset) in touched {
+            let key = key2(b'C', &post_id, &comment_id);
+            let record = match self.io.read(py, &key)? {
+                Some(raw) => {
+                    let c = decode_comment(&raw).map_err(|_| corrupt("comment", &key))?;
+                    (!c.deleted).then_some(raw)
+                }
+                None => None,
+            };
+            out.push(CommentChange {
+                offset,
+                post_id,
+                comment_id,
+                record,
+            });
+        }
+        out.sort_by_key(|c| c.offset);
+        Ok(out)
+    }
+
     pub fn drain(&mut self) -> Vec<Change> {
         let dirty = std::mem::take(&mut self.io.dirty);
         let changed = std::mem::take(&mut self.io.changed);
@@ -613,6 +663,7 @@ impl Task {
     pub fn forget(&mut self) {
         self.posts.clear();
         self.io.dirty.clear();
+        self.io.comments_touched.clear();
         self.io.changed.clear();
         self.io.overlay.clear();
         self.io.committing.clear();
@@ -701,6 +752,9 @@ fn apply_live(
         Some(Kind::CommentAdded) => comment_added(py, rec, io, event, time_ms)?,
         Some(Kind::CommentDeleted) => comment_deleted(py, rec, io, event)?,
         _ => {}
+    }
+    if matches!(kind, Some(Kind::CommentAdded | Kind::CommentDeleted)) {
+        io.touch_comment(&post_id, event.comment_id, offset);
     }
     io.touch(&post_id, true);
     Ok(())
@@ -827,6 +881,7 @@ fn comment_added(
         author_id: event.actor.to_owned(),
         created_at_ms: time_ms,
         deleted: false,
+        text: event.text.to_owned(),
     };
     io.put(key, Some(encode_comment(&comment)));
     if let Some(post) = rec.post.as_mut() {
@@ -873,6 +928,7 @@ fn comment_deleted(
         return Ok(());
     }
     comment.deleted = true;
+    comment.text.clear(); // a deleted comment's words are not kept
     io.put(key, Some(encode_comment(&comment)));
     if let Some(post) = rec.post.as_mut() {
         post.comment_count -= 1;
