@@ -1,10 +1,12 @@
 """The query side's read models, as plain single-threaded Python.
 
-Built from three topics: `posts_with_counts` (posts and their counts, tombstones for
-deleted posts), `comments` (the comment events themselves, for listing) and
-`trending_posts` (the ranking). The tailer feeds records in; RPC handlers read. All
-of it runs on the event loop thread, so no locks are needed and a handler sees a
-consistent state between two applied batches.
+Built from three projections: `posts_with_counts` (posts and their counts, tombstones
+for deleted posts), `post_comments` (each comment as it is now, tombstones for deleted
+ones; kept forever, unlike the raw `comments` events) and `trending_posts` (the
+ranking). Who may delete a comment is the processor's decision: the listing follows
+the records. The tailer feeds records in; RPC handlers read. All of it runs on the
+event loop thread, so no locks are needed and a handler sees a consistent state
+between two applied batches.
 
 Every change is reported to listeners (the stream hub) and wakes read-your-writes
 waiters whose condition became true.
@@ -21,6 +23,7 @@ from enum import Enum
 from sortedcontainers import SortedDict, SortedList
 
 from mysocial.kafka import topics
+from mysocial.post_comments import CommentRecord
 from mysocial.v1 import events_pb2 as ev
 from mysocial.v1 import resources_pb2 as res
 
@@ -61,11 +64,10 @@ class PostView:
 
 @dataclass(slots=True)
 class CommentView:
-    comment: res.Comment
-    deleted: bool = False
-    # Deletions by users other than the comment's author: valid if one of them turns
-    # out to be the post's author (the post record may arrive after the comment).
-    other_deleters: set[str] | None = None
+    """A live comment, kept as the record's bytes (parsed when read, as posts are)."""
+
+    data: bytes  # serialized res.Comment
+    key: FeedKey  # (-created_ms, comment_id): the same tuple as in the order index
 
 
 @dataclass
@@ -87,6 +89,7 @@ class ReadModel:
     """Posts with counts, comments, trending, and read-your-writes waiters."""
 
     def __init__(self, posts_topic: str, likes_topic: str, comments_topic: str) -> None:
+        # Consistency tokens name the topics the command service wrote (raw events).
         self.topic_kind = {
             posts_topic: topics.POSTS,
             likes_topic: topics.LIKES,
@@ -97,6 +100,8 @@ class ReadModel:
         self.feed: SortedList[FeedKey] = SortedList()
         self.by_author: dict[str, SortedList[FeedKey]] = {}
         self.comments: dict[str, PostComments] = {}
+        # `comments` partition -> 1 + the newest src-offset applied from post_comments:
+        # every comment event of that partition before it is in the listing.
         self.comment_positions: dict[int, int] = {}
         self.trending: res.TrendingRanking | None = None
         self.trending_version = 0
@@ -179,54 +184,42 @@ class ReadModel:
         """(sequence number, post id) of every post whose newest change is after cursor."""
         return [(seq, self.by_seq[seq]) for seq in self.by_seq.irange(minimum=cursor + 1)]
 
-    def apply_comment_event(
-        self, partition: int, offset: int, event: ev.Event, time_ms: int
-    ) -> str | None:
-        """A `comments` record; returns the post id it concerns (None if ignored)."""
-        self.comment_positions[partition] = max(
-            self.comment_positions.get(partition, 0), offset + 1
-        )
-        kind = event.WhichOneof("payload")
-        if kind == "comment_added":
-            added = event.comment_added
-            if added.post_id in self.deleted:
-                return added.post_id
-            comments = self.comments.setdefault(added.post_id, PostComments())
-            if added.comment_id in comments.by_id:
-                return None  # retried add, or a try to revive a deleted comment
-            created = res.Comment(
-                comment_id=added.comment_id,
-                post_id=added.post_id,
-                author_id=event.actor_user_id,
-                text=added.text,
-            )
-            created.created_at.FromMilliseconds(time_ms)
-            comments.by_id[added.comment_id] = CommentView(created)
-            comments.order.add((-time_ms, added.comment_id))
-            return added.post_id
-        if kind == "comment_deleted":
-            deleted = event.comment_deleted
-            existing = self.comments.get(deleted.post_id)
-            view = existing.by_id.get(deleted.comment_id) if existing else None
-            if existing is None or view is None or view.deleted:
-                return None
-            comments = existing
-            if event.actor_user_id == view.comment.author_id:
-                self._drop_comment(comments, view)
-            else:
-                if view.other_deleters is None:
-                    view.other_deleters = set()
-                view.other_deleters.add(event.actor_user_id)
-                post = self.posts.get(deleted.post_id)
-                if post is not None and post.author_id in view.other_deleters:
-                    self._drop_comment(comments, view)
-            return deleted.post_id
-        return None
+    def apply_comment_record(self, record: CommentRecord) -> str:
+        """A `post_comments` record; returns the post id it concerns.
 
-    def _drop_comment(self, comments: PostComments, view: CommentView) -> None:
-        view.deleted = True
-        comments.order.discard((-view.comment.created_at.ToMilliseconds(), view.comment.comment_id))
-        view.comment = res.Comment(comment_id=view.comment.comment_id)  # free the text
+        A live value inserts or replaces the comment, a tombstone drops it. Records of
+        a deleted post change nothing (its comments went with its tombstone).
+        """
+        if record.src_offset >= 0:
+            partition = record.src_partition
+            position = self.comment_positions.get(partition, 0)
+            self.comment_positions[partition] = max(position, record.src_offset + 1)
+        post_id = record.post_id
+        if post_id in self.deleted:
+            return post_id
+        comments = self.comments.get(post_id)
+        old = comments.by_id.get(record.comment_id) if comments is not None else None
+        if record.comment is None:
+            if comments is not None and old is not None:
+                del comments.by_id[record.comment_id]
+                comments.order.discard(old.key)
+                if not comments.by_id:
+                    del self.comments[post_id]
+            return post_id
+        assert record.data is not None
+        key = (-record.comment.created_at.ToMilliseconds(), record.comment_id)
+        if comments is None:
+            comments = self.comments[post_id] = PostComments()
+        if old is None:
+            comments.by_id[record.comment_id] = CommentView(record.data, key)
+            comments.order.add(key)
+        else:
+            old.data = record.data
+            if old.key != key:  # not expected (created_at is fixed), but keep the index true
+                comments.order.discard(old.key)
+                comments.order.add(key)
+                old.key = key
+        return post_id
 
     def apply_trending(self, ranking: res.TrendingRanking) -> None:
         self.trending = ranking
@@ -267,22 +260,12 @@ class ReadModel:
         comments = self.comments.get(post_id)
         if comments is None:
             return [], None
-        post = self.posts.get(post_id)
-        post_author = post.author_id if post is not None else None
-        out: list[res.Comment] = []
-        start = comments.order.bisect_right(after) if after is not None else 0
-        last: FeedKey | None = None
-        index = start
-        while index < len(comments.order) and len(out) < size:
-            key = comments.order[index]
-            index += 1
-            view = comments.by_id[key[1]]
-            last = key
-            if view.other_deleters and post_author in view.other_deleters:
-                continue  # deleted by the post's author
-            out.append(view.comment)
-        more = index < len(comments.order)
-        return out, (last if more else None)
+        order = comments.order
+        start = order.bisect_right(after) if after is not None else 0
+        keys = list(order.islice(start, start + size))
+        out = [res.Comment.FromString(comments.by_id[k[1]].data) for k in keys]
+        more = start + size < len(order)
+        return out, (keys[-1] if keys and more else None)
 
     def newest(self, author_id: str, count: int) -> list[res.Post]:
         return self.page(author_id, None, count)[0]

@@ -96,11 +96,7 @@ class ReadSide:
                     if view is not None:
                         authors[item.key] = view.author_id
             elif item.kind == COMMENT:
-                post_id = model.apply_comment_event(
-                    item.partition, item.offset, item.value, item.time_ms
-                )
-                if post_id is not None:
-                    touched.append(post_id)
+                touched.append(model.apply_comment_record(item.value))
             elif item.kind == TRENDING:
                 model.apply_trending(item.value)
         if changes:

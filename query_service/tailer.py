@@ -1,7 +1,7 @@
 """Feeding the read model from Kafka.
 
 A background thread (mysocial.kafka.tail) reads every partition of
-`posts_with_counts`, `comments` and `trending_posts` from the beginning
+`posts_with_counts`, `post_comments` and `trending_posts` from the beginning
 (read_committed, no consumer group: every instance serves every post), decodes
 records, and hands them to the event loop in batches; the loop applies a batch in one
 go and only then is the next one sent, so a slow loop slows the reading instead of
@@ -19,8 +19,8 @@ from typing import Any
 
 from confluent_kafka import Message
 
+from mysocial import post_comments
 from mysocial.config import Settings
-from mysocial.events import InvalidEvent, check, event_time_ms
 from mysocial.kafka import topics
 from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.tail import Batch, TailReader
@@ -66,9 +66,8 @@ class Tailer:
         self.apply = apply
         self.on_ready = on_ready
         self.topic_posts = settings.topic(topics.POSTS_WITH_COUNTS)
-        self.topic_comments = settings.topic(topics.COMMENTS)
+        self.topic_comments = settings.topic(topics.POST_COMMENTS)
         self.topic_trending = settings.topic(topics.TRENDING_POSTS)
-        self.comment_partitions = settings.copartitions
         self.kinds = {
             self.topic_posts: POST,
             self.topic_comments: COMMENT,
@@ -135,16 +134,13 @@ class Tailer:
                     parsed.ParseFromString(value)
                 return Item(POST, partition, offset, key.decode(), parsed, time_ms)
             if kind == COMMENT:
-                checked = check(topics.COMMENTS, key, value, partition, self.comment_partitions)
-                event = checked.event
-                return Item(COMMENT, partition, offset, "", event, event_time_ms(event, time_ms))
+                record = post_comments.decode(key, value, msg.headers(), partition)
+                return Item(COMMENT, partition, offset, record.post_id, record, time_ms)
             if value is None:
                 return None
             ranking = res.TrendingRanking()
             ranking.ParseFromString(value)
             return Item(TRENDING, partition, offset, "", ranking, time_ms)
-        except InvalidEvent:
-            return None  # the processor dead-letters it: it does not count anywhere
         except Exception as exc:  # malformed record: skip it, keep serving
             log.warning(
                 "undecodable_record",

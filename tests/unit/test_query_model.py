@@ -8,12 +8,14 @@ import uuid
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mysocial import post_comments
 from mysocial.errors import InvalidArgument
 from mysocial.kafka import topics
+from mysocial.post_comments import CommentRecord
 from mysocial.v1 import events_pb2 as ev
 from mysocial.v1 import resources_pb2 as res
 from query_service import queries
-from query_service.models import Change, ReadModel
+from query_service.models import Change, FeedKey, ReadModel
 from query_service.streams import Hub, Subscription
 
 T0 = 1_800_000_000_000
@@ -41,15 +43,26 @@ def record(
     )
 
 
-def comment_event(
-    actor: str, post_id: str, comment_id: str, text: str = "hi", delete: bool = False
-) -> ev.Event:
-    e = ev.Event(event_id=uuid.uuid4().hex, actor_user_id=actor)
-    if delete:
-        e.comment_deleted.CopyFrom(ev.CommentDeleted(post_id=post_id, comment_id=comment_id))
-    else:
-        e.comment_added.CopyFrom(ev.CommentAdded(post_id=post_id, comment_id=comment_id, text=text))
-    return e
+def comment_record(
+    post_id: str,
+    comment_id: str,
+    src_offset: int,
+    text: str | None = "hi",
+    created_ms: int = T0,
+    author: str = "u1",
+    src_partition: int = 0,
+) -> CommentRecord:
+    """A post_comments record as the tailer decodes it; text None = tombstone."""
+    value = None
+    if text is not None:
+        comment = res.Comment(comment_id=comment_id, post_id=post_id, author_id=author, text=text)
+        comment.created_at.FromMilliseconds(created_ms)
+        value = comment.SerializeToString()
+    headers = [
+        (post_comments.SRC_PARTITION, str(src_partition).encode()),
+        (post_comments.SRC_OFFSET, str(src_offset).encode()),
+    ]
+    return post_comments.decode(f"{post_id}/{comment_id}".encode(), value, headers, src_partition)
 
 
 def model() -> ReadModel:
@@ -90,34 +103,147 @@ def test_tombstone_removes_a_post_everywhere_for_good() -> None:
     assert m.applied(topics.LIKES, 0, 99, pid)  # deletion is terminal for read-your-writes
 
 
-def test_comments_list_newest_first_and_honor_who_may_delete() -> None:
+def texts(m: ReadModel, post_id: str) -> list[str]:
+    return [c.text for c in m.comment_page(post_id, None, 100)[0]]
+
+
+def test_comments_list_newest_first_as_the_records_say() -> None:
     m = model()
     pid = ids(1)[0]
     c1, c2, c3 = (str(uuid.uuid4()) for _ in range(3))
-    m.apply_comment_event(0, 0, comment_event("u1", pid, c1, "one"), T0 + 1)
-    m.apply_comment_event(0, 1, comment_event("u2", pid, c2, "two"), T0 + 2)
-    m.apply_comment_event(0, 2, comment_event("u3", pid, c3, "three"), T0 + 3)
-    m.apply_comment_event(0, 3, comment_event("u1", pid, c1, "again"), T0 + 4)  # retry: ignored
+    m.apply_comment_record(comment_record(pid, c1, 0, "one", T0 + 1))
+    m.apply_comment_record(comment_record(pid, c2, 1, "two", T0 + 2, author="u2"))
+    m.apply_comment_record(comment_record(pid, c3, 2, "three", T0 + 3, author="u3"))
+    m.apply_comment_record(comment_record(pid, c1, 3, "one", T0 + 1))  # no-op re-statement
     m.apply_post_record(pid, record(pid, "owner", T0))
-    m.apply_comment_event(0, 4, comment_event("stranger", pid, c2, delete=True), T0 + 5)
     page, _ = m.comment_page(pid, None, 10)
-    assert [c.text for c in page] == ["three", "two", "one"]  # stranger may not delete
-    m.apply_comment_event(0, 5, comment_event("owner", pid, c2, delete=True), T0 + 6)
-    m.apply_comment_event(0, 6, comment_event("u3", pid, c3, delete=True), T0 + 7)
-    page, _ = m.comment_page(pid, None, 10)
-    assert [c.text for c in page] == ["one"]
-    m.apply_comment_event(0, 7, comment_event("u3", pid, c3, "revived"), T0 + 8)
-    assert [c.text for c in m.comment_page(pid, None, 10)[0]] == ["one"]
-    assert m.comment_positions[0] == 8
+    assert [c.text for c in page] == ["three", "two", "one"]
+    assert page[1] == res.Comment(
+        comment_id=c2, post_id=pid, author_id="u2", text="two", created_at=page[1].created_at
+    )
+    assert page[1].created_at.ToMilliseconds() == T0 + 2
+    m.apply_comment_record(comment_record(pid, c2, 4, None))  # deleted (whoever may)
+    assert texts(m, pid) == ["three", "one"]
+    assert m.comment_positions == {0: 5}
 
 
-def test_post_author_delete_counts_even_if_the_post_arrives_later() -> None:
+def test_a_live_record_then_its_tombstone_leaves_nothing_behind() -> None:
     m = model()
     pid, cid = ids(1)[0], str(uuid.uuid4())
-    m.apply_comment_event(0, 0, comment_event("u1", pid, cid), T0)
-    m.apply_comment_event(0, 1, comment_event("owner", pid, cid, delete=True), T0 + 1)
     m.apply_post_record(pid, record(pid, "owner", T0))
-    assert m.comment_page(pid, None, 10)[0] == []
+    assert m.apply_comment_record(comment_record(pid, cid, 7, "hello")) == pid
+    assert texts(m, pid) == ["hello"]
+    m.apply_comment_record(comment_record(pid, cid, 8, "hello, edited"))  # replaced in place
+    assert texts(m, pid) == ["hello, edited"]
+    assert m.apply_comment_record(comment_record(pid, cid, 9, None)) == pid
+    assert texts(m, pid) == [] and pid not in m.comments  # no per-post leftovers
+    assert m.comment_positions[0] == 10
+
+
+def test_a_tombstone_for_an_unknown_comment_changes_nothing_but_the_position() -> None:
+    m = model()
+    pid = ids(1)[0]
+    m.apply_post_record(pid, record(pid, "owner", T0))
+    m.apply_comment_record(comment_record(pid, str(uuid.uuid4()), 3, None, src_partition=2))
+    assert pid not in m.comments and m.comment_page(pid, None, 10) == ([], None)
+    assert m.comment_positions == {2: 4}
+
+
+def test_records_of_a_deleted_post_are_ignored() -> None:
+    m = model()
+    pid, cid = ids(1)[0], str(uuid.uuid4())
+    m.apply_comment_record(comment_record(pid, cid, 0, "before"))  # may precede its post
+    m.apply_post_record(pid, record(pid, "owner", T0))
+    assert texts(m, pid) == ["before"]
+    m.apply_post_record(pid, None)
+    assert pid not in m.comments  # the post's comments go with its tombstone
+    assert m.apply_comment_record(comment_record(pid, str(uuid.uuid4()), 5, "late")) == pid
+    assert pid not in m.comments and m.comment_positions[0] == 6
+
+
+def test_comment_pages_are_stable_while_comments_come_and_go() -> None:
+    m = model()
+    pid = ids(1)[0]
+    m.apply_post_record(pid, record(pid, "owner", T0))
+    cids = ids(7)
+    for i, cid in enumerate(cids):  # c5 and c6 share a time: the id orders them
+        m.apply_comment_record(comment_record(pid, cid, i, f"c{i}", T0 + min(i, 5)))
+    page, cursor = m.comment_page(pid, None, 3)
+    assert [c.text for c in page] == ["c5", "c6", "c4"] and cursor == (-(T0 + 4), cids[4])
+    token = queries.encode_page_token("comments", pid, cursor)
+    m.apply_comment_record(comment_record(pid, str(uuid.uuid4()), 7, "newer", T0 + 9))
+    m.apply_comment_record(comment_record(pid, cids[4], 8, None))  # already shown
+    m.apply_comment_record(comment_record(pid, cids[2], 9, None))  # not yet shown
+    rest: list[str] = []
+    after: FeedKey | None = queries.decode_page_token(token, "comments", pid)
+    while after is not None:
+        more, after = m.comment_page(pid, after, 3)
+        rest += [c.text for c in more]
+    assert rest == ["c3", "c1", "c0"]
+    assert texts(m, pid) == ["newer", "c5", "c6", "c3", "c1", "c0"]
+    assert m.comment_page(pid, None, 5)[1] is not None
+    assert m.comment_page(pid, None, 6)[1] is None  # the last page has no token
+
+
+def test_comment_positions_come_from_the_headers() -> None:
+    pid, cid = ids(1)[0], str(uuid.uuid4())
+    key = f"{pid}/{cid}".encode()
+    record_ = post_comments.decode(key, None, [("src-partition", b"3"), ("src-offset", b"41")], 3)
+    assert (record_.post_id, record_.comment_id, record_.comment) == (pid, cid, None)
+    assert (record_.src_partition, record_.src_offset) == (3, 41)
+    for headers in (None, [], [("src-offset", b"x")], [("src-partition", b"3")]):
+        assert post_comments.decode(key, None, headers, 3).src_offset == -1
+    for bad_key in (None, pid.encode(), f"/{cid}".encode()):
+        with pytest.raises(ValueError):
+            post_comments.decode(bad_key, None, None, 3)
+    with pytest.raises(ValueError):
+        post_comments.decode(key, b"\xff\xff", None, 3)
+    m = model()
+    m.apply_comment_record(record_)
+    m.apply_comment_record(post_comments.decode(key, None, None, 3))  # moves nothing
+    m.apply_comment_record(comment_record(pid, cid, 17, None, src_partition=3))  # older txn
+    m.apply_comment_record(comment_record(pid, cid, 2, None, src_partition=1))
+    assert m.comment_positions == {3: 42, 1: 3}
+
+
+def test_tailer_decodes_post_comments_records_with_their_headers() -> None:
+    from mysocial.config import Settings
+    from query_service.service import ReadSide
+    from query_service.tailer import COMMENT, Tailer
+
+    class Msg:
+        def __init__(self, key: bytes, value: bytes | None, headers: object) -> None:
+            self._key, self._value, self._headers = key, value, headers
+
+        def key(self) -> bytes:
+            return self._key
+
+        def value(self) -> bytes | None:
+            return self._value
+
+        def headers(self) -> object:
+            return self._headers
+
+        def timestamp(self) -> tuple[int, int]:
+            return (1, T0)
+
+    settings = Settings()
+    tailer = Tailer.__new__(Tailer)  # no reader: _decode needs only the topic table
+    tailer.kinds = {settings.topic(topics.POST_COMMENTS): COMMENT}
+    pid, cid = ids(2)
+    value = comment_record(pid, cid, 0, "hi", T0 + 3).data
+    topic = settings.topic(topics.POST_COMMENTS)
+    headers = [("src-partition", b"5"), ("src-offset", b"12")]
+    item = tailer._decode(topic, 5, 99, Msg(f"{pid}/{cid}".encode(), value, headers))
+    assert item is not None and item.kind == COMMENT and item.key == pid
+    assert tailer._decode(topic, 5, 100, Msg(b"no-slash", value, headers)) is None  # skipped
+    side = ReadSide(settings)
+    side.model.apply_post_record(pid, record(pid, "owner", T0, comments=1, comments_at=13))
+    assert not side.model.applied(topics.COMMENTS, 5, 12, pid)
+    side.apply([item])
+    assert texts(side.model, pid) == ["hi"]
+    assert side.model.applied(topics.COMMENTS, 5, 12, pid)
+    assert not side.model.applied(topics.COMMENTS, 5, 13, pid)
 
 
 def test_read_your_writes_conditions() -> None:
