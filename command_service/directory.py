@@ -2,25 +2,38 @@
 exist, who wrote them, and whether they were deleted.
 
 Each command-service process keeps this directory in memory, fed by its own reader
-of the `posts` and `comments` topics (read_committed) and by its own acknowledged
-writes (so a process sees what it just wrote). A lookup that misses may be a write
-acknowledged a moment ago by another process: the directory then asks the broker for
-the current end of the relevant partitions and waits until its reader got there
-before answering NOT_FOUND. That makes "a post is likeable the moment CreatePost
-returned" hold across processes and instances, while hits (the common case) cost a
-dict lookup. A deletion made through another process is seen once the reader has
-consumed it, normally within milliseconds; a like slipping into that window is
-harmless because the processor ignores events for deleted posts.
+of `posts` (kept forever) and of the processor's `post_comments` projection (kept
+forever, unlike the raw `comments` events: 7 days), read_committed, and by its own
+acknowledged writes (so a process sees what it just wrote). A lookup that misses may
+be a write acknowledged a moment ago by another process: the directory then asks the
+broker for the current end of the relevant partitions and waits until it got there
+before answering NOT_FOUND. For posts that is the reader's position in `posts`; for
+comments it is how far the `post_comments` records seen reflect the raw `comments`
+partition (their `src-offset` header), so such a miss also waits for the processor.
+That makes "a post is likeable the moment CreatePost returned" hold across processes
+and instances, while hits (the common case) cost a dict lookup. A deletion made
+through another process is seen once the reader has consumed it, normally within
+milliseconds; a like slipping into that window is harmless because the processor
+ignores events for deleted posts.
+
+A comment miss can wait in vain: an event that yields no `post_comments` record (one
+on a deleted post, one waiting for its post, one dead-lettered) leaves the position
+short of the partition's end until a later comment event there is applied, and a
+deleted comment's tombstone, once compaction removed it, may have carried the highest
+offset. Such a lookup ends UNAVAILABLE with RetryInfo (as when Kafka is away), never a
+wrong NOT_FOUND; lookups of comments the directory knows are not affected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException, Message
 
+from mysocial import post_comments
 from mysocial.config import Settings
 from mysocial.errors import Unavailable
 from mysocial.events import InvalidEvent, check
@@ -30,6 +43,7 @@ from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.reader import end_offsets
 from mysocial.kafka.tail import Batch, TailReader
 from mysocial.log import get_logger
+from mysocial.post_comments import CommentRecord
 from mysocial.v1 import events_pb2 as ev
 
 log = get_logger("command.directory")
@@ -53,12 +67,31 @@ class _Query:
 
 @dataclass
 class DirectoryState:
-    """The pure part: applying events (also used by unit tests)."""
+    """The pure part: applying events and post_comments records (also used by unit tests)."""
 
     posts: dict[str, Entry] = field(default_factory=dict)
     comments: dict[str, Entry] = field(default_factory=dict)
+    # `comments` partition -> 1 + the newest src-offset of the post_comments records
+    # applied: every comment event of that partition before it is reflected here.
+    comment_positions: dict[int, int] = field(default_factory=dict)
+
+    def apply_record(self, record: CommentRecord) -> None:
+        """A post_comments record. Deletion is final (the processor never revives a
+        comment), so a live record never undoes a deletion this process recorded ahead
+        of the reader. A tombstone of a comment not seen (its live record compacted
+        away) is kept as deleted, author unknown: commands answer NOT_FOUND for it at
+        once, as a directory that saw the comment live would."""
+        if record.src_offset >= 0:
+            position = self.comment_positions.get(record.src_partition, 0)
+            self.comment_positions[record.src_partition] = max(position, record.src_offset + 1)
+        if record.comment is not None:
+            self.comments.setdefault(record.comment_id, Entry(sys.intern(record.comment.author_id)))
+        else:
+            comment = self.comments.setdefault(record.comment_id, Entry(""))
+            comment.deleted = True
 
     def apply(self, event: ev.Event) -> None:
+        """An event: read from `posts`, or written by this process (any topic)."""
         kind = event.WhichOneof("payload")
         actor = event.actor_user_id
         if kind == "post_created":
@@ -89,16 +122,17 @@ class Directory:
         self.loop = loop
         self.state = DirectoryState()
         self.topic_posts = settings.topic(topics.POSTS)
-        self.topic_comments = settings.topic(topics.COMMENTS)
+        self.topic_comments = settings.topic(topics.COMMENTS)  # raw events: their ends
+        self.topic_post_comments = settings.topic(topics.POST_COMMENTS)
         self.positions: dict[tuple[str, int], int] = {}
         self._progress = asyncio.Event()
         self._queries: dict[str, _Query] = {}
         self._started = time.monotonic()
-        self.reader: TailReader[ev.Event] = TailReader(
+        self.reader: TailReader[ev.Event | CommentRecord] = TailReader(
             "directory-reader",
             loop,
             kafka_connection(settings),
-            [self.topic_posts, self.topic_comments],
+            [self.topic_posts, self.topic_post_comments],
             self._decode,
             self._apply,
             self._loaded,
@@ -126,14 +160,24 @@ class Directory:
         await self.reader.wait_caught_up(timeout)
 
     # -- reader callbacks -------------------------------------------------------------
-    def _decode(self, msg: Message) -> ev.Event | None:
-        """On the reader thread: the record's event, or None if it is not valid."""
-        if msg.topic() == self.topic_posts:
-            source, partitions = topics.POSTS, self.settings.posts_partitions
-        else:
-            source, partitions = topics.COMMENTS, self.settings.copartitions
+    def _decode(self, msg: Message) -> ev.Event | CommentRecord | None:
+        """On the reader thread: the record's event or comment, None if it is not valid."""
+        partition = msg.partition() or 0
+        if msg.topic() == self.topic_post_comments:
+            try:
+                return post_comments.decode(msg.key(), msg.value(), msg.headers(), partition)
+            except ValueError as exc:
+                log.warning(
+                    "undecodable_record",
+                    topic=msg.topic(),
+                    partition=partition,
+                    offset=msg.offset(),
+                    error=str(exc),
+                )
+                return None
+        partitions = self.settings.posts_partitions
         try:
-            return check(source, msg.key(), msg.value(), msg.partition() or 0, partitions).event
+            return check(topics.POSTS, msg.key(), msg.value(), partition, partitions).event
         except InvalidEvent:
             return None  # the processor dead-letters it: it exists nowhere
 
@@ -145,9 +189,12 @@ class Directory:
             load_s=round(time.monotonic() - self._started, 3),
         )
 
-    def _apply(self, batch: Batch[ev.Event]) -> None:
-        for event in batch.items:
-            self.state.apply(event)
+    def _apply(self, batch: Batch[ev.Event | CommentRecord]) -> None:
+        for item in batch.items:
+            if isinstance(item, CommentRecord):
+                self.state.apply_record(item)
+            else:
+                self.state.apply(item)
         for key, offset in batch.positions.items():
             if offset > self.positions.get(key, 0):
                 self.positions[key] = offset
@@ -174,14 +221,17 @@ class Directory:
         if found is not None:
             return found
         partition = partition_for(post_id.encode(), self.settings.copartitions)
+        # The raw partition's end now, reached once post_comments reflects it.
         reached = await self._catch_up(self.topic_comments, partition, timeout)
         return self._found_or_unsure(self.state.comments.get(comment_id), reached)
 
     @staticmethod
     def _found_or_unsure(found: Entry | None, reached: bool) -> Entry | None:
-        """A miss counts as "does not exist" only once the reader saw everything written
-        before the lookup; otherwise (Kafka unreachable: the end offsets or the records
-        did not come in time) NOT_FOUND could be wrong, and the caller should retry."""
+        """A miss counts as "does not exist" only once the directory reflects everything
+        written before the lookup; otherwise (Kafka unreachable, the end offsets or the
+        records did not come in time; for comments also an event that yields no
+        post_comments record, see the module docstring) NOT_FOUND could be wrong, and
+        the caller should retry."""
         if found is None and not reached:
             raise Unavailable(
                 "could not check against Kafka in time whether it exists; retry",
@@ -191,15 +241,15 @@ class Directory:
         return found
 
     async def _catch_up(self, topic: str, partition: int | None, timeout: float) -> bool:
-        """Wait until the reader reached the partitions' ends as of now; False if it
-        did not within timeout (or the ends could not be fetched)."""
+        """Wait until the directory reflects the partitions' ends as of now (_position);
+        False if it did not within timeout (or the ends could not be fetched)."""
         deadline = self.loop.time() + timeout
         try:
             ends = await asyncio.wait_for(self._ends(topic), timeout)
         except (TimeoutError, KafkaException):
             return False
         wanted = {k: v for k, v in ends.items() if partition is None or k[1] == partition}
-        while any(self.positions.get(k, 0) < end for k, end in wanted.items()):
+        while any(self._position(k) < end for k, end in wanted.items()):
             remaining = deadline - self.loop.time()
             if remaining <= 0:
                 return False
@@ -208,6 +258,13 @@ class Directory:
             except TimeoutError:
                 return False
         return True
+
+    def _position(self, key: tuple[str, int]) -> int:
+        """How far the directory reflects a partition: for the raw `comments`, through
+        post_comments' src-offsets; otherwise the reader's own position."""
+        if key[0] == self.topic_comments:
+            return self.state.comment_positions.get(key[1], 0)
+        return self.positions.get(key, 0)
 
     async def _ends(self, topic: str) -> dict[tuple[str, int], int]:
         """End offsets of every partition of topic, fetched no earlier than this call.
