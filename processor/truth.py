@@ -29,6 +29,7 @@ class TruePost:
     first_engaged: dict[str, int] = field(default_factory=dict)
     # comment id -> (author, created ms, deleted?)
     comments: dict[str, tuple[str, int, bool]] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)  # comment id -> text (live ones)
     events: int = 0
 
     @property
@@ -119,6 +120,7 @@ def compute(
             cid = event.comment_added.comment_id
             if cid not in post.comments:
                 post.comments[cid] = (event.actor_user_id, t, False)
+                post.texts[cid] = event.comment_added.text
                 user = event.actor_user_id
                 post.first_engaged[user] = min(t, post.first_engaged.get(user, t))
         else:
@@ -126,6 +128,7 @@ def compute(
             found = post.comments.get(cid)
             if found and not found[2] and event.actor_user_id in (found[0], post.author):
                 post.comments[cid] = (found[0], found[1], True)
+                post.texts.pop(cid, None)
     for post_id, actor in deletes:
         target = created.get(post_id)
         if target is not None and actor == target.author:

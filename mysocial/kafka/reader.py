@@ -76,6 +76,20 @@ def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float) -
             time.sleep(0.05)
 
 
+def expired_starts(cluster: Cluster, topic: str, timeout: float = 30.0) -> dict[int, int]:
+    """Partitions whose first records are gone (retention deleted them): partition ->
+    first remaining offset."""
+    consumer = _consumer(cluster)
+    try:
+        lows = {
+            p: watermarks(consumer, topic, p, timeout)[0]
+            for p in partitions_of(consumer, topic, timeout)
+        }
+    finally:
+        consumer.close()
+    return {p: low for p, low in lows.items() if low > 0}
+
+
 def partitions_of(consumer: Consumer, topic: str, timeout: float) -> list[int]:
     md = consumer.list_topics(topic, timeout=timeout)
     meta = md.topics.get(topic)

@@ -33,6 +33,7 @@ from mysocial.kafka.reader import latest_by_key
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import events_pb2 as ev
+from mysocial.v1 import resources_pb2 as res
 from processor.audit import audit, settle
 from tests.support.helpers import events
 
@@ -99,6 +100,34 @@ class Model:
                 problems.append(f"{post.post_id}: expected {want}, got {have}")
         extra = {k.decode() for k, v in table.items() if v is not None} - set(self.posts)
         problems += [f"{pid}: unknown post in posts_with_counts" for pid in sorted(extra)]
+        return problems
+
+    def diff_comments(self, table: dict[bytes, bytes | None]) -> list[str]:
+        """Differences between the model's live comments (of live posts) and a
+        post_comments table view (comments of deleted posts are not looked at)."""
+        have: dict[tuple[str, str], str] = {}
+        for key, raw in table.items():
+            if raw is not None:
+                post_id, _, cid = key.decode().partition("/")
+                have[(post_id, cid)] = res.Comment.FromString(raw).author_id
+        want = {
+            (post.post_id, cid): author
+            for post in self.posts.values()
+            if not post.deleted
+            for cid, (author, deleted) in post.comments.items()
+            if not deleted
+        }
+        live_posts = {p.post_id for p in self.posts.values() if not p.deleted}
+        problems = [
+            f"{k}: expected author {a}, got {have.get(k)}"
+            for k, a in want.items()
+            if have.get(k) != a
+        ]
+        problems += [
+            f"{k}: in post_comments, not a live comment"
+            for k in have.keys() - want.keys()
+            if k[0] in live_posts
+        ]
         return problems
 
 
@@ -348,6 +377,9 @@ def check_exact(settings: Settings, model: Model) -> None:
     table = latest_by_key(settings, settings.topic("posts_with_counts"))
     problems = model.diff(table)
     assert problems == [], f"{len(problems)} posts differ from the model: {problems[:10]}"
+    comments = latest_by_key(settings, settings.topic(topics.POST_COMMENTS))
+    problems = model.diff_comments(comments)
+    assert problems == [], f"{len(problems)} comments differ from the model: {problems[:10]}"
     report = audit(settings)
     assert report.ok, report.mismatches[:10] + report.trending_mismatches[:10]
     assert report.live_posts == sum(1 for p in model.posts.values() if not p.deleted)

@@ -1,6 +1,7 @@
-"""The audit's judgement of a published trending ranking (no Kafka): the truth is
+"""The audit's judgement (no Kafka) of a published trending ranking (the truth is
 recomputed from records, the ranking built by the processor's rules from the same
-events, and a wrong breakdown must be reported even when every score is right."""
+events, and a wrong breakdown must be reported even when every score is right), of
+post_comments, and of posts whose inputs expired."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import uuid
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
 from mysocial.kafka.reader import Record
 from mysocial.v1 import events_pb2 as ev
 from mysocial.v1 import resources_pb2 as res
 from processor import truth as truth_mod
 from processor.audit import ranking_mismatches
+from processor.audit_comments import CrossCheck, Expired, changelog_views, comment_mismatches
 from processor.ranking import build_ranking, candidate_of
 from processor.rules import DictStore, TaskState
 from processor.trending import TrendingConfig
@@ -96,3 +99,52 @@ def test_breakdown_points_are_compared_within_the_score_tolerance() -> None:
     assert ranking_mismatches(EQUAL, truth, ranking) == []
     b.like_points *= 1.001  # a different number
     assert [m for m in ranking_mismatches(EQUAL, truth, ranking) if "like points" in m]
+
+
+def _comment(post: str, cid: str, author: str, text: str, t: int) -> res.Comment:
+    c = res.Comment(comment_id=cid, post_id=post, author_id=author, text=text)
+    c.created_at.FromMilliseconds(t)
+    return c
+
+
+def test_post_comments_are_checked_against_the_events() -> None:
+    post = truth_mod.TruePost(POST, "author", "c", T0)
+    live, gone, other = (str(uuid.uuid4()) for _ in range(3))
+    post.comments = {live: ("u1", T0 + 1, False), gone: ("u2", T0 + 2, True)}
+    post.texts = {live: "hello"}
+    right = {live: _comment(POST, live, "u1", "hello", T0 + 1)}
+    assert comment_mismatches(post, right, recomputable=True) == []
+    wrong = {
+        live: _comment(POST, live, "u1", "hullo", T0 + 1),
+        gone: _comment(POST, gone, "u2", "", T0 + 2),
+        other: _comment(POST, other, "u3", "x", T0 + 3),
+    }
+    found = comment_mismatches(post, wrong, recomputable=True)
+    assert len(found) == 3 and any("differs" in m for m in found)
+    assert any(f"deleted comment {gone}" in m for m in found)
+    assert any(f"unknown comment {other}" in m for m in found)
+    assert comment_mismatches(post, {}, recomputable=True) == [
+        f"{POST}: comment {live} missing from post_comments"
+    ]
+    assert comment_mismatches(post, wrong, recomputable=False) == []  # inputs expired
+
+
+def test_expired_posts_are_checked_against_the_changelog_and_post_comments() -> None:
+    cid = str(uuid.uuid4())
+    record = st.PostRecord(post=res.Post(post_id=POST, like_count=2, comment_count=1))
+    changelog = {
+        b"P" + POST.encode(): record.SerializeToString(),
+        b"C" + POST.encode() + cid.encode(): st.CommentRecord(author_id="u").SerializeToString(),
+    }
+    listed = {POST: {cid: _comment(POST, cid, "u", "t", T0)}}
+    expired = Expired(likes={0: 10}, comments={0: 4})
+    assert len(expired.describe()) == 2
+    cross = CrossCheck(expired, 1, *changelog_views(changelog), listed)
+    assert cross.likes_expired(POST) and cross.comments_expired(POST)
+    got = ev.PostWithCounts(post=res.Post(post_id=POST, like_count=2, comment_count=1))
+    assert cross.mismatches(POST, got) == []
+    got.post.like_count = 3
+    got.post.comment_count = 2
+    found = cross.mismatches(POST, got)
+    assert any("changelog says 2/1" in m for m in found)
+    assert any("post_comments lists 1" in m for m in found)
