@@ -45,6 +45,7 @@ DEAD_LETTER = "mysocial.dead-letter"
 PROCESSOR_GROUP = "mysocial.processor"
 
 FOREVER = -1
+DAY_MS = 24 * 3600 * 1000
 THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
 
 
@@ -147,6 +148,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     engagement = {
         "cleanup.policy": "delete",
         "retention.ms": str(settings.engagement_retention_ms),
+        # Retention deletes whole closed segments: roll at least daily, so events go
+        # within a day of their retention rather than up to a week late.
+        "segment.ms": str(min(settings.engagement_retention_ms, DAY_MS)),
         # The broker's append time is the trusted "accepted at" of an event
         # (trending clamps event times from the future to it).
         "message.timestamp.type": "LogAppendTime",
