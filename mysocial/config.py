@@ -175,6 +175,20 @@ class Settings:
         0,
         "Command service processes sharing the port (SO_REUSEPORT); 0 = number of cores.",
     )
+    command_state_dir: str = _setting(
+        "MYSOCIAL_COMMAND_STATE_DIR",
+        "",
+        "Where command service workers keep their directory of posts and comments (RocksDB, "
+        "a cache of the topics: a restart replays only what is new): each takes the first "
+        "folder `<namespace>command-<n>` under it no other process holds; empty: "
+        "MYSOCIAL_PROCESSOR_STATE_DIR.",
+    )
+    command_directory_cache: int = _setting(
+        "MYSOCIAL_COMMAND_DIRECTORY_CACHE",
+        200_000,
+        "Directory entries (posts and comments) a command worker keeps in memory, the most "
+        "recently used (~150 B each); lookups of the others read its RocksDB.",
+    )
     jwt_secret: str = _setting(
         "MYSOCIAL_JWT_SECRET",
         "",
