@@ -48,53 +48,59 @@ def test_a_restart_replays_only_what_is_new_and_forgets_nothing(
     provision(settings)
     log = tmp_path / "command.log"
     first = _service(settings, log)
-    first.start()
-    stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(first.addr))
-    posts = [
-        stub.CreatePost(cmd.CreatePostRequest(caption=f"p{i}"), metadata=auth(f"a{i % 3}")).post_id
-        for i in range(30)
-    ]
-    assert first.stop() == 0
-    first.start()  # warm: the store has every post and the offsets after them
-    stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(first.addr))
-    warm = _loads(log)[-1]
-    # (the newest records may not have reached the reader before it stopped)
-    assert warm["start"] == "warm" and int(warm["replayed_records"]) < 5, warm
-    # Every post is known without reading `posts` again; the authors too.
-    for post_id in posts[:5]:
-        stub.LikePost(cmd.LikePostRequest(post_id=post_id), metadata=auth("fan"))
-    with_error = None
-    try:
-        stub.DeletePost(cmd.DeletePostRequest(post_id=posts[0]), metadata=auth("intruder"))
-    except grpc.RpcError as exc:
-        with_error = exc.code()
-    assert with_error == grpc.StatusCode.PERMISSION_DENIED
-    stub.DeletePost(cmd.DeletePostRequest(post_id=posts[0]), metadata=auth("a0"))
-
-    # A second process on the same host takes a folder of its own (cold: it is new).
     second = _service(settings, tmp_path / "second.log")
-    second.start()
-    other = cmd_grpc.CommandServiceStub(grpc.insecure_channel(second.addr))
-    other.LikePost(cmd.LikePostRequest(post_id=posts[1]), metadata=auth("fan2"))
-    assert _loads(tmp_path / "second.log")[-1]["start"] == "cold"
-    assert second.stop() == 0
-    assert first.stop() == 0
-    folders = sorted(p.name for p in (tmp_path / "state").iterdir())
-    assert folders == [
-        f"{settings.topic_namespace}command-0",
-        f"{settings.topic_namespace}command-1",
-    ]
-
-    # Folder gone: rebuilt from the beginning, with the deletion made before.
-    shutil.rmtree(tmp_path / "state" / folders[0])
-    first.start()
-    stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(first.addr))
-    cold = _loads(log)[-1]
-    assert cold["start"] == "cold" and int(cold["replayed_records"]) >= len(posts), cold
     try:
-        stub.LikePost(cmd.LikePostRequest(post_id=posts[0]), metadata=auth("fan"))
-        raise AssertionError("a like on a deleted post was accepted")
-    except grpc.RpcError as exc:
-        assert exc.code() == grpc.StatusCode.NOT_FOUND
-    stub.LikePost(cmd.LikePostRequest(post_id=posts[2]), metadata=auth("fan"))
-    assert first.stop() == 0
+        first.start()
+        stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(first.addr))
+        posts = [
+            stub.CreatePost(
+                cmd.CreatePostRequest(caption=f"p{i}"), metadata=auth(f"a{i % 3}")
+            ).post_id
+            for i in range(30)
+        ]
+        assert first.stop() == 0
+        first.start()  # warm: the store has every post and the offsets after them
+        stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(first.addr))
+        warm = _loads(log)[-1]
+        # (the newest records may not have reached the reader before it stopped)
+        assert warm["start"] == "warm" and int(warm["replayed_records"]) < 5, warm
+        # Every post is known without reading `posts` again; the authors too.
+        for post_id in posts[:5]:
+            stub.LikePost(cmd.LikePostRequest(post_id=post_id), metadata=auth("fan"))
+        with_error = None
+        try:
+            stub.DeletePost(cmd.DeletePostRequest(post_id=posts[0]), metadata=auth("intruder"))
+        except grpc.RpcError as exc:
+            with_error = exc.code()
+        assert with_error == grpc.StatusCode.PERMISSION_DENIED
+        stub.DeletePost(cmd.DeletePostRequest(post_id=posts[0]), metadata=auth("a0"))
+
+        # A second process on the same host takes a folder of its own (cold: it is new).
+        second.start()
+        other = cmd_grpc.CommandServiceStub(grpc.insecure_channel(second.addr))
+        other.LikePost(cmd.LikePostRequest(post_id=posts[1]), metadata=auth("fan2"))
+        assert _loads(tmp_path / "second.log")[-1]["start"] == "cold"
+        assert second.stop() == 0
+        assert first.stop() == 0
+        folders = sorted(p.name for p in (tmp_path / "state").iterdir())
+        assert folders == [
+            f"{settings.topic_namespace}command-0",
+            f"{settings.topic_namespace}command-1",
+        ]
+
+        # Folder gone: rebuilt from the beginning, with the deletion made before.
+        shutil.rmtree(tmp_path / "state" / folders[0])
+        first.start()
+        stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(first.addr))
+        cold = _loads(log)[-1]
+        assert cold["start"] == "cold" and int(cold["replayed_records"]) >= len(posts), cold
+        try:
+            stub.LikePost(cmd.LikePostRequest(post_id=posts[0]), metadata=auth("fan"))
+            raise AssertionError("a like on a deleted post was accepted")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+        stub.LikePost(cmd.LikePostRequest(post_id=posts[2]), metadata=auth("fan"))
+        assert first.stop() == 0
+    finally:
+        second.stop()
+        first.stop()
