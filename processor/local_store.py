@@ -16,16 +16,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import Rdict, WriteBatch
+
+from mysocial.rocks import NO_WAL as _NO_WAL
+from mysocial.rocks import StateLocked as StateLocked
+from mysocial.rocks import open_rocksdb
 
 _META = b"\xff"  # sorts after every data key type (C, E, P, Q)
 _CHECKPOINT = _META + b"checkpoint"
-_NO_WAL = WriteOptions()
-setattr(_NO_WAL, "disable_wal", True)  # noqa: B010 (a property; the stubs call it a method)
-
-
-class StateLocked(RuntimeError):
-    """Another process holds this instance's RocksDB (its LOCK file)."""
 
 
 def _prefix(partition: int) -> bytes:
@@ -36,26 +34,15 @@ class LocalStore:
     """The instance's RocksDB; hands out one TaskStore per partition."""
 
     def __init__(self, path: Path, cache_mb: int = 64, write_buffer_mb: int = 16) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        table = BlockBasedOptions()
-        table.set_block_cache(Cache(cache_mb * 1024 * 1024))
-        table.set_bloom_filter(10, False)
-        options.set_block_based_table_factory(table)
-        options.set_write_buffer_size(write_buffer_mb * 1024 * 1024)
-        options.set_max_write_buffer_number(3)
-        options.increase_parallelism(2)
         self.path = path
-        try:
-            self.db = Rdict(str(path), options)
-        except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's text
-            if "lock" in str(exc).lower():
-                raise StateLocked(
-                    f"{path} is in use by another process: an instance with the same "
-                    "MYSOCIAL_PROCESSOR_INSTANCE_ID runs on this host"
-                ) from exc
-            raise
+        self.db = open_rocksdb(
+            path,
+            cache_mb=cache_mb,
+            write_buffer_mb=write_buffer_mb,
+            locked_hint=(
+                "an instance with the same MYSOCIAL_PROCESSOR_INSTANCE_ID runs on this host"
+            ),
+        )
 
     def task(self, partition: int) -> TaskStore:
         return TaskStore(self.db, partition)
