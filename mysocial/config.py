@@ -255,6 +255,24 @@ class Settings:
         str(PROJECT_ROOT / ".cache" / "processor-state"),
         "Where processor instances keep their local RocksDB (a cache of the changelogs).",
     )
+    query_state_dir: str = _setting(
+        "MYSOCIAL_QUERY_STATE_DIR",
+        "",
+        "Where query service replicas keep their read models (RocksDB, a cache of the topics: "
+        "a restart replays only what is new), in `<namespace>query-<replica id>` under it; "
+        "empty: MYSOCIAL_PROCESSOR_STATE_DIR.",
+    )
+    query_replica_id: str = _setting(
+        "MYSOCIAL_QUERY_REPLICA_ID",
+        "0",
+        "Names a query service replica's state folder: replicas sharing a host need their own.",
+    )
+    query_cache_posts: int = _setting(
+        "MYSOCIAL_QUERY_CACHE_POSTS",
+        50_000,
+        "Posts a query service keeps in memory (the most recently used, ~1 KiB each); "
+        "reads of the others go to its RocksDB.",
+    )
     processor_commit_interval_ms: int = _setting(
         "MYSOCIAL_PROCESSOR_COMMIT_INTERVAL_MS",
         100,
