@@ -99,8 +99,8 @@ class ReadSide:
                 offsets,
                 store.written_at(),
             )
-        except Exception as exc:
-            log.exception("query_start_failed", error=repr(exc))
+        except Exception as exc:  # as when the tailer dies: one error line, exit 1
+            log.exception("kafka_reader_failed", reader="query-start", error=repr(exc))
             self._fail(exc)
             return
         started = time.monotonic()
