@@ -357,7 +357,15 @@ class ReadModel:
         keys = self.store.feed(author_id, after, size + 1)
         more = len(keys) > size
         del keys[size:]
-        views = [self.peek(key[1]) for key in keys]
+        cache = self.cache
+        views = [cache.get(key[1]) for key in keys]
+        missing = [key[1] for key, view in zip(keys, views, strict=True) if view is None]
+        if missing:  # read from disk in one go, without making them hot
+            found = iter(self.store.posts(missing))
+            for i, view in enumerate(views):
+                if view is None:
+                    raw = next(found)
+                    views[i] = decode_view(keys[i][1], raw) if raw is not None else None
         page = [v for v in views if isinstance(v, PostView)]
         return page, (keys[-1] if keys and more else None)
 

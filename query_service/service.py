@@ -312,8 +312,9 @@ class ReadSide:
         self, post_id: str, author: str, seen: int, sub: FeedSubscription
     ) -> bytes | None:
         """The serialized update for post_id, shared by every reader of that version."""
-        found = self.model.lookup(post_id)
-        entry = self.model.changes.get(post_id)
+        model = self.model
+        found = model.cache.get(post_id) or model.lookup(post_id)  # just changed: cached
+        entry = model.changes.get(post_id)
         if found is None or entry is None:
             return None  # not changed since this process started: nothing to send
         view = found if isinstance(found, PostView) else None

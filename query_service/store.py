@@ -162,6 +162,11 @@ class QueryStore:
         raw = self.db.get(b"P" + post_id.encode())
         return raw if isinstance(raw, bytes) else None
 
+    def posts(self, post_ids: list[str]) -> list[bytes | None]:
+        """Several posts in one multi-get (a listing's page)."""
+        found = self.db.get([b"P" + post_id.encode() for post_id in post_ids])
+        return [raw if isinstance(raw, bytes) else None for raw in found]
+
     def put_post(self, post_id: str, view: PostView | Gone) -> None:
         self.batch.put(b"P" + post_id.encode(), encode_view(view))
 
