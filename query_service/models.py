@@ -153,6 +153,9 @@ class ReadModel:
         self.floor = 0
         self.changes: OrderedDict[str, Changed] = OrderedDict()
         self._in_batch = False
+        # Set once the tailer has caught up: from then on every commit stamps the store
+        # with the time (query_service.startup checks its age).
+        self.caught_up = False
         # Posts changed in the open batch: written once each at commit, however often
         # they changed in it (hot posts under load).
         self._dirty: dict[str, PostView | Gone] = {}
@@ -189,7 +192,7 @@ class ReadModel:
         self._dirty.clear()
         for (topic, partition), offset in (positions or {}).items():
             store.put_offset(topic, partition, offset)
-        store.commit()
+        store.commit(self.caught_up)
         self._in_batch = False
         cache = self.cache
         while len(cache) > self.cache_posts:

@@ -97,7 +97,7 @@ class ReadSide:
                 settings.topic_namespace,
                 store.marker(),
                 offsets,
-                store.written_at(),
+                store.caught_up_at(),
             )
         except Exception as exc:  # as when the tailer dies: one error line, exit 1
             log.exception("kafka_reader_failed", reader="query-start", error=repr(exc))
@@ -138,6 +138,7 @@ class ReadSide:
         if self.tailer is not None:
             await asyncio.to_thread(self.tailer.stop)
         self._closed = True
+        self.store.commit(self.model.caught_up)
         self.store.close()
 
     @property
@@ -148,6 +149,8 @@ class ReadSide:
         return self._failure
 
     def _ready(self) -> None:
+        self.model.caught_up = True
+        self.model.commit()  # stamps the store: a complete copy as of now
         self.ready.set()
         for callback in self.on_ready:
             callback()

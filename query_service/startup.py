@@ -4,9 +4,11 @@ A store is reused (warm: each partition is read on from its stored next offset, 
 only what arrived meanwhile is replayed) only if it was built from this deployment:
 the same layout format, topic namespace and Kafka cluster, the same topics (by topic
 id: a topic deleted and created again has a new id and starts over at offset 0),
-every stored offset within its partition's current range, and its last write no
-older than the compacted topics' `delete.retention.ms` (older: tombstones it never
-saw may have been compacted away, leaving deleted posts alive in it). Otherwise the
+every stored offset within its partition's current range, and the last time it was
+caught up with the topics no longer ago than the compacted topics'
+`delete.retention.ms` (longer: tombstones past its offsets may have been compacted
+away, leaving deleted posts alive in it; a rebuild that never caught up cannot tell,
+so it starts over). Otherwise the
 store is wiped and the read models are rebuilt from the beginning (cold). Either way
 the decision and its reason are logged.
 """
@@ -43,7 +45,7 @@ def plan(
     namespace: str,
     stored: Mapping[str, Any] | None,
     offsets: Mapping[Key, int],
-    written_at: float | None,
+    caught_up_at: float | None,
     timeout: float = 30.0,
 ) -> Plan:
     """Ask the cluster what it holds now and compare with what the store says.
@@ -64,8 +66,11 @@ def plan(
     if not reason:
         partitions = {(n, p.id) for n, d in described.items() for p in d.partitions}
         reason = _out_of_range(admin, offsets, partitions, timeout)
-    if not reason and written_at is not None:
-        reason = _too_old(admin, compacted, time.time() - written_at, timeout)
+    if not reason and offsets:
+        if caught_up_at is None:
+            reason = "the last build never caught up"
+        else:
+            reason = _too_old(admin, compacted, time.time() - caught_up_at, timeout)
     return Plan(marker, {} if reason else dict(offsets), reason)
 
 
@@ -106,6 +111,8 @@ def _out_of_range(
 
 
 def _too_old(admin: Any, compacted: list[str], age_s: float, timeout: float) -> str:
+    """Why tombstones past the stored offsets may be gone (the store is older than the
+    shortest delete.retention.ms), or ""."""
     resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in compacted]
     retention_ms = min(
         int(future.result(timeout)["delete.retention.ms"].value)
@@ -113,7 +120,7 @@ def _too_old(admin: Any, compacted: list[str], age_s: float, timeout: float) -> 
     )
     if age_s * 1000 > retention_ms:
         return (
-            f"last written {age_s:.0f} s ago, longer than delete.retention.ms "
+            f"last caught up {age_s:.0f} s ago, longer than delete.retention.ms "
             f"({retention_ms} ms): tombstones may have been compacted away"
         )
     return ""

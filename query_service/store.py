@@ -16,7 +16,7 @@ Key layout (raw bytes; strings are length-prefixed, so no prefix is another's):
     K <post_id> <comment_id>        the time part of that comment's C key
     \\xff o <topic> <partition>      next offset the tailer reads there
     \\xff c <partition>              comment position (see ReadModel.comment_positions)
-    \\xff t, \\xff m, \\xff w          trending ranking, deployment marker, last write time
+    \\xff t, \\xff m, \\xff w          trending ranking, deployment marker, caught-up time
 
 A feed key (-created_ms, id) is 8 big-endian bytes of -created_ms + 2**63 followed by
 the id, so byte order is the tuple order and a page is one iterator seek.
@@ -46,7 +46,7 @@ _GONE = struct.Struct(">cQH")  # b"D", version of the tombstone, author length
 _U64 = struct.Struct(">Q")
 _META = b"\xff"
 _OFFSET, _COMMENT_POS = _META + b"o", _META + b"c"
-_TRENDING, _MARKER, _WRITTEN = _META + b"t", _META + b"m", _META + b"w"
+_TRENDING, _MARKER, _CAUGHT_UP = _META + b"t", _META + b"m", _META + b"w"
 
 
 @dataclass(slots=True)
@@ -284,9 +284,10 @@ class QueryStore:
     def put_marker(self, marker: dict[str, Any]) -> None:
         self.batch.put(_MARKER, json.dumps(marker, sort_keys=True).encode())
 
-    def written_at(self) -> float | None:
-        """Wall time of the newest committed batch (None: never written)."""
-        raw = self.db.get(_WRITTEN)
+    def caught_up_at(self) -> float | None:
+        """The last wall time the store was known caught up with the topics (None: it
+        never was: an interrupted rebuild). Every record past its offsets is younger."""
+        raw = self.db.get(_CAUGHT_UP)
         return float(raw.decode()) if isinstance(raw, bytes) else None
 
     def _prefixed(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
@@ -298,10 +299,12 @@ class QueryStore:
         return out
 
     # -- lifecycle ----------------------------------------------------------------------
-    def commit(self) -> None:
-        """Write the open batch (one atomic write, no WAL) and start a new one."""
+    def commit(self, caught_up: bool = False) -> None:
+        """Write the open batch (one atomic write, no WAL) and start a new one;
+        caught_up: the offsets written reach the topics' ends as of now."""
+        if caught_up:
+            self.batch.put(_CAUGHT_UP, f"{time.time():.3f}".encode())
         if self.batch.len():
-            self.batch.put(_WRITTEN, f"{time.time():.3f}".encode())
             self.db.write(self.batch, NO_WAL)
             self.batch = WriteBatch(raw_mode=True)
         self.pending.clear()

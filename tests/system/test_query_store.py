@@ -171,14 +171,20 @@ def test_a_store_of_another_deployment_is_rebuilt_and_a_folder_has_one_replica(
             assert marker is not None
             marker["topic_ids"] = {name: "AAAAAAAAAAAAAAAAAAAAAA" for name in marker["topic_ids"]}
             store.put_marker(marker)
-        else:  # an offset the partition never reached (the topic was truncated)
+        elif change == "offset":  # an offset the partition never reached (truncated)
             (topic, partition), offset = next(iter(store.offsets().items()))
             store.put_offset(topic, partition, offset + 1000)
+        else:  # as if a rebuild had been interrupted before it caught up
+            store.batch.delete(b"\xffw")
         store.commit()
         store.close()
         system.query.start()
 
-    for change, reason in (("topics", "topics were recreated"), ("offset", "is past its end")):
+    for change, reason in (
+        ("topics", "topics were recreated"),
+        ("offset", "is past its end"),
+        ("stamp", "never caught up"),
+    ):
         tamper(change)
         opening = events(system.query.log, "read_models_opening")[-1]
         assert opening["start"] == "cold" and reason in opening["reason"], opening
