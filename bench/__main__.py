@@ -27,6 +27,7 @@ from bench.grpc_load import run_ghz
 from bench.harness import RESULTS, broker, child_env, free_port, fresh_settings, machine
 from bench.memory import query_bytes_per_post
 from bench.report import write_markdown
+from bench.restart import r1
 from mysocial.auth import mint_token
 from mysocial.config import DEV_JWT_SECRET, PROJECT_ROOT
 
@@ -43,6 +44,7 @@ class Sizes:
     window_seconds: float
     knee_rates: tuple[float, ...]
     m1_posts: tuple[int, int]
+    r1_posts: int
     processor_instances: int
     peers: bool
 
@@ -58,10 +60,11 @@ FULL = Sizes(
     60.0,
     (50.0, 100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 700.0),
     (50_000, 250_000),
+    1_000_000,
     2,
     True,
 )
-SMOKE = Sizes(1, 1.0, 2_000, 100, 3_000, 20, 1.0, 6.0, (20.0,), (200, 1_000), 1, True)
+SMOKE = Sizes(1, 1.0, 2_000, 100, 3_000, 20, 1.0, 6.0, (20.0,), (200, 1_000), 500, 1, True)
 
 
 def median_of(trials: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -286,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"T3 {t3['query_msgs_per_s']:.0f} vs no-op {t3['noop_msgs_per_s']:.0f} msg/s")
         results["M1_query"] = query_bytes_per_post(bootstrap, *sizes.m1_posts, log_dir=logs)
         _save_partial(results_dir, results)
+        results["R1"] = r1(fresh_settings(bootstrap, log_level="info"), sizes.r1_posts, logs)
+        _save_partial(results_dir, results)
+        log(
+            f"R1 warm restarts: query {results['R1']['query']['warm_s']:.1f} s, "
+            f"command {results['R1']['command']['warm_s']:.1f} s"
+        )
         settings = fresh_settings(bootstrap, log_level="info")
         system = RunningSystem(settings, logs / "system")
         try:
@@ -338,6 +347,9 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "T5_knee_per_s": r["T5"]["knee_per_s"],
         "M1_bytes_per_like": c["M1_processor"]["bytes_per_like"],
         "M1_bytes_per_post": r["M1_query"]["bytes_per_post"],
+        "R1_query_warm_restart_s": r["R1"]["query"]["warm_s"],
+        "R1_command_warm_restart_s": r["R1"]["command"]["warm_s"],
+        "R1_query_cold_records_per_s": r["R1"]["query"]["cold_records_per_s"],
         "machine": {
             k: r["machine"][k]
             for k in (

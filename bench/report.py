@@ -15,7 +15,9 @@ TARGETS = {
     "T4_p50_ms": ("<=", 30.0),
     "T4_p99_ms": ("<=", 100.0),
     "M1_bytes_per_like": ("<=", 200.0),
-    "M1_bytes_per_post": ("<=", 1024.0),
+    "M1_bytes_per_post": ("<=", 200.0),
+    "R1_query_warm_restart_s": ("<=", 5.0),
+    "R1_command_warm_restart_s": ("<=", 5.0),
 }
 
 
@@ -110,6 +112,7 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
         f"{c['M1_processor']['peak_rss_bytes'][1] / 2**20:.0f} MiB peak at "
         f"{c['M1_processor']['likes'][1]} likes |",
         f"| M1 | query service RSS slope | {results['M1_query']['bytes_per_post']:.0f} bytes per post |",
+        *_r1_lines(results["R1"]),
         "",
         "## Knee search (T5 windows)",
         "",
@@ -127,6 +130,19 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
         lines += [notes.read_text().strip(), ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+
+
+def _r1_lines(r1: dict[str, Any]) -> list[str]:
+    what = f"{r1['posts']} posts, {r1['comments']} comments"
+    q, c = r1["query"], r1["command"]
+    return [
+        f"| R1 | query service: start to SERVING, {what} | cold {q['cold_s']:.1f} s "
+        f"({q['cold_records_per_s']:.0f} records/s), warm restart {q['warm_s']:.1f} s; "
+        f"RSS {q['rss_after_cold_bytes'] / 2**20:.0f} MiB = {q['rss_bytes_per_post']:.0f} B per post |",
+        f"| R1 | command service (1 worker): start to SERVING | cold {c['cold_s']:.1f} s "
+        f"({c['cold_records_per_s']:.0f} records/s), warm restart {c['warm_s']:.1f} s; "
+        f"RSS {c['rss_after_cold_bytes'] / 2**20:.0f} MiB |",
+    ]
 
 
 def _t(result: dict[str, Any]) -> str:

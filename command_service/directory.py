@@ -1,17 +1,20 @@
 """What the write side must know to reject wrong commands: which posts and comments
 exist, who wrote them, and whether they were deleted.
 
-Each command-service process keeps this directory in memory, fed by its own reader
-of `posts` (kept forever) and of the processor's `post_comments` projection (kept
-forever, unlike the raw `comments` events: 7 days), read_committed, and by its own
-acknowledged writes (so a process sees what it just wrote). A lookup that misses may
+Each command-service worker keeps this directory in its own RocksDB with its hot
+entries in memory (command_service.directory_store), fed by its own reader of `posts`
+(kept forever) and of the processor's `post_comments` projection (kept forever, unlike
+the raw `comments` events: 7 days), read_committed, and by its own acknowledged writes
+(so a process sees what it just wrote). The store keeps the offsets it reflects: a
+restart reads on from them (warm) unless mysocial.kafka.warm_start finds the store
+unusable, and then it is rebuilt from the beginning (cold). A lookup that misses may
 be a write acknowledged a moment ago by another process: the directory then asks the
 broker for the current end of the relevant partitions and waits until it got there
 before answering NOT_FOUND. For posts that is the reader's position in `posts`; for
 comments it is how far the `post_comments` records seen reflect the raw `comments`
 partition (their `src-offset` header), so such a miss also waits for the processor.
 That makes "a post is likeable the moment CreatePost returned" hold across processes
-and instances, while hits (the common case) cost a dict lookup. A deletion made
+and instances, while hits (the common case) cost a cache or RocksDB lookup. A deletion made
 through another process is seen once the reader has consumed it, normally within
 milliseconds; a like slipping into that window is harmless because the processor
 ignores events for deleted posts.
@@ -30,9 +33,11 @@ import asyncio
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from confluent_kafka import KafkaException, Message
 
+from command_service.directory_store import DiskStore, Entry, MemoryTable, Table
 from mysocial import post_comments
 from mysocial.config import Settings
 from mysocial.errors import Unavailable
@@ -42,19 +47,18 @@ from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.reader import end_offsets
 from mysocial.kafka.tail import Batch, TailReader
+from mysocial.kafka.warm_start import plan
 from mysocial.log import get_logger
 from mysocial.post_comments import CommentRecord
+from mysocial.rocks import StateLocked
 from mysocial.v1 import events_pb2 as ev
+
+__all__ = ["Directory", "DirectoryState", "Entry"]
 
 log = get_logger("command.directory")
 
-
-@dataclass(slots=True)
-class Entry:
-    """A post or a comment: its author and whether it is deleted."""
-
-    author: str
-    deleted: bool = False
+# Version of directory_store's layout: a store written in another is rebuilt.
+LAYOUT = 1
 
 
 @dataclass
@@ -69,8 +73,8 @@ class _Query:
 class DirectoryState:
     """The pure part: applying events and post_comments records (also used by unit tests)."""
 
-    posts: dict[str, Entry] = field(default_factory=dict)
-    comments: dict[str, Entry] = field(default_factory=dict)
+    posts: Table = field(default_factory=MemoryTable)
+    comments: Table = field(default_factory=MemoryTable)
     # `comments` partition -> 1 + the newest src-offset of the post_comments records
     # applied: every comment event of that partition before it is reflected here.
     comment_positions: dict[int, int] = field(default_factory=dict)
@@ -84,29 +88,47 @@ class DirectoryState:
         if record.src_offset >= 0:
             position = self.comment_positions.get(record.src_partition, 0)
             self.comment_positions[record.src_partition] = max(position, record.src_offset + 1)
+        known = self.comments.get(record.comment_id)
         if record.comment is not None:
-            self.comments.setdefault(record.comment_id, Entry(sys.intern(record.comment.author_id)))
-        else:
-            comment = self.comments.setdefault(record.comment_id, Entry(""))
-            comment.deleted = True
+            if known is None:
+                self.comments.put(record.comment_id, Entry(sys.intern(record.comment.author_id)))
+        elif known is None or not known.deleted:
+            self.comments.put(record.comment_id, Entry(known.author if known else "", True))
 
     def apply(self, event: ev.Event) -> None:
         """An event: read from `posts`, or written by this process (any topic)."""
         kind = event.WhichOneof("payload")
         actor = event.actor_user_id
         if kind == "post_created":
-            self.posts.setdefault(event.post_created.post_id, Entry(actor))
+            if self.posts.get(event.post_created.post_id) is None:
+                self.posts.put(event.post_created.post_id, Entry(actor))
         elif kind == "post_deleted":
             post = self.posts.get(event.post_deleted.post_id)
-            if post is not None and post.author == actor:
-                post.deleted = True
+            if post is not None and post.author == actor and not post.deleted:
+                self.posts.put(event.post_deleted.post_id, Entry(post.author, True))
         elif kind == "comment_added":
-            self.comments.setdefault(event.comment_added.comment_id, Entry(actor))
+            if self.comments.get(event.comment_added.comment_id) is None:
+                self.comments.put(event.comment_added.comment_id, Entry(actor))
         elif kind == "comment_deleted":
-            comment = self.comments.get(event.comment_deleted.comment_id)
+            cid = event.comment_deleted.comment_id
+            comment = self.comments.get(cid)
             post = self.posts.get(event.comment_deleted.post_id)
             if comment is not None and actor in (comment.author, post.author if post else None):
-                comment.deleted = True
+                self.comments.put(cid, Entry(comment.author, True))
+
+
+def open_store(settings: Settings, slots: int = 64) -> DiskStore:
+    """The first store folder no other process holds: each worker and replica on a
+    host gets one of its own, and a restarted worker usually finds the one it left."""
+    base = Path(settings.command_state_dir or settings.processor_state_dir)
+    for slot in range(slots):
+        try:
+            return DiskStore(
+                base / f"{settings.topic_namespace}command-{slot}", settings.command_directory_cache
+            )
+        except StateLocked:
+            continue
+    raise StateLocked(f"all {slots} command directory folders under {base} are in use")
 
 
 class Directory:
@@ -120,7 +142,8 @@ class Directory:
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
         self.loop = loop
-        self.state = DirectoryState()
+        self.store = open_store(settings)
+        self.state = DirectoryState(self.store.posts, self.store.comments)
         self.topic_posts = settings.topic(topics.POSTS)
         self.topic_comments = settings.topic(topics.COMMENTS)  # raw events: their ends
         self.topic_post_comments = settings.topic(topics.POST_COMMENTS)
@@ -128,32 +151,61 @@ class Directory:
         self._progress = asyncio.Event()
         self._queries: dict[str, _Query] = {}
         self._started = time.monotonic()
-        self.reader: TailReader[ev.Event | CommentRecord] = TailReader(
+        self._start_kind = ""
+        self.reader: TailReader[ev.Event | CommentRecord] = self._reader({})
+        self.admin = kafka_connection(settings).admin()  # end-offset queries, off the reader
+
+    def _reader(self, starts: dict[tuple[str, int], int]) -> TailReader[ev.Event | CommentRecord]:
+        return TailReader(
             "directory-reader",
-            loop,
-            kafka_connection(settings),
+            self.loop,
+            kafka_connection(self.settings),
             [self.topic_posts, self.topic_post_comments],
             self._decode,
             self._apply,
             self._loaded,
+            starts=starts,
             consumer_config={
-                "group.id": f"{settings.topic('mysocial.command-directory')}.unused",
+                "group.id": f"{self.settings.topic('mysocial.command-directory')}.unused",
                 "fetch.wait.max.ms": LONG_POLL_MS,
             },
         )
-        self.admin = kafka_connection(settings).admin()  # end-offset queries, off the reader
 
     @property
     def failure(self) -> asyncio.Future[BaseException]:
         """Completes when the reader died (it logged why)."""
         return self.reader.failure
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Decide warm or cold (admin requests, off the loop), then start reading."""
         self._started = time.monotonic()
+        store = self.store
+        decided = await asyncio.to_thread(
+            plan,
+            kafka_connection(self.settings),
+            LAYOUT,
+            [self.topic_posts, self.topic_post_comments],
+            [self.topic_post_comments],
+            self.settings.topic_namespace,
+            store.marker(),
+            store.offsets(),
+            store.written_at(),
+        )
+        if decided.cold_reason:
+            self._start_kind = "cold"
+            log.info("directory_rebuilding", path=str(store.path), reason=decided.cold_reason)
+            store.reset(decided.marker)
+        else:
+            self._start_kind = "warm"
+            self.positions = dict(decided.starts)
+            self.state.comment_positions = store.comment_positions()
+        self.reader = self._reader(decided.starts)
         self.reader.start()
 
     def stop(self) -> None:
         self.reader.stop()
+        self.store.flush({}, {})  # this process's own writes (reflected by no offset)
+        self.store.close()
 
     async def loaded(self, timeout: float) -> None:
         """Wait until the directory is loaded; ReaderFailed if its reader died first."""
@@ -184,8 +236,8 @@ class Directory:
     def _loaded(self) -> None:
         log.info(
             "directory_loaded",
-            posts=len(self.state.posts),
-            comments=len(self.state.comments),
+            start=self._start_kind,
+            replayed_records=self.reader.records,
             load_s=round(time.monotonic() - self._started, 3),
         )
 
@@ -195,9 +247,13 @@ class Directory:
                 self.state.apply_record(item)
             else:
                 self.state.apply(item)
+        moved = {}
         for key, offset in batch.positions.items():
             if offset > self.positions.get(key, 0):
                 self.positions[key] = offset
+                moved[key] = offset
+        # The entries with the offsets (and comment positions) they reflect, together.
+        self.store.flush(moved, self.state.comment_positions)
         self._progress.set()
         self._progress = asyncio.Event()
 

@@ -95,7 +95,7 @@ class CommandServer:
             log.warning("dev_jwt_secret_in_use", hint="development mode (MYSOCIAL_DEV_MODE=1)")
         publisher = Publisher(settings)
         directory = Directory(settings, asyncio.get_running_loop())
-        directory.start()
+        await directory.start()
         media = await asyncio.to_thread(MediaLibrary.from_settings, settings)
         servicer = CommandServicer(settings, publisher, directory, media)
         running = await start_server(

@@ -17,6 +17,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from confluent_kafka import KafkaError, KafkaException
+
 from mysocial.config import Settings
 from mysocial.kafka import topics
 from mysocial.kafka.reader import expired_starts, group_lag, latest_by_key, read_topic
@@ -67,12 +69,19 @@ def wait_caught_up(settings: Settings, timeout: float) -> bool:
     )
     deadline = time.monotonic() + timeout
     while True:
-        lag = group_lag(
-            settings,
-            settings.topic(topics.PROCESSOR_GROUP),
-            [settings.topic(n) for n in names],
-            written_by_processor,
-        )
+        try:
+            lag = group_lag(
+                settings,
+                settings.topic(topics.PROCESSOR_GROUP),
+                [settings.topic(n) for n in names],
+                written_by_processor,
+                timeout=max(1.0, min(30.0, deadline - time.monotonic())),
+            )
+        except KafkaException as exc:
+            # A broker that just came back may not answer offset queries yet.
+            if not exc.args[0].retriable() and exc.args[0].code() != KafkaError._TIMED_OUT:
+                raise
+            lag = -1
         if lag == 0:
             return True
         if time.monotonic() > deadline:
@@ -158,8 +167,13 @@ def audit(settings: Settings, check_trending: bool = True) -> AuditReport:
         got = ev.PostWithCounts()
         got.ParseFromString(raw)
         p = got.post
-        want = (expected.author, expected.caption, expected.like_count, expected.comment_count)
-        have = (p.author_id, p.caption, p.like_count, p.comment_count)
+        want: tuple[object, ...] = (
+            expected.author,
+            expected.caption,
+            expected.like_count,
+            expected.comment_count,
+        )
+        have: tuple[object, ...] = (p.author_id, p.caption, p.like_count, p.comment_count)
         comments_expired = cross is not None and cross.comments_expired(post_id)
         report.comments_checked += len(listed.get(post_id, {}))
         report.mismatches.extend(

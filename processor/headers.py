@@ -8,6 +8,9 @@ cannot leave one side reading a header nobody writes.
 
 from __future__ import annotations
 
-SRC_PARTITION = "src-partition"  # the record's partition in `posts`
-SRC_OFFSET = "src-offset"  # its offset there: what the post's posts_applied_through counts
+from mysocial.post_comments import SRC_OFFSET, SRC_PARTITION
+
+# SRC_PARTITION: the record's partition in `posts` (of post_comments: in `comments`);
+# SRC_OFFSET: its offset there (what the post's posts_applied_through counts).
+__all__ = ["SRC_INSTANCE", "SRC_OFFSET", "SRC_PARTITION"]
 SRC_INSTANCE = "src-instance"  # the processor instance that re-keyed it (for tracing)

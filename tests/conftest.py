@@ -15,6 +15,7 @@ test that uses it.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from mysocial.kafka.broker import EmbeddedBroker
 from mysocial.kafka.cluster import EmbeddedCluster
 from mysocial.kafka.topics import provision
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
-from tests.support.helpers import LoopThread, free_port, make_settings
+from tests.support.helpers import STATE_ROOT, LoopThread, free_port, make_settings
 from tests.support.services import ProcessorProc, command_service
 from tests.support.trending import RankingWatcher
 
@@ -44,6 +45,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = item.path.relative_to(TESTS).parts[0]
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _local_stores_removed() -> Iterator[None]:
+    """The session's local stores (tests.support.helpers.STATE_ROOT) go with it."""
+    yield
+    shutil.rmtree(STATE_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

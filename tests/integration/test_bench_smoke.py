@@ -37,6 +37,8 @@ def test_benchmark_suite_smoke_run(kafka_bootstrap: str) -> None:
         "T5_knee_per_s",
         "M1_bytes_per_like",
         "M1_bytes_per_post",
+        "R1_query_warm_restart_s",
+        "R1_command_warm_restart_s",
     ):
         assert isinstance(summary[key], int | float), key
     assert summary["machine"]["cores"] >= 1

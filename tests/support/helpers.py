@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -27,15 +28,22 @@ from mysocial.v1 import events_pb2 as ev
 T = TypeVar("T")
 
 
+# Where tests' local stores go unless a test names a folder (removed after the session).
+STATE_ROOT = Path(tempfile.gettempdir()) / f"mysocial-tests-{os.getpid()}"
+
+
 def make_settings(bootstrap: str, **overrides: object) -> Settings:
     """Settings for a test: unique topic namespace, small partition counts, development
     mode (tokens signed with the development secret); a cluster named by
     KAFKA_BOOTSTRAP_SERVERS keeps its TLS and SASL settings."""
     env = Settings.from_env()
     login = login_settings(env) if bootstrap == env.kafka_bootstrap_servers else {}
+    namespace = f"t{uuid.uuid4().hex[:10]}."
     base = Settings(
         kafka_bootstrap_servers=bootstrap,
-        topic_namespace=f"t{uuid.uuid4().hex[:10]}.",
+        topic_namespace=namespace,
+        # Local stores (processor, directory, read models) of this test only.
+        processor_state_dir=str(STATE_ROOT / namespace),
         posts_partitions=4,
         copartitions=6,
         command_workers=1,

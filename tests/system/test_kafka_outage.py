@@ -36,8 +36,10 @@ from mysocial.config import Settings
 from mysocial.kafka import topics
 from mysocial.kafka.broker import EmbeddedBroker
 from mysocial.kafka.connection import kafka_connection
+from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.producer import producer_config
 from mysocial.kafka.topics import provision
+from mysocial.post_comments import SRC_OFFSET, SRC_PARTITION
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import events_pb2 as ev
@@ -109,7 +111,7 @@ def outage_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
 
 
 class Projector:
-    """Writes what the processor would: posts_with_counts records, and comments."""
+    """Writes what the processor would: posts_with_counts and post_comments records."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -127,10 +129,21 @@ class Projector:
         assert self.producer.flush(60) == 0
 
     def comment(self, post_id: str, text: str) -> str:
+        """A comment as the processor publishes it to post_comments."""
         request = cmd.AddCommentRequest(post_id=post_id, text=text)
         prepared = add_comment("bob", request, datetime.now(UTC), Limits())
-        topic = self.settings.topic(topics.COMMENTS)
-        self.producer.produce(topic, prepared.event.SerializeToString(), post_id.encode())
+        comment = res.Comment(
+            comment_id=prepared.comment_id, post_id=post_id, author_id="bob", text=text
+        )
+        comment.created_at.GetCurrentTime()
+        partition = partition_for(post_id.encode(), self.settings.copartitions)
+        self.producer.produce(
+            self.settings.topic(topics.POST_COMMENTS),
+            comment.SerializeToString(),
+            f"{post_id}/{prepared.comment_id}".encode(),
+            partition=partition,
+            headers=[(SRC_PARTITION, str(partition).encode()), (SRC_OFFSET, b"0")],
+        )
         assert self.producer.flush(60) == 0
         return prepared.comment_id
 

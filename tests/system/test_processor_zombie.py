@@ -62,14 +62,16 @@ def test_a_resumed_zombie_is_fenced_and_changes_nothing(
         zombie_log = zombie.log_path.read_text()
         # Resumed, it learns it lost everything: its transaction is aborted or it is
         # fenced and exits for its supervisor to restart it (either is correct).
-        wait_until(
-            lambda: any(
-                word in zombie.log_path.read_text()
-                for word in ("partitions_lost", "transaction_aborted", "processor_stopping_fatal")
-            ),
-            60,
-            what="the zombie to notice it was fenced",
-        )
+        noticed = ("partitions_lost", "transaction_aborted", "processor_stopping_fatal")
+        try:
+            wait_until(
+                lambda: any(word in zombie.log_path.read_text() for word in noticed),
+                120,  # generous: on a loaded 2-core machine a resumed process is slow
+                what="the zombie to notice it was fenced",
+            )
+        except AssertionError as exc:
+            tail = zombie.log_path.read_text().splitlines()[-25:]
+            raise AssertionError(f"{exc}; the zombie's last lines:\n" + "\n".join(tail)) from None
         zombie_log = zombie.log_path.read_text()
         if not zombie.alive():
             zombie.start()  # as make run's supervisor would; reported by the assert below

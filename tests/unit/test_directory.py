@@ -1,15 +1,17 @@
 """Unit tests of the command service's directory: its state fed by `posts` events, own
-writes and `post_comments` records, and the comment miss catch-up against the raw
-`comments` ends (no broker: the end offsets are given)."""
+writes and `post_comments` records, its store on disk, and the comment miss catch-up
+against the raw `comments` ends (no broker: the end offsets are given)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 
 from command_service.directory import Directory, DirectoryState, Entry
+from command_service.directory_store import DiskStore
 from mysocial import post_comments
 from mysocial.config import Settings
 from mysocial.errors import Unavailable
@@ -17,6 +19,7 @@ from mysocial.kafka import topics
 from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.tail import Batch
 from mysocial.post_comments import CommentRecord
+from mysocial.rocks import StateLocked
 from mysocial.v1 import events_pb2 as ev
 from mysocial.v1 import resources_pb2 as res
 
@@ -44,6 +47,12 @@ def event(actor: str, kind: str, comment_id: str = "") -> ev.Event:
         e.comment_added.CopyFrom(ev.CommentAdded(post_id=POST, comment_id=comment_id, text="x"))
     else:
         e.comment_deleted.CopyFrom(ev.CommentDeleted(post_id=POST, comment_id=comment_id))
+    return e
+
+
+def created(post_id: str, author: str) -> ev.Event:
+    e = ev.Event(event_id=uuid.uuid4().hex, actor_user_id=author)
+    e.post_created.post_id = post_id
     return e
 
 
@@ -90,12 +99,14 @@ def test_records_without_headers_move_no_position() -> None:
     assert state.comment_positions == {1: 9}
 
 
-def directory(settings: Settings, ends: dict[tuple[str, int], int]) -> Directory:
-    """A Directory without reader or admin client: `_ends` answers `ends`."""
+def directory(settings: Settings, ends: dict[tuple[str, int], int], path: Path) -> Directory:
+    """A Directory on a store in path, without reader or admin client: `_ends`
+    answers `ends`."""
     d = Directory.__new__(Directory)
     d.settings = settings
     d.loop = asyncio.get_running_loop()
-    d.state = DirectoryState()
+    d.store = DiskStore(path, cache_entries=100)
+    d.state = DirectoryState(d.store.posts, d.store.comments)
     d.topic_posts = settings.topic(topics.POSTS)
     d.topic_comments = settings.topic(topics.COMMENTS)
     d.topic_post_comments = settings.topic(topics.POST_COMMENTS)
@@ -111,14 +122,16 @@ def directory(settings: Settings, ends: dict[tuple[str, int], int]) -> Directory
     return d
 
 
-def test_a_comment_miss_waits_for_post_comments_to_reflect_the_raw_partition() -> None:
+def test_a_comment_miss_waits_for_post_comments_to_reflect_the_raw_partition(
+    tmp_path: Path,
+) -> None:
     settings = Settings()
     partition = partition_for(POST.encode(), settings.copartitions)
     raw = settings.topic(topics.COMMENTS)
     cid = str(uuid.uuid4())
 
     async def scenario() -> None:
-        d = directory(settings, {(raw, partition): 11, (raw, partition + 1): 50})
+        d = directory(settings, {(raw, partition): 11, (raw, partition + 1): 50}, tmp_path)
         # The reader's own position in post_comments says nothing about `comments`.
         d.positions[(settings.topic(topics.POST_COMMENTS), partition)] = 1000
         lookup = asyncio.ensure_future(d.comment(POST, cid, 5.0))
@@ -134,14 +147,14 @@ def test_a_comment_miss_waits_for_post_comments_to_reflect_the_raw_partition() -
     asyncio.run(scenario())
 
 
-def test_a_comment_miss_the_projection_never_reaches_is_unavailable() -> None:
+def test_a_comment_miss_the_projection_never_reaches_is_unavailable(tmp_path: Path) -> None:
     """The last event yields no record (a deleted post's, a dead letter): retry later."""
     settings = Settings()
     partition = partition_for(POST.encode(), settings.copartitions)
     raw = settings.topic(topics.COMMENTS)
 
     async def scenario() -> None:
-        d = directory(settings, {(raw, partition): 11})
+        d = directory(settings, {(raw, partition): 11}, tmp_path)
         d._apply(batch([comment_record(str(uuid.uuid4()), 9, partition=partition)]))
         with pytest.raises(Unavailable) as raised:
             await d.comment(POST, str(uuid.uuid4()), 0.05)
@@ -152,3 +165,28 @@ def test_a_comment_miss_the_projection_never_reaches_is_unavailable() -> None:
 
 def batch(items: list[CommentRecord]) -> Batch[ev.Event | CommentRecord]:
     return Batch(list[ev.Event | CommentRecord](items), {})
+
+
+def test_the_store_keeps_entries_offsets_and_positions_together(tmp_path: Path) -> None:
+    """What a warm restart finds: every flushed entry, the offsets and comment positions
+    written with it; entries past the cache come back from disk; reset forgets all."""
+    store = DiskStore(tmp_path / "s", cache_entries=2)
+    state = DirectoryState(store.posts, store.comments)
+    posts = [str(uuid.uuid4()) for _ in range(5)]
+    for i, pid in enumerate(posts):
+        state.apply(created(pid, f"user{i}"))
+    cid = str(uuid.uuid4())
+    state.apply_record(comment_record(cid, 4, author="bob", partition=3))
+    store.flush({("ns.posts", 0): 7}, state.comment_positions)
+    with pytest.raises(StateLocked):
+        DiskStore(tmp_path / "s", cache_entries=2)  # one process per folder
+    store.close()
+    again = DiskStore(tmp_path / "s", cache_entries=2)
+    assert [again.posts.get(p) for p in posts] == [Entry(f"user{i}") for i in range(5)]
+    assert again.comments.get(cid) == Entry("bob")
+    assert again.offsets() == {("ns.posts", 0): 7}
+    assert again.comment_positions() == {3: 5}
+    again.reset({"namespace": "ns."})
+    assert again.posts.get(posts[0]) is None and again.offsets() == {}
+    assert again.marker() == {"namespace": "ns."}
+    again.close()
