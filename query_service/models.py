@@ -154,7 +154,7 @@ class ReadModel:
         self.changes: OrderedDict[str, Changed] = OrderedDict()
         self._in_batch = False
         # Set once the tailer has caught up: from then on every commit stamps the store
-        # with the time (query_service.startup checks its age).
+        # with the time (mysocial.kafka.warm_start checks its age).
         self.caught_up = False
         # Posts changed in the open batch: written once each at commit, however often
         # they changed in it (hot posts under load).

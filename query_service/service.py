@@ -14,15 +14,15 @@ from pathlib import Path
 from mysocial.config import Settings
 from mysocial.consistency import ConsistencyToken
 from mysocial.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from mysocial.kafka import topics
+from mysocial.kafka import topics, warm_start
 from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.tail import Key
 from mysocial.log import get_logger
 from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import resources_pb2 as res
-from query_service import queries, startup
+from query_service import queries
 from query_service.models import Change, ReadModel
-from query_service.store import PostView, QueryStore
+from query_service.store import LAYOUT, PostView, QueryStore
 from query_service.streams import FeedSubscription, Hub
 from query_service.tailer import COMMENT, POST, TRENDING, Item, Tailer
 
@@ -90,8 +90,9 @@ class ReadSide:
         offsets = store.offsets()
         try:
             plan = await asyncio.to_thread(
-                startup.plan,
+                warm_start.plan,
                 kafka_connection(settings),
+                LAYOUT,
                 names,
                 names[:2],
                 settings.topic_namespace,

@@ -39,6 +39,7 @@ from mysocial.rocks import NO_WAL, open_rocksdb
 from mysocial.v1 import resources_pb2 as res
 
 FeedKey = tuple[int, str]  # (-created_ms, id): ascending order is newest first
+LAYOUT = 1  # version of this layout: a store written in another one is rebuilt
 
 _BIAS = 2**63
 _LIVE = struct.Struct(">cQQQQQqH")  # b"L", version, 3 applied-through, updates, created, len
@@ -277,7 +278,7 @@ class QueryStore:
         self.batch.put(_TRENDING, data)
 
     def marker(self) -> dict[str, Any] | None:
-        """The deployment this store was built from (see query_service.startup)."""
+        """The deployment this store was built from (see mysocial.kafka.warm_start)."""
         raw = self.db.get(_MARKER)
         return json.loads(raw) if isinstance(raw, bytes) else None
 

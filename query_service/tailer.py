@@ -3,7 +3,7 @@
 A background thread (mysocial.kafka.tail) reads every partition of
 `posts_with_counts`, `post_comments` and `trending_posts` (read_committed, no consumer
 group: every instance serves every post) from the next offset the local store has
-applied, or from the beginning (query_service.startup decides), decodes records, and
+applied, or from the beginning (mysocial.kafka.warm_start decides), decodes records, and
 hands them to the event loop in batches with the offsets they reach; the loop applies
 a batch in one go (one RocksDB write, offsets included) and only then is the next one
 sent, so a slow loop slows the reading instead of piling up memory. Once every
