@@ -269,6 +269,19 @@ class Settings:
         str(PROJECT_ROOT / ".cache" / "processor-state"),
         "Where processor instances keep their local RocksDB (a cache of the changelogs).",
     )
+    query_state_dir: str = _setting(
+        "MYSOCIAL_QUERY_STATE_DIR",
+        "",
+        "Where query replicas keep their read models (RocksDB, a cache of the topics: a restart "
+        "replays only what is new), each in `<namespace>query-<replica id>`; empty: "
+        "MYSOCIAL_PROCESSOR_STATE_DIR.",
+    )
+    query_replica_id: str = _setting(
+        "MYSOCIAL_QUERY_REPLICA_ID", "0", "Names a query replica's state folder: one per replica."
+    )
+    query_cache_posts: int = _setting(
+        "MYSOCIAL_QUERY_CACHE_POSTS", 50_000, "Posts a query replica keeps in memory (~1 KiB each)."
+    )
     processor_commit_interval_ms: int = _setting(
         "MYSOCIAL_PROCESSOR_COMMIT_INTERVAL_MS",
         100,
@@ -361,13 +374,8 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
                 raise ConfigError(f"{f.metadata['env']} must not be negative, got {value}")
-        for name in (
-            "posts_partitions",
-            "copartitions",
-            "kafka_brokers",
-            "media_max_bytes",
-            "media_max_pixels",
-        ):
+        at_least_1 = ("posts_partitions", "copartitions", "kafka_brokers", "media_max_bytes")
+        for name in (*at_least_1, "media_max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_env_name(name)} must be at least 1")
         if self.log_format not in ("console", "json"):
@@ -444,10 +452,7 @@ class Settings:
 
 
 def _env_name(attr: str) -> str:
-    for f in fields(Settings):
-        if f.name == attr:
-            return str(f.metadata["env"])
-    raise KeyError(attr)
+    return str(Settings.__dataclass_fields__[attr].metadata["env"])
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

@@ -2,8 +2,10 @@
 
 Health is NOT_SERVING until the read models have caught up with the topics as they
 were at start, SERVING after. SIGTERM: NOT_SERVING, stop accepting, let unary calls
-finish and close streams, stop the Kafka reader. If the Kafka reader dies, the same
-shutdown follows and the process exits 1, for its supervisor (make run) to restart it.
+finish and close streams, stop the Kafka reader, flush and close the local store. If
+the Kafka reader dies, the same shutdown follows and the process exits 1, for its
+supervisor (make run) to restart it. A replica whose store folder another process
+holds exits 2 at once (query_state_locked).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from media.library import MediaLibrary
 from mysocial import log as logconf
 from mysocial.config import Settings
 from mysocial.process import tune_gc
+from mysocial.rocks import StateLocked
 from mysocial.rpc import RunningServer, run_until_stopped, start_server
 from mysocial.startup import kafka_or_exit, settings_or_exit
 from mysocial.tls import server_credentials
@@ -73,12 +76,16 @@ class QueryServer:
     async def stop(self, grace: float | None = None) -> None:
         await self.running.set_serving([SERVICE_NAME], False)
         await self.running.server.stop(self.settings.grace_period_s if grace is None else grace)
-        await asyncio.to_thread(self.read_side.stop)
+        await self.read_side.close()
         log.info("query_service_stopped")
 
 
 async def _main(settings: Settings) -> int:
-    server = await QueryServer.start(settings)
+    try:
+        server = await QueryServer.start(settings)
+    except StateLocked as exc:
+        log.error("query_state_locked", error=str(exc))
+        return 2
     tune_gc()
     return await server.serve()
 

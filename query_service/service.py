@@ -7,17 +7,22 @@ loop thread (the tailer hands batches over), so reads are consistent snapshots.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 
 from mysocial.config import Settings
 from mysocial.consistency import ConsistencyToken
 from mysocial.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from mysocial.kafka import topics
+from mysocial.kafka import topics, warm_start
+from mysocial.kafka.connection import kafka_connection
+from mysocial.kafka.tail import Key
 from mysocial.log import get_logger
 from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import resources_pb2 as res
 from query_service import queries
 from query_service.models import Change, ReadModel
+from query_service.store import LAYOUT, PostView, QueryStore
 from query_service.streams import FeedSubscription, Hub
 from query_service.tailer import COMMENT, POST, TRENDING, Item, Tailer
 
@@ -38,15 +43,27 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def state_path(settings: Settings) -> Path:
+    """This replica's store: `<namespace>query-<replica id>` in the state folder."""
+    base = settings.query_state_dir or settings.processor_state_dir
+    return Path(base) / f"{settings.topic_namespace}query-{settings.query_replica_id}"
+
+
 class ReadSide:
-    """Read models kept up to date from Kafka, and the operations on them."""
+    """Read models kept up to date from Kafka, and the operations on them.
+
+    Opening the store raises mysocial.rocks.StateLocked when another replica has it.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.store = QueryStore(state_path(settings))
         self.model = ReadModel(
             settings.topic(topics.POSTS),
             settings.topic(topics.LIKES),
             settings.topic(topics.COMMENTS),
+            self.store,
+            cache_posts=settings.query_cache_posts,
         )
         self.hub = Hub(capacity=FEED_CAPACITY)
         self.model.trending_listeners.append(
@@ -56,49 +73,114 @@ class ReadSide:
         self.tailer: Tailer | None = None
         self.on_ready: list[Callable[[], None]] = []
         self._feed_cache: dict[tuple[str, int, int], bytes] = {}
+        self._failure: asyncio.Future[BaseException] | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._closed = False
 
     def start(self) -> None:
+        """Decide warm or cold (off the loop), then start the tailer."""
         loop = asyncio.get_running_loop()
-        self.tailer = Tailer(self.settings, loop, self.apply, self._ready)
+        self._failure = loop.create_future()
+        self._starting = loop.create_task(self._start(loop))
+
+    async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        settings, store = self.settings, self.store
+        kinds = (topics.POSTS_WITH_COUNTS, topics.POST_COMMENTS, topics.TRENDING_POSTS)
+        names = [settings.topic(kind) for kind in kinds]
+        offsets = store.offsets()
+        try:
+            plan = await asyncio.to_thread(
+                warm_start.plan,
+                kafka_connection(settings),
+                LAYOUT,
+                names,
+                names[:2],
+                settings.topic_namespace,
+                store.marker(),
+                offsets,
+                store.caught_up_at(),
+            )
+        except Exception as exc:  # as when the tailer dies: one error line, exit 1
+            log.exception("kafka_reader_failed", reader="query-start", error=repr(exc))
+            self._fail(exc)
+            return
+        started = time.monotonic()
+        if plan.cold_reason:
+            self.model.reset()
+        store.put_marker(plan.marker)
+        store.commit()
+        log.info(
+            "read_models_opening",
+            start="cold" if plan.cold_reason else "warm",
+            reason=plan.cold_reason or None,
+            path=str(store.path),
+            wipe_s=round(time.monotonic() - started, 3),
+        )
+        self.tailer = Tailer(
+            settings,
+            loop,
+            self.apply,
+            self._ready,
+            starts=plan.starts,
+            ready_fields={"start": "cold" if plan.cold_reason else "warm"},
+        )
+        self.tailer.failure.add_done_callback(lambda f: self._fail(f.result()))
         self.tailer.start()
 
-    def stop(self) -> None:
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is not None and not self._failure.done():
+            self._failure.set_result(exc)
+
+    async def close(self) -> None:
+        """Stop reading, then flush and close the store (on the loop: no batch is
+        applied after it)."""
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
         if self.tailer is not None:
-            self.tailer.stop()
+            await asyncio.to_thread(self.tailer.stop)
+        self._closed = True
+        self.store.commit(self.model.caught_up)
+        self.store.close()
 
     @property
     def failure(self) -> asyncio.Future[BaseException]:
         """Completes when the Kafka reader died (it logged why); start() first."""
-        if self.tailer is None:
+        if self._failure is None:
             raise RuntimeError("ReadSide.start() was not called")
-        return self.tailer.failure
+        return self._failure
 
     def _ready(self) -> None:
+        self.model.caught_up = True
+        self.model.commit()  # stamps the store: a complete copy as of now
         self.ready.set()
         for callback in self.on_ready:
             callback()
 
     # -- applying -------------------------------------------------------------------
-    def apply(self, batch: list[Item]) -> None:
-        """Apply one batch from the tailer, then notify streams and waiters."""
+    def apply(self, batch: list[Item], positions: Mapping[Key, int] | None = None) -> None:
+        """Apply one batch from the tailer (one store write, with the offsets it
+        reaches), then notify streams and waiters."""
+        if self._closed:
+            return  # handed over while stopping: the store is closed
         model = self.model
         changes: list[tuple[Change, str]] = []
         authors: dict[str, str] = {}
         touched: list[str] = []
+        model.begin()
         for item in batch:
             if item.kind == POST:
-                before = model.posts.get(item.key)
                 change = model.apply_post_record(item.key, item.value, item.offset + 1)
                 touched.append(item.key)
                 if change is not None:
                     changes.append((change, item.key))
-                    view = model.posts.get(item.key) or before
-                    if view is not None:
+                    view = model.cache.get(item.key)  # just applied: cached
+                    if view is not None and view.author_id:
                         authors[item.key] = view.author_id
             elif item.kind == COMMENT:
                 touched.append(model.apply_comment_record(item.value))
             elif item.kind == TRENDING:
                 model.apply_trending(item.value)
+        model.commit(positions)
         if changes:
             self.hub.on_changes(changes, authors)
         model.publish([], touched)
@@ -192,14 +274,13 @@ class ReadSide:
             self.hub.unsubscribe(sub, ids)
 
     def _post_message(self, post_id: str, skipped: int) -> q.WatchPostsResponse:
-        view = self.model.posts.get(post_id)
-        if view is None:
-            deleted = self.model.deleted_at.get(post_id)
+        view = self.model.lookup(post_id)
+        if not isinstance(view, PostView):
             return q.WatchPostsResponse(
                 post=res.Post(post_id=post_id),
                 deleted=True,
                 skipped_updates=skipped,
-                version=deleted[2] if deleted is not None else 0,
+                version=view.version if view is not None else 0,
             )
         return q.WatchPostsResponse(post=view.post, skipped_updates=skipped, version=view.version)
 
@@ -214,11 +295,14 @@ class ReadSide:
                 yield message.SerializeToString()
             while True:
                 await sub.wait()
+                forgotten = model.forgotten(sub.cursor)
                 changed = model.changed_since(sub.cursor)
                 seen, sub.cursor = sub.cursor, model.seq
-                if len(changed) > FEED_CAPACITY:
-                    # Too far behind to catch up post by post: a fresh snapshot instead.
-                    for message in self._feed_snapshot(author, size, len(changed)):
+                if forgotten or len(changed) > FEED_CAPACITY:
+                    # Too far behind to catch up post by post (or behind what the change
+                    # index still knows): a fresh snapshot instead.
+                    missed = model.seq - seen if forgotten else len(changed)
+                    for message in self._feed_snapshot(author, size, missed):
                         yield message.SerializeToString()
                     continue
                 for _, post_id in changed:
@@ -232,23 +316,24 @@ class ReadSide:
         self, post_id: str, author: str, seen: int, sub: FeedSubscription
     ) -> bytes | None:
         """The serialized update for post_id, shared by every reader of that version."""
-        view = self.model.posts.get(post_id)
+        model = self.model
+        found = model.cache.get(post_id) or model.lookup(post_id)  # just changed: cached
+        entry = model.changes.get(post_id)
+        if found is None or entry is None:
+            return None  # not changed since this process started: nothing to send
+        view = found if isinstance(found, PostView) else None
+        if author and found.author_id != author:
+            return None
         if view is None:
-            deleted = self.model.deleted_at.get(post_id)
-            if deleted is None or (author and deleted[1] != author):
-                return None
-            key = (post_id, deleted[0], q.FEED_EVENT_KIND_DELETED)
-            version = deleted[2]
+            key = (post_id, entry.seq, q.FEED_EVENT_KIND_DELETED)
             skipped = 0
         else:
-            if author and view.author_id != author:
-                return None
             kind = (
-                q.FEED_EVENT_KIND_CREATED if view.created_seq > seen else q.FEED_EVENT_KIND_UPDATED
+                q.FEED_EVENT_KIND_CREATED if entry.created_seq > seen else q.FEED_EVENT_KIND_UPDATED
             )
-            key = (post_id, view.seq, kind)
-            version = view.version
+            key = (post_id, entry.seq, kind)
             skipped = sub.skipped(post_id, view.updates)
+        version = found.version
         cached = self._feed_cache.get(key)
         if cached is None:
             # WatchFeedResponse{kind, post, version} written directly around the stored
@@ -268,16 +353,13 @@ class ReadSide:
         return cached
 
     def _feed_snapshot(self, author: str, size: int, skipped: int) -> list[q.WatchFeedResponse]:
-        posts = self.model.newest(author, size)
+        views, _ = self.model.page_views(author, None, size)
         kind = q.FEED_EVENT_KIND_SNAPSHOT
-        if not posts:
+        if not views:
             return [q.WatchFeedResponse(kind=kind, snapshot_complete=True, skipped_updates=skipped)]
-        versions = self.model.posts
         out = [
-            q.WatchFeedResponse(
-                kind=kind, post=p, skipped_updates=skipped, version=versions[p.post_id].version
-            )
-            for p in posts
+            q.WatchFeedResponse(kind=kind, post=v.post, skipped_updates=skipped, version=v.version)
+            for v in views
         ]
         out[-1].snapshot_complete = True
         return out

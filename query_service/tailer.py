@@ -1,19 +1,20 @@
 """Feeding the read model from Kafka.
 
 A background thread (mysocial.kafka.tail) reads every partition of
-`posts_with_counts`, `post_comments` and `trending_posts` from the beginning
-(read_committed, no consumer group: every instance serves every post), decodes
-records, and hands them to the event loop in batches; the loop applies a batch in one
-go and only then is the next one sent, so a slow loop slows the reading instead of
-piling up memory. Once every partition has reached the end it had when the service
-started, the service is ready.
+`posts_with_counts`, `post_comments` and `trending_posts` (read_committed, no consumer
+group: every instance serves every post) from the next offset the local store has
+applied, or from the beginning (mysocial.kafka.warm_start decides), decodes records, and
+hands them to the event loop in batches with the offsets they reach; the loop applies
+a batch in one go (one RocksDB write, offsets included) and only then is the next one
+sent, so a slow loop slows the reading instead of piling up memory. Once every
+partition has reached the end it had when the service started, the service is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from mysocial import post_comments
 from mysocial.config import Settings
 from mysocial.kafka import topics
 from mysocial.kafka.connection import kafka_connection
-from mysocial.kafka.tail import Batch, TailReader
+from mysocial.kafka.tail import Batch, Key, TailReader
 from mysocial.log import get_logger
 from mysocial.v1 import events_pb2 as ev
 from mysocial.v1 import resources_pb2 as res
@@ -43,7 +44,7 @@ class Item:
     time_ms: int
 
 
-Apply = Callable[[list[Item]], None]
+Apply = Callable[[list[Item], Mapping[Key, int]], None]
 
 
 class Tailer:
@@ -60,8 +61,13 @@ class Tailer:
         loop: asyncio.AbstractEventLoop,
         apply: Apply,
         on_ready: Callable[[], None],
+        starts: Mapping[Key, int] | None = None,
+        ready_fields: Mapping[str, Any] | None = None,
     ) -> None:
+        """starts: next offset per (topic, partition) (default: the beginning);
+        ready_fields: added to the `read_models_ready` log line."""
         self.settings = settings
+        self.ready_fields = dict(ready_fields or {})
         self.loop = loop
         self.apply = apply
         self.on_ready = on_ready
@@ -82,6 +88,7 @@ class Tailer:
             self._decode_message,
             self._apply,
             self._mark_ready,
+            starts=starts,
             consumer_config={
                 "group.id": f"{settings.topic('mysocial.query')}.unused",
                 # Not LONG_POLL_MS: the processor's output is transactional, and the
@@ -105,14 +112,16 @@ class Tailer:
         self.reader.stop()
 
     def _apply(self, batch: Batch[Item]) -> None:
-        if batch.items:  # end-of-partition positions alone change nothing here
-            self.apply(batch.items)
+        # End-of-partition positions alone are stored too: the next start skips the
+        # commit markers they passed.
+        self.apply(batch.items, batch.positions)
 
     def _mark_ready(self) -> None:
         log.info(
             "read_models_ready",
             records=self.reader.records,
             load_s=round(time.monotonic() - self._started, 3),
+            **self.ready_fields,
         )
         self.on_ready()
 

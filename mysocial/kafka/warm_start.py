@@ -6,11 +6,13 @@ A store is reused (warm: each partition is read on from its stored next offset, 
 only what arrived meanwhile is replayed) only if it was built from this deployment:
 the same layout format, topic namespace and Kafka cluster, the same topics (by topic
 id: a topic deleted and created again has a new id and starts over at offset 0),
-every stored offset within its partition's current range, and its last write no
-older than the compacted topics' `delete.retention.ms` (older: tombstones it never
-saw may have been compacted away, leaving deleted posts alive in it). Otherwise the
-store is wiped and the read models are rebuilt from the beginning (cold). Either way
-the decision and its reason are logged.
+every stored offset within its partition's current range, and the last time it was
+known caught up with the topics no longer ago than the compacted topics'
+`delete.retention.ms` (longer: tombstones past its offsets may have been compacted
+away, leaving deleted posts alive in it; a store that never caught up, such as an
+interrupted rebuild, cannot tell, so it starts over). Otherwise the store is wiped
+and rebuilt from the beginning (cold). Either way the decision and its reason are
+logged.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from confluent_kafka import IsolationLevel, TopicCollection, TopicPartition
 from confluent_kafka.admin import ConfigResource, OffsetSpec
 
 from mysocial.kafka.connection import KafkaConnection
-
 
 Key = tuple[str, int]
 
@@ -44,12 +45,14 @@ def plan(
     namespace: str,
     stored: Mapping[str, Any] | None,
     offsets: Mapping[Key, int],
-    written_at: float | None,
+    caught_up_at: float | None,
     timeout: float = 30.0,
 ) -> Plan:
     """Ask the cluster what it holds now and compare with what the store says.
 
     layout: the version of the owner's store layout (a store in another is rebuilt).
+    caught_up_at: wall time the stored offsets last reached the topics' ends (every
+    record past them is younger); None: never (with offsets stored: rebuilt).
     Blocking (admin requests): run it off the event loop.
     """
     admin = connection.admin()
@@ -66,8 +69,11 @@ def plan(
     if not reason:
         partitions = {(n, p.id) for n, d in described.items() for p in d.partitions}
         reason = _out_of_range(admin, offsets, partitions, timeout)
-    if not reason and written_at is not None:
-        reason = _too_old(admin, compacted, time.time() - written_at, timeout)
+    if not reason and offsets:
+        if caught_up_at is None:
+            reason = "the last build never caught up"
+        else:
+            reason = _too_old(admin, compacted, time.time() - caught_up_at, timeout)
     return Plan(marker, {} if reason else dict(offsets), reason)
 
 
@@ -115,7 +121,7 @@ def _too_old(admin: Any, compacted: list[str], age_s: float, timeout: float) -> 
     )
     if age_s * 1000 > retention_ms:
         return (
-            f"last written {age_s:.0f} s ago, longer than delete.retention.ms "
+            f"last caught up {age_s:.0f} s ago, longer than delete.retention.ms "
             f"({retention_ms} ms): tombstones may have been compacted away"
         )
     return ""

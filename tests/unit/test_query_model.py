@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mysocial import post_comments
+from mysocial.config import Settings
 from mysocial.errors import InvalidArgument
 from mysocial.kafka import topics
 from mysocial.post_comments import CommentRecord
@@ -16,6 +19,7 @@ from mysocial.v1 import events_pb2 as ev
 from mysocial.v1 import resources_pb2 as res
 from query_service import queries
 from query_service.models import Change, FeedKey, ReadModel
+from query_service.store import QueryStore
 from query_service.streams import Hub, Subscription
 
 T0 = 1_800_000_000_000
@@ -65,8 +69,28 @@ def comment_record(
     return post_comments.decode(f"{post_id}/{comment_id}".encode(), value, headers, src_partition)
 
 
-def model() -> ReadModel:
-    return ReadModel("posts", "likes", "comments")
+_state: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path) -> Iterator[None]:
+    """Each test's stores live in its own temporary folder."""
+    _state.append(tmp_path)
+    yield
+    _state.pop()
+
+
+def store() -> QueryStore:
+    return QueryStore(_state[-1] / f"store-{uuid.uuid4().hex[:8]}")
+
+
+def model(**options: int) -> ReadModel:
+    return ReadModel("posts", "likes", "comments", store(), **options)
+
+
+def query_settings() -> Settings:
+    """Settings whose query store is in the test's folder (a new replica id each time)."""
+    return Settings(query_state_dir=str(_state[-1]), query_replica_id=uuid.uuid4().hex[:8])
 
 
 def ids(n: int) -> list[str]:
@@ -207,7 +231,6 @@ def test_comment_positions_come_from_the_headers() -> None:
 
 
 def test_tailer_decodes_post_comments_records_with_their_headers() -> None:
-    from mysocial.config import Settings
     from query_service.service import ReadSide
     from query_service.tailer import COMMENT, Tailer
 
@@ -237,7 +260,7 @@ def test_tailer_decodes_post_comments_records_with_their_headers() -> None:
     item = tailer._decode(topic, 5, 99, Msg(f"{pid}/{cid}".encode(), value, headers))
     assert item is not None and item.kind == COMMENT and item.key == pid
     assert tailer._decode(topic, 5, 100, Msg(b"no-slash", value, headers)) is None  # skipped
-    side = ReadSide(settings)
+    side = ReadSide(query_settings())
     side.model.apply_post_record(pid, record(pid, "owner", T0, comments=1, comments_at=13))
     assert not side.model.applied(topics.COMMENTS, 5, 12, pid)
     side.apply([item])
@@ -354,7 +377,6 @@ def test_feed_skipped_updates_count_what_a_reader_missed() -> None:
 
 
 def test_feed_updates_are_written_as_protobuf_would_encode_them() -> None:
-    from mysocial.config import Settings
     from mysocial.v1 import query_service_pb2 as q
     from query_service.service import ReadSide, _varint
     from query_service.streams import FeedSubscription
@@ -362,7 +384,7 @@ def test_feed_updates_are_written_as_protobuf_would_encode_them() -> None:
     for value in (0, 1, 127, 128, 300, 16_383, 16_384, 2**40):
         encoded = q.WatchFeedResponse(skipped_updates=value).SerializeToString()
         assert (b"\x20" + _varint(value) if value else b"") == encoded
-    side = ReadSide(Settings())
+    side = ReadSide(query_settings())
     pid = str(uuid.uuid4())
     first = record(pid, "alice", T0, likes=1)
     first.post.caption = "x" * 300  # a length prefix of two bytes
@@ -396,12 +418,11 @@ def test_stream_messages_carry_the_records_version() -> None:
     """Version = 1 + the posts_with_counts offset: on snapshots, updates (the feed's
     pre-serialized bytes too) and deletions, so a reconnecting client can drop stale
     states."""
-    from mysocial.config import Settings
     from mysocial.v1 import query_service_pb2 as q
     from query_service.service import ReadSide
     from query_service.streams import FeedSubscription
 
-    side = ReadSide(Settings())
+    side = ReadSide(query_settings())
     pid, other = ids(2)
     side.model.apply_post_record(other, record(other, "bob", T0 - 1), 3)
     side.model.apply_post_record(pid, record(pid, "alice", T0), 7)
