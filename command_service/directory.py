@@ -46,7 +46,7 @@ from mysocial.kafka import LONG_POLL_MS, topics
 from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.reader import end_offsets
-from mysocial.kafka.tail import Batch, TailReader
+from mysocial.kafka.tail import Batch, ReaderFailed, TailReader
 from mysocial.kafka.warm_start import plan
 from mysocial.log import get_logger
 from mysocial.post_comments import CommentRecord
@@ -152,6 +152,7 @@ class Directory:
         self._queries: dict[str, _Query] = {}
         self._started = time.monotonic()
         self._start_kind = ""
+        self._caught_up = False
         self.reader: TailReader[ev.Event | CommentRecord] = self._reader({})
         self.admin = kafka_connection(settings).admin()  # end-offset queries, off the reader
 
@@ -180,17 +181,21 @@ class Directory:
         """Decide warm or cold (admin requests, off the loop), then start reading."""
         self._started = time.monotonic()
         store = self.store
-        decided = await asyncio.to_thread(
-            plan,
-            kafka_connection(self.settings),
-            LAYOUT,
-            [self.topic_posts, self.topic_post_comments],
-            [self.topic_post_comments],
-            self.settings.topic_namespace,
-            store.marker(),
-            store.offsets(),
-            store.written_at(),
-        )
+        try:
+            decided = await asyncio.to_thread(
+                plan,
+                kafka_connection(self.settings),
+                LAYOUT,
+                [self.topic_posts, self.topic_post_comments],
+                [self.topic_post_comments],
+                self.settings.topic_namespace,
+                store.marker(),
+                store.offsets(),
+                store.caught_up_at(),
+            )
+        except Exception as exc:  # as when the reader dies: one error line, exit 1
+            log.exception("kafka_reader_failed", reader="directory-start", error=repr(exc))
+            raise ReaderFailed(str(exc)) from exc
         if decided.cold_reason:
             self._start_kind = "cold"
             log.info("directory_rebuilding", path=str(store.path), reason=decided.cold_reason)
@@ -204,7 +209,8 @@ class Directory:
 
     def stop(self) -> None:
         self.reader.stop()
-        self.store.flush({}, {})  # this process's own writes (reflected by no offset)
+        # This process's own writes (reflected by no offset).
+        self.store.flush({}, {}, caught_up=self._caught_up)
         self.store.close()
 
     async def loaded(self, timeout: float) -> None:
@@ -234,6 +240,8 @@ class Directory:
             return None  # the processor dead-letters it: it exists nowhere
 
     def _loaded(self) -> None:
+        self._caught_up = True
+        self.store.flush({}, self.state.comment_positions, caught_up=True)
         log.info(
             "directory_loaded",
             start=self._start_kind,
@@ -253,7 +261,7 @@ class Directory:
                 self.positions[key] = offset
                 moved[key] = offset
         # The entries with the offsets (and comment positions) they reflect, together.
-        self.store.flush(moved, self.state.comment_positions)
+        self.store.flush(moved, self.state.comment_positions, caught_up=self._caught_up)
         self._progress.set()
         self._progress = asyncio.Event()
 

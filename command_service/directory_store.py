@@ -35,7 +35,7 @@ _META = b"\xff"
 _OFFSET = _META + b"o"  # + topic + b"\0" + partition: next offset to read
 _COMMENT_POSITION = _META + b"c"  # + `comments` partition: 1 + newest src-offset
 _MARKER = _META + b"marker"  # the deployment the store was built from (JSON)
-_WRITTEN_AT = _META + b"written_at"
+_CAUGHT_UP_AT = _META + b"caught_up_at"  # wall time the offsets last reached the ends
 
 
 @dataclass(slots=True)
@@ -116,8 +116,14 @@ class DiskStore:
             self.cache.popitem(last=False)
 
     # -- what the store reflects ----------------------------------------------------------
-    def flush(self, offsets: Mapping[Key, int], comment_positions: Mapping[int, int]) -> None:
-        """Write the pending entries with the offsets and positions they reflect."""
+    def flush(
+        self,
+        offsets: Mapping[Key, int],
+        comment_positions: Mapping[int, int],
+        caught_up: bool = False,
+    ) -> None:
+        """Write the pending entries with the offsets and positions they reflect;
+        caught_up: the offsets are (or were, moments ago) the topics' ends."""
         if self.closed:
             return  # a batch handed over while stopping: it is read again next time
         batch = WriteBatch(raw_mode=True)
@@ -127,7 +133,8 @@ class DiskStore:
             batch.put(_offset_key(topic, partition), offset.to_bytes(8, "big"))
         for partition, position in comment_positions.items():
             batch.put(_COMMENT_POSITION + str(partition).encode(), position.to_bytes(8, "big"))
-        batch.put(_WRITTEN_AT, str(time.time()).encode())
+        if caught_up:
+            batch.put(_CAUGHT_UP_AT, str(time.time()).encode())
         self.db.write(batch, NO_WAL)
         self.pending.clear()
 
@@ -153,8 +160,10 @@ class DiskStore:
         raw = self.db.get(_MARKER)
         return None if raw is None else dict(json.loads(raw))
 
-    def written_at(self) -> float | None:
-        raw = self.db.get(_WRITTEN_AT)
+    def caught_up_at(self) -> float | None:
+        """When the store last reflected the topics up to their ends (None: never, as
+        after a rebuild that was interrupted: it must start over)."""
+        raw = self.db.get(_CAUGHT_UP_AT)
         return None if raw is None else float(raw)
 
     def reset(self, marker: Mapping[str, Any]) -> None:

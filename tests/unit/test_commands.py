@@ -206,12 +206,12 @@ def test_topic_layout_matches_the_design() -> None:
         specs["trending_posts"].partitions == 1
         and specs["trending_posts"].cleanup_policy == "compact"
     )
+    assert specs["post_comments"].partitions == 48
+    assert specs["post_comments"].cleanup_policy == "compact"
     assert specs["likes"].config["retention.ms"] == str(7 * 24 * 3600 * 1000)
-    assert all(
-        n.startswith("mysocial.")
-        for n in specs
-        if n not in {"posts", "likes", "comments", "posts_with_counts", "trending_posts"}
-    )
+    assert specs["likes"].config["segment.ms"] == str(24 * 3600 * 1000)  # retention acts daily
+    public = {"posts", "likes", "comments", "posts_with_counts", "post_comments", "trending_posts"}
+    assert all(n.startswith("mysocial.") for n in specs if n not in public)
 
 
 def test_settings_doc_documents_every_setting() -> None:

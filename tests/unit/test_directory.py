@@ -113,6 +113,7 @@ def directory(settings: Settings, ends: dict[tuple[str, int], int], path: Path) 
     d.positions = {}
     d._progress = asyncio.Event()
     d._queries = {}
+    d._caught_up = True
 
     async def fixed_ends(topic: str) -> dict[tuple[str, int], int]:
         assert topic == d.topic_comments  # the raw events' ends, not post_comments'
