@@ -160,6 +160,8 @@ class Workload:
         self.retry_for = retry_for
         self.retries: Counter[str] = Counter()  # status name -> attempts sent again
         self.acked: list[Acked] = []
+        # Events of calls that ended in an allowed error after an indeterminate attempt.
+        self.unsettled: set[str] = set()
         self._seq = 0
 
     def _pick_post(self, rng: random.Random) -> ModelPost | None:
@@ -226,6 +228,10 @@ class Workload:
                     continue
                 if code in allowed:
                     self.model.count(f"rejected_{code.name}")
+                    if event is not None and attempts > 0:
+                        # An earlier attempt was indeterminate: it may be in Kafka.
+                        topic, command, entity = event
+                        self.unsettled.add(event_id_for(command, user, request.request_id, entity))
                     return None, attempts > 0
                 self.errors.append(f"{type(request).__name__}: {code.name} {exc.details()}")
                 raise
@@ -364,11 +370,16 @@ def check_acknowledged(settings: Settings, workload: Workload) -> dict[str, int]
     missing = [eid for eid in oks if seen[eid] == 0]
     assert missing == [], f"{len(missing)} acknowledged commands not in Kafka: {missing[:5]}"
     again = [eid for eid, n in oks.items() if seen[eid] > n]
+    by_failed_call = {eid for eid in again if eid in workload.unsettled and eid not in retried}
     return {
         "acknowledged": len(workload.acked),
         "retried": len(retried),
         "written_again_retried": sum(1 for eid in again if eid in retried),
-        "written_again_first_attempt": sum(1 for eid in again if eid not in retried),
+        # A second call with the same request_id that failed after an unsettled attempt.
+        "written_again_by_a_failed_call": len(by_failed_call),
+        "written_again_first_attempt": sum(
+            1 for eid in again if eid not in retried and eid not in by_failed_call
+        ),
     }
 
 
