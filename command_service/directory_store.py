@@ -32,10 +32,11 @@ Key = tuple[str, int]
 
 _POST, _COMMENT = b"p", b"c"
 _META = b"\xff"
+# One letter each after _META: no meta key is a prefix of another's (scans rely on it).
 _OFFSET = _META + b"o"  # + topic + b"\0" + partition: next offset to read
-_COMMENT_POSITION = _META + b"c"  # + `comments` partition: 1 + newest src-offset
-_MARKER = _META + b"marker"  # the deployment the store was built from (JSON)
-_CAUGHT_UP_AT = _META + b"caught_up_at"  # wall time the offsets last reached the ends
+_COMMENT_POSITION = _META + b"p"  # + `comments` partition: 1 + newest src-offset
+_MARKER = _META + b"m"  # the deployment the store was built from (JSON)
+_CAUGHT_UP_AT = _META + b"u"  # wall time the offsets last reached the ends
 
 
 @dataclass(slots=True)

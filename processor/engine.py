@@ -46,6 +46,7 @@ from processor.restore import ChangelogReader
 from processor.stats import StatsLog
 from processor.tasks import TaskManager, owned_only
 from processor.trending import TrendingConfig
+from processor.watchdog import Watchdog
 
 log = get_logger("processor")
 
@@ -89,6 +90,7 @@ class Processor:
 
     def run(self) -> int:
         """Process until stop(); returns the process exit code."""
+        self.watchdog = Watchdog(max(90.0, 3 * self.txn.timeout_s))
         try:
             producer = self.ctx.producer
             call("init_transactions", producer.init_transactions, time.monotonic() + 60)
@@ -104,9 +106,8 @@ class Processor:
             batch_size = self.settings.processor_batch_size
             drained = True
             while self.running:
-                # Working through a backlog (the last batch was full), transactions run
-                # longer: each commit costs a broker round trip and markers on every
-                # partition written, and more events coalesce per post.
+                # Through a backlog (the last batch was full) transactions run longer: a
+                # commit costs a round trip and markers; more events coalesce per post.
                 interval = live if drained else catchup
                 # 1. Tasks: initialize new ones, restore a chunk, start restored ones.
                 self.tasks.initialize_and_restore()
@@ -142,6 +143,7 @@ class Processor:
 
     # -- the steps ---------------------------------------------------------------------
     def _poll(self, batch_size: int, interval: float) -> list[Message]:
+        self.watchdog.beat()
         if self.reader.active():
             timeout = 0.0  # restoring: the restore step is the loop's wait
         elif self.txn.open:

@@ -178,7 +178,7 @@ def test_the_store_keeps_entries_offsets_and_positions_together(tmp_path: Path) 
         state.apply(created(pid, f"user{i}"))
     cid = str(uuid.uuid4())
     state.apply_record(comment_record(cid, 4, author="bob", partition=3))
-    store.flush({("ns.posts", 0): 7}, state.comment_positions)
+    store.flush({("ns.posts", 0): 7}, state.comment_positions, caught_up=True)
     with pytest.raises(StateLocked):
         DiskStore(tmp_path / "s", cache_entries=2)  # one process per folder
     store.close()
@@ -187,6 +187,7 @@ def test_the_store_keeps_entries_offsets_and_positions_together(tmp_path: Path) 
     assert again.comments.get(cid) == Entry("bob")
     assert again.offsets() == {("ns.posts", 0): 7}
     assert again.comment_positions() == {3: 5}
+    assert again.caught_up_at() is not None
     again.reset({"namespace": "ns."})
     assert again.posts.get(posts[0]) is None and again.offsets() == {}
     assert again.marker() == {"namespace": "ns."}
