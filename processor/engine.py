@@ -46,7 +46,7 @@ from processor.restore import ChangelogReader
 from processor.stats import StatsLog
 from processor.tasks import TaskManager, owned_only
 from processor.trending import TrendingConfig
-from processor.watchdog import Watchdog
+from processor.watchdog import STUCK_AFTER_S, Watchdog
 
 log = get_logger("processor")
 
@@ -90,7 +90,7 @@ class Processor:
 
     def run(self) -> int:
         """Process until stop(); returns the process exit code."""
-        self.watchdog = Watchdog(max(90.0, 3 * self.txn.timeout_s))
+        self.watchdog = Watchdog(max(STUCK_AFTER_S, 3 * self.txn.timeout_s))
         try:
             producer = self.ctx.producer
             call("init_transactions", producer.init_transactions, time.monotonic() + 60)

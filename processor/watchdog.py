@@ -22,6 +22,11 @@ from mysocial.log import get_logger
 
 log = get_logger("processor.watchdog")
 
+# Longer than the longest bounded wait inside one iteration: the committed offsets of a
+# new assignment, asked again for up to 120 s while the cluster does not answer
+# (tasks.COMMITTED_GIVE_UP_S), plus an attempt.
+STUCK_AFTER_S = 150.0
+
 
 class Watchdog:
     """Ends the process when beat() has not been called for limit_s seconds."""
