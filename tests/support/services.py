@@ -72,7 +72,12 @@ class ProcessorProc:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # never leave it behind; the caller sees the hang in the code
+            self.proc.wait()
+            return -9
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
