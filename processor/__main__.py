@@ -1,7 +1,10 @@
 """python -m processor [run|audit ...]: run an instance, or audit the projections."""
 
+import signal
 import sys
 
+from mysocial.config import Settings
+from mysocial.process import tune_gc
 from mysocial.startup import kafka_or_exit, settings_or_exit
 
 
@@ -16,9 +19,28 @@ def main() -> int:
         return 2
     settings = settings_or_exit("processor")
     kafka_or_exit(settings)
-    from processor.engine import main as run_main
+    return run(settings)
 
-    return run_main(settings)
+
+def run(settings: Settings) -> int:
+    """One instance until SIGTERM or SIGINT (it finishes its transaction), or a fatal
+    error; exit code 2 when it cannot start at all, which a restart would not fix."""
+    from processor.core import CoreUnavailable
+    from processor.engine import Processor, log
+    from processor.local_store import StateLocked
+
+    try:
+        processor = Processor(settings)
+    except CoreUnavailable as exc:
+        log.error("processor_core_unavailable", error=str(exc))
+        return 2
+    except StateLocked as exc:
+        log.error("processor_state_locked", error=str(exc))
+        return 2
+    tune_gc()
+    signal.signal(signal.SIGTERM, processor.stop)
+    signal.signal(signal.SIGINT, processor.stop)
+    return processor.run()
 
 
 sys.exit(main())

@@ -17,6 +17,10 @@ from mysocial.config import Settings
 from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.topics import PROCESSOR_GROUP
 
+# librdkafka's statistics of the main consumer, for its group state only
+# (processor/membership.py names it when the instance is stuck out of the group).
+STATS_INTERVAL_MS = 5_000
+
 
 def group_id(settings: Settings) -> str:
     return settings.topic(PROCESSOR_GROUP)
@@ -25,7 +29,9 @@ def group_id(settings: Settings) -> str:
 OnError = Callable[[KafkaError], None]
 
 
-def main_consumer(settings: Settings, on_error: OnError) -> Consumer:
+def main_consumer(
+    settings: Settings, on_error: OnError, on_stats: Callable[[str], None] | None = None
+) -> Consumer:
     """The group member: partition p of likes, comments and posts-by-id (the range
     assignor gives the same p of co-partitioned topics to one member), partitions of
     posts, and the trending candidates. on_error sees librdkafka's error events: a
@@ -35,6 +41,11 @@ def main_consumer(settings: Settings, on_error: OnError) -> Consumer:
         kafka_connection(settings).config(
             {
                 "error_cb": on_error,
+                **(
+                    {"stats_cb": on_stats, "statistics.interval.ms": STATS_INTERVAL_MS}
+                    if on_stats
+                    else {}
+                ),
                 "group.id": group,
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,

@@ -8,6 +8,7 @@ steps it takes; each step is a collaborator in its own module:
 - processor/restore.py     replaying changelogs into local state, a chunk per pass;
 - processor/checkpoint.py  the transaction: begin, commit in five steps, abort+rewind;
 - processor/flow.py        which partitions are paused (restoring; posts first);
+- processor/membership.py  an instance left out of its group for too long stops;
 - processor/projections/   what is computed: posts_by_id, posts_with_counts,
                            trending_posts (one module each, processor/projection.py).
 
@@ -18,8 +19,6 @@ partitions continue from the last commit wherever they are assigned next.
 from __future__ import annotations
 
 import contextlib
-import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,13 +29,11 @@ from mysocial.config import Settings
 from mysocial.kafka import consume_batch, topics
 from mysocial.kafka.reader import watermarks
 from mysocial.log import get_logger
-from mysocial.process import tune_gc
 from processor import clients
 from processor.checkpoint import Transaction, call
-from processor.core import CoreUnavailable
 from processor.errors import FatalProcessorError, is_fatal
 from processor.flow import FlowControl
-from processor.local_store import StateLocked
+from processor.membership import Membership, join_deadline_s
 from processor.output import Output
 from processor.projection import Context, Projection
 from processor.projections.posts_by_id import PostsById
@@ -57,7 +54,8 @@ class Processor:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.fatal: KafkaError | None = None  # a fatal error event of a client
-        self.consumer = clients.main_consumer(settings, self._on_client_error)
+        self.group = Membership(join_deadline_s(settings.processor_session_timeout_ms))
+        self.consumer = clients.main_consumer(settings, self._on_client_error, self.group.on_stats)
         producer = clients.transactional_producer(settings, self._on_client_error)
         self.reader = ChangelogReader(clients.restore_consumer(settings))
         self.marks = clients.watermark_consumer(settings)
@@ -156,6 +154,7 @@ class Processor:
         msgs = consume_batch(self.consumer, batch_size, timeout)
         if self.fatal is not None:  # e.g. fenced as a static member: no task comes back
             raise FatalProcessorError(str(self.fatal))
+        self.group.check()
         if self.assignment_epoch != epoch:
             msgs = owned_only(self.consumer, msgs)
         return msgs
@@ -203,6 +202,7 @@ class Processor:
     # -- rebalancing (callbacks run inside poll; nothing here blocks for long) ----------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assignment_epoch += 1
+        self.group.assigned()
         self.tasks.assign(partitions)
         consumer.assign(partitions)
         self.flow.reset()
@@ -211,12 +211,14 @@ class Processor:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assignment_epoch += 1
+        self.group.unassigned()
         if not self.closing:  # closing after a fatal error: no transactional work
             self.txn.commit()
         self.tasks.revoke(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assignment_epoch += 1
+        self.group.unassigned()
         log.warning("partitions_lost", count=len(partitions))
         if self.txn.open and not self.closing:
             self.txn.abort_and_rewind("partitions lost")
@@ -239,22 +241,3 @@ class Processor:
             self.ctx.producer.flush(5)
         self.counts.shutdown()
         log.info("processor_stopped")
-
-
-def main(settings: Settings) -> int:
-    try:
-        processor = Processor(settings)
-    except CoreUnavailable as exc:
-        log.error("processor_core_unavailable", error=str(exc))
-        return 2
-    except StateLocked as exc:
-        log.error("processor_state_locked", error=str(exc))
-        return 2
-    tune_gc()
-    signal.signal(signal.SIGTERM, processor.stop)
-    signal.signal(signal.SIGINT, processor.stop)
-    return processor.run()
-
-
-if __name__ == "__main__":
-    sys.exit(main(Settings.from_env()))

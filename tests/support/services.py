@@ -82,6 +82,15 @@ class ProcessorProc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def last_lines(self, n: int = 30) -> str:
+        """Its log's last n lines but the periodic stats: what a failed test prints, as
+        CI keeps nothing else of the run."""
+        if not self.log_path.exists():
+            return "(no log)"
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        kept = [line[:600] for line in lines if "processor_stats" not in line]
+        return f"{self.log_path.name}, last lines:\n" + "\n".join(kept[-n:])
+
     def wait(self, timeout: float) -> int:
         """The exit code of a process expected to end by itself."""
         assert self.proc is not None

@@ -117,7 +117,10 @@ def retrying(run: Running, seed: int) -> Workload:
 
 
 def verify(run: Running, workload: Workload, model: Model) -> dict[str, object]:
-    check_exact(run.settings, model)
+    try:
+        check_exact(run.settings, model)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{run.processor.last_lines()}") from None
     report: dict[str, object] = dict(check_acknowledged(run.settings, workload))
     report["retries"] = dict(workload.retries)
     report["restarts"] = list(run.supervisor.restarts)

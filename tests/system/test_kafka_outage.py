@@ -312,7 +312,7 @@ def test_the_workload_through_a_kafka_outage(
         with Outage(broker, fault) as outage:
             wait_until(lambda: outage.left() == 0 or done.done(), outage.seconds + 5)
         model = done.result(timeout=300)
-        assert wait_caught_up(system.settings, 120), "the processor is stuck"
+        assert wait_caught_up(system.settings, 120), processor.last_lines()
     assert workload.errors == []
     stats = check_acknowledged(system.settings, workload)
     check_exact(system.settings, model)
