@@ -29,7 +29,13 @@ from mysocial.kafka.broker import EmbeddedBroker
 from mysocial.kafka.cluster import EmbeddedCluster
 from mysocial.kafka.topics import provision
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
-from tests.support.helpers import STATE_ROOT, LoopThread, free_port, make_settings
+from tests.support.helpers import (
+    STATE_ROOT,
+    LoopThread,
+    free_port,
+    make_settings,
+    processor_settings,
+)
 from tests.support.services import ProcessorProc, command_service
 from tests.support.trending import RankingWatcher
 
@@ -124,28 +130,14 @@ def log_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def proc_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
-    s = make_settings(
-        kafka_bootstrap,
-        processor_state_dir=str(tmp_path / "state"),
-        processor_session_timeout_ms=6000,
-        processor_transaction_timeout_ms=10000,
-        processor_commit_interval_ms=100,
-    )
-    provision(s)
-    return s
+    return processor_settings(kafka_bootstrap, tmp_path / "state", processor_commit_interval_ms=100)
 
 
 @pytest.fixture
 def trend_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
-    s = make_settings(
-        kafka_bootstrap,
-        processor_state_dir=str(tmp_path / "state"),
-        processor_session_timeout_ms=6000,
-        processor_transaction_timeout_ms=10000,
-        trending_interval_ms=1000,
-        trending_top_k=20,
+    s = processor_settings(
+        kafka_bootstrap, tmp_path / "state", trending_interval_ms=1000, trending_top_k=20
     )
-    provision(s)
     return s
 
 

@@ -23,6 +23,7 @@ from mysocial.kafka.broker import free_port as free_port
 from mysocial.kafka.broker import free_ports as free_ports
 from mysocial.kafka.connection import Cluster, login_settings
 from mysocial.kafka.reader import Record as Record
+from mysocial.kafka.topics import provision
 from mysocial.v1 import events_pb2 as ev
 
 T = TypeVar("T")
@@ -53,6 +54,21 @@ def make_settings(bootstrap: str, **overrides: object) -> Settings:
         **login,
     )
     return base.with_(**overrides)
+
+
+def processor_settings(bootstrap: str, state: Path, **overrides: Any) -> Settings:
+    """Settings for a test that runs processors, topics provisioned: short session and
+    transaction timeouts (a dead or fenced instance's partitions move in seconds) and
+    the state folder given."""
+    settings = make_settings(
+        bootstrap,
+        processor_state_dir=str(state),
+        processor_session_timeout_ms=6000,
+        processor_transaction_timeout_ms=10000,
+        **overrides,
+    )
+    provision(settings)
+    return settings
 
 
 def wait_until(

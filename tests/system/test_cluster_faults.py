@@ -27,10 +27,10 @@ from mysocial.config import Settings
 from mysocial.kafka import topics
 from mysocial.kafka.cluster import EmbeddedCluster
 from mysocial.kafka.connection import kafka_connection
-from mysocial.kafka.topics import PROCESSOR_GROUP, provision
+from mysocial.kafka.topics import PROCESSOR_GROUP
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
-from tests.support.helpers import auth, free_port, make_settings
+from tests.support.helpers import auth, free_port, processor_settings
 from tests.support.services import ProcessorProc, Service
 from tests.support.supervisor import Supervisor, Watched
 from tests.support.workload import Model, Workload, check_acknowledged, check_exact
@@ -49,15 +49,9 @@ class Running:
 def system_on(cluster: EmbeddedCluster, tmp_path: Path) -> Iterator[Running]:
     """The processor and a command service on the cluster, restarted if they exit."""
     addr = f"127.0.0.1:{free_port()}"
-    settings = make_settings(
-        cluster.bootstrap,
-        processor_state_dir=str(tmp_path / "state"),
-        processor_session_timeout_ms=6000,
-        processor_transaction_timeout_ms=10000,
-        command_addr=addr,
-        log_level="info",
+    settings = processor_settings(
+        cluster.bootstrap, tmp_path / "state", command_addr=addr, log_level="info"
     )
-    provision(settings)
     logs = tmp_path / "logs"
     logs.mkdir()
     processor = ProcessorProc(settings, "a", logs)

@@ -25,13 +25,12 @@ from mysocial.kafka import topics
 from mysocial.kafka.broker import EmbeddedBroker
 from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.reader import latest_by_key
-from mysocial.kafka.topics import provision
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import events_pb2 as ev
 from processor.audit import audit, settle
 from tests.support.faults import own_broker, pause, paused, resume
-from tests.support.helpers import auth, events, free_ports, make_settings
+from tests.support.helpers import auth, events, free_ports, processor_settings
 from tests.support.services import ProcessorProc, Service
 
 DEADLINE_S = 2.0  # the client's deadline per attempt: "a short deadline"
@@ -72,14 +71,7 @@ def post_on_partition(
 def test_a_retried_unlike_is_not_undone_by_its_stale_first_attempt(
     broker: EmbeddedBroker, tmp_path: Path, log_dir: Path
 ) -> None:
-    settings = make_settings(
-        broker.bootstrap,
-        processor_state_dir=str(tmp_path / "state"),
-        processor_session_timeout_ms=6000,
-        processor_transaction_timeout_ms=10000,
-        log_level="info",
-    )
-    provision(settings)
+    settings = processor_settings(broker.bootstrap, tmp_path / "state", log_level="info")
     processor = ProcessorProc(settings, "a", log_dir)
     port_a, port_b = free_ports(2)
     procs = {}

@@ -38,7 +38,6 @@ from mysocial.kafka.broker import EmbeddedBroker
 from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.partitioning import partition_for
 from mysocial.kafka.producer import producer_config
-from mysocial.kafka.topics import provision
 from mysocial.post_comments import SRC_OFFSET, SRC_PARTITION
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
@@ -48,7 +47,7 @@ from mysocial.v1 import query_service_pb2_grpc as q_grpc
 from mysocial.v1 import resources_pb2 as res
 from processor.audit import wait_caught_up
 from tests.support.faults import NOT_SERVING, SERVING, HealthLog, own_broker, paused
-from tests.support.helpers import auth, free_ports, make_settings, wait_until
+from tests.support.helpers import auth, free_ports, processor_settings, wait_until
 from tests.support.services import Service, System
 from tests.support.supervisor import Supervisor, Watched
 from tests.support.watchers import Reader, Readers
@@ -99,15 +98,7 @@ def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
 
 
 def outage_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
-    settings = make_settings(
-        broker.bootstrap,
-        processor_state_dir=str(tmp_path / "state"),
-        processor_session_timeout_ms=6000,
-        processor_transaction_timeout_ms=10000,
-        log_level="info",
-    )
-    provision(settings)
-    return settings
+    return processor_settings(broker.bootstrap, tmp_path / "state", log_level="info")
 
 
 class Projector:
