@@ -138,11 +138,18 @@ def _r1_lines(r1: dict[str, Any]) -> list[str]:
     return [
         f"| R1 | query service: start to SERVING, {what} | cold {q['cold_s']:.1f} s "
         f"({q['cold_records_per_s']:.0f} records/s), warm restart {q['warm_s']:.1f} s; "
-        f"RSS {q['rss_after_cold_bytes'] / 2**20:.0f} MiB = {q['rss_bytes_per_post']:.0f} B per post |",
+        f"RSS {q['rss_after_cold_bytes'] / 2**20:.0f} MiB = {q['rss_bytes_per_post']:.0f} B per post"
+        f"{_disk(q)} |",
         f"| R1 | command service (1 worker): start to SERVING | cold {c['cold_s']:.1f} s "
         f"({c['cold_records_per_s']:.0f} records/s), warm restart {c['warm_s']:.1f} s; "
-        f"RSS {c['rss_after_cold_bytes'] / 2**20:.0f} MiB |",
+        f"RSS {c['rss_after_cold_bytes'] / 2**20:.0f} MiB{_disk(c)} |",
     ]
+
+
+def _disk(service: dict[str, Any]) -> str:
+    """The store's size after the cold start (runs before it was measured lack it)."""
+    disk = service.get("disk_bytes")
+    return f"; store on disk {disk / 2**20:.0f} MiB" if disk is not None else ""
 
 
 def _t(result: dict[str, Any]) -> str:

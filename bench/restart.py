@@ -128,6 +128,13 @@ def time_to_serving(
     return time.perf_counter() - began, child
 
 
+def store_bytes(base: str, pattern: str) -> int:
+    """What the stores matching pattern under base take on disk (RocksDB files)."""
+    return sum(
+        f.stat().st_size for d in Path(base).glob(pattern) for f in d.rglob("*") if f.is_file()
+    )
+
+
 def restarts(
     module: str, settings: Settings, addr: str, service: str, records: int, logs: Path
 ) -> dict[str, Any]:
@@ -135,6 +142,11 @@ def restarts(
     cold_s, child = time_to_serving(module, settings, addr, service, logs / f"r1-{module}.log", 900)
     rss = child.rss_bytes()
     child.stop()
+    kind = "query" if module == "query_service" else "command"
+    base = (settings.query_state_dir if kind == "query" else settings.command_state_dir) or (
+        settings.processor_state_dir
+    )
+    disk = store_bytes(base, f"{settings.topic_namespace}{kind}-*")
     warm_s, child = time_to_serving(module, settings, addr, service, logs / f"r1-{module}.log", 900)
     child.stop()
     return {
@@ -142,6 +154,7 @@ def restarts(
         "cold_records_per_s": records / cold_s,
         "warm_s": warm_s,
         "rss_after_cold_bytes": rss,
+        "disk_bytes": disk,
     }
 
 
