@@ -98,6 +98,7 @@ class Processor:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
+            self.group.subscribed()
             log.info("processor_started", instance=self.settings.processor_instance_id)
             live = self.settings.processor_commit_interval_ms / 1000.0
             catchup = max(live, self.settings.processor_catchup_commit_interval_ms / 1000.0)

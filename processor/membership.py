@@ -40,6 +40,11 @@ class Membership:
         self.waiting_since: float | None = clock()  # subscribed, no assignment yet
         self.group_state: dict[str, Any] = {}
 
+    def subscribed(self) -> None:
+        """The wait starts at the subscription, not when the instance was built (starting
+        its transactions may take a while against a slow cluster)."""
+        self.waiting_since = self.clock()
+
     def assigned(self) -> None:
         self.waiting_since = None
 
