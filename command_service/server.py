@@ -33,7 +33,13 @@ from mysocial.kafka import topics
 from mysocial.kafka.probe import ReachabilityProbe
 from mysocial.kafka.tail import ReaderFailed
 from mysocial.process import tune_gc
-from mysocial.rpc import RunningServer, run_until_stopped, start_server
+from mysocial.rpc import (
+    RunningServer,
+    run_until_stopped,
+    signal_received,
+    start_server,
+    start_unless_signalled,
+)
 from mysocial.startup import kafka_or_exit, settings_or_exit
 from mysocial.tls import server_credentials
 from mysocial.v1 import command_service_pb2, command_service_pb2_grpc
@@ -117,9 +123,9 @@ class CommandServer:
         server._watch_kafka()
         return server
 
-    async def serve(self) -> int:
+    async def serve(self, signalled: asyncio.Future[int] | None = None) -> int:
         """Serve until SIGTERM/SIGINT (exit code 0) or the directory's reader dies (1)."""
-        return await run_until_stopped(self.stop, self.directory.failure)
+        return await run_until_stopped(self.stop, self.directory.failure, signalled)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight RPCs finish, then flush the producer."""
@@ -136,12 +142,15 @@ class CommandServer:
 
 
 async def _worker_main(settings: Settings, addr: str) -> int:
+    signalled = signal_received()  # a stop while the directory loads ends the start-up
     try:
-        server = await CommandServer.start(settings, addr)
+        server = await start_unless_signalled(CommandServer.start(settings, addr), signalled)
     except ReaderFailed:
         return 1  # the reader logged why
+    if server is None:
+        return 0
     tune_gc()
-    return await server.serve()
+    return await server.serve(signalled)
 
 
 def _worker(settings: Settings, addr: str) -> int:

@@ -5,6 +5,7 @@
   turn anything unexpected into INTERNAL without leaking a traceback.
 - `start_server` builds a grpc.aio server with health and reflection and returns the
   bound port (port 0 picks a free one, as tests do).
+- `start_unless_signalled` lets a stop signal end a long start-up cleanly.
 - `run_until_stopped` implements graceful shutdown: SIGTERM only wakes it; the
   service then stops accepting, drains in-flight calls and flushes. A failure the
   service cannot serve through (its Kafka reader died) stops it the same way, with
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
 import time
@@ -37,6 +39,7 @@ log = get_logger("rpc")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Self = TypeVar("Self")
+T = TypeVar("T")
 
 ERROR_DOMAIN = "mysocial.v1"
 
@@ -229,8 +232,11 @@ async def start_server(
     return running
 
 
-async def wait_for_signal(signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
-    """Return the first of the given signals received; handlers only set a flag.
+def signal_received(
+    signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+) -> asyncio.Future[int]:
+    """The first of the given signals, as a future; the handlers, installed before this
+    returns, only set it.
 
     The handlers stay installed: a later signal during the graceful shutdown is
     ignored. Ctrl-C in a terminal sends SIGINT to the whole process group and the
@@ -248,11 +254,35 @@ async def wait_for_signal(signals: Iterable[int] = (signal.SIGTERM, signal.SIGIN
 
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
-    return await received
+    return received
+
+
+async def start_unless_signalled(start: Awaitable[T], signalled: asyncio.Future[int]) -> T | None:
+    """Start-up (which may load state for a while) raced against a stop signal.
+
+    None when the signal came first: start-up is cancelled (it closes what it opened)
+    and one `shutdown_requested` line says so. Without this, Ctrl-C reaching a command
+    worker still loading its directory raised KeyboardInterrupt in it, and the
+    parent's SIGTERM then killed it without a word.
+    """
+    starting = asyncio.ensure_future(start)
+    pending: set[asyncio.Future[Any]] = {starting, signalled}
+    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        return starting.result()
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await starting
+    log.info(
+        "shutdown_requested", signal=signal.Signals(signalled.result()).name, during="start-up"
+    )
+    return None
 
 
 async def run_until_stopped(
-    stop: Callable[[], Awaitable[None]], failure: asyncio.Future[BaseException]
+    stop: Callable[[], Awaitable[None]],
+    failure: asyncio.Future[BaseException],
+    signalled: asyncio.Future[int] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT or until `failure` completes, then `stop()`; the exit code.
 
@@ -262,7 +292,8 @@ async def run_until_stopped(
     would be wrong until a supervisor restarts the process (make run does, and so
     does the command service's parent for its workers).
     """
-    signalled = asyncio.ensure_future(wait_for_signal())
+    if signalled is None:
+        signalled = signal_received()
     waiting: set[asyncio.Future[Any]] = {signalled, failure}
     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     if failure.done():

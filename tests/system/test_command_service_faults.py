@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bench.restart import load
 from command_service.server import CommandServer
 from mysocial.config import Settings
 from mysocial.kafka.broker import EmbeddedBroker
@@ -151,3 +152,23 @@ def test_stop_during_burst_loses_no_acknowledged_event(
         if event_id_for("like", f"user{rid.split('-')[0]}", rid, post_id) not in written
     ]
     assert missing == [], f"{len(missing)} acknowledged likes not in Kafka"
+
+
+def test_ctrl_c_while_the_directory_loads_ends_the_start_up_cleanly(
+    settings: Settings, log_dir: Path
+) -> None:
+    """A stop signal before the worker serves (its directory still loading) cancels the
+    start-up: one shutdown_requested line, exit 0, no traceback. CI caught a worker
+    that got Ctrl-C there and died without a word."""
+    loaded = load(settings, 60_000)  # ~240,000 directory records: seconds to load
+    s = settings.with_(command_addr=f"127.0.0.1:{free_port()}", log_level="info")
+    log_path = log_dir / "command.log"
+    with service_process("command_service", s, log_path) as proc:
+        wait_until(lambda: "directory_rebuilding" in log_path.read_text(), 60, what="loading")
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    log = log_path.read_text()
+    assert code == 0, log[-3000:]
+    assert "shutdown_requested" in log and "during=start-up" in log, log[-3000:]
+    assert "directory_loaded" not in log, f"the load ({loaded}) ended before the signal"
+    assert "Traceback" not in log
