@@ -30,7 +30,7 @@ OnError = Callable[[KafkaError], None]
 
 
 def main_consumer(
-    settings: Settings, on_error: OnError, on_stats: Callable[[str], None] | None = None
+    settings: Settings, on_error: OnError, on_stats: Callable[[str], None]
 ) -> Consumer:
     """The group member: partition p of likes, comments and posts-by-id (the range
     assignor gives the same p of co-partitioned topics to one member), partitions of
@@ -41,11 +41,8 @@ def main_consumer(
         kafka_connection(settings).config(
             {
                 "error_cb": on_error,
-                **(
-                    {"stats_cb": on_stats, "statistics.interval.ms": STATS_INTERVAL_MS}
-                    if on_stats
-                    else {}
-                ),
+                "stats_cb": on_stats,
+                "statistics.interval.ms": STATS_INTERVAL_MS,
                 "group.id": group,
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,

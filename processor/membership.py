@@ -20,9 +20,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from processor.errors import FatalProcessorError
+
+# The parts of librdkafka's `cgrp` statistics that say where a join is stuck.
+GROUP_STATE_KEYS = (
+    "state",
+    "stateage",
+    "join_state",
+    "rebalance_age",
+    "rebalance_cnt",
+    "rebalance_reason",
+)
 
 
 def join_deadline_s(session_timeout_ms: int) -> float:
@@ -34,7 +45,7 @@ def join_deadline_s(session_timeout_ms: int) -> float:
 class Membership:
     """Tracks the time since the last assignment was taken away or never came."""
 
-    def __init__(self, deadline_s: float, clock: Any = time.monotonic) -> None:
+    def __init__(self, deadline_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.deadline_s = deadline_s
         self.clock = clock
         self.waiting_since: float | None = clock()  # subscribed, no assignment yet
@@ -56,8 +67,7 @@ class Membership:
     def on_stats(self, stats_json: str) -> None:
         """librdkafka's `stats_cb`: keeps the consumer group's part."""
         cgrp = json.loads(stats_json).get("cgrp") or {}
-        keys = ("state", "stateage", "join_state", "rebalance_age", "rebalance_cnt")
-        self.group_state = {k: cgrp[k] for k in (*keys, "rebalance_reason") if k in cgrp}
+        self.group_state = {k: cgrp[k] for k in GROUP_STATE_KEYS if k in cgrp}
 
     def check(self) -> None:
         """Raise FatalProcessorError when the member has waited past the deadline."""
