@@ -89,6 +89,7 @@ def test_comments_are_listed_and_deletable_after_their_events_expired(
         commands, queries = system.commands(), system.queries()
         posts: list[str] = []
         written: dict[str, list[tuple[str, str, str]]] = {}  # post -> (id, author, text)
+        tokens: dict[str, tuple[str, str]] = {}  # post -> tokens of its last comment, like
         for i in range(POSTS):
             author = f"author{i}"
             created = commands.CreatePost(
@@ -106,12 +107,15 @@ def test_comments_are_listed_and_deletable_after_their_events_expired(
                     timeout=15,
                 )
                 written[post_id].append((added.comment_id, user, text))
-                commands.LikePost(
+                liked = commands.LikePost(
                     cmd.LikePostRequest(post_id=post_id), metadata=auth(user), timeout=15
                 )
-        last_token = added.consistency_token
-        _list(queries, posts[-1], last_token)  # the processor has applied them all
-        before = {p: _counts(queries, p) for p in posts}
+                tokens[post_id] = (added.consistency_token, liked.consistency_token)
+        # A token covers its own topic partition only: each post waits for its last comment
+        # and its last like before its counts are taken.
+        for post_id, (comment_token, _) in tokens.items():
+            _counts(queries, post_id, comment_token)
+        before = {p: _counts(queries, p, tokens[p][1]) for p in posts}
         assert all(c == COMMENTS_PER_POST for _, c in before.values())
 
         # Retention deletes only closed segments: after the retention time, one more
