@@ -27,8 +27,8 @@ class ConfigError(ValueError):
 def _setting(
     env: str, default: Any, doc: str, *, aliases: tuple[str, ...] = (), secret: bool = False
 ) -> Any:
-    """A field read from `env` (or, for renamed settings, from an older name in `aliases`);
-    a secret is left out of the settings' repr, so it never reaches a log line."""
+    """A field read from `env` (or a renamed setting's older names in `aliases`); a
+    secret is left out of the repr, so it never reaches a log line."""
     return field(
         default=default, repr=not secret, metadata={"env": env, "doc": doc, "aliases": aliases}
     )
@@ -178,10 +178,9 @@ class Settings:
     command_state_dir: str = _setting(
         "MYSOCIAL_COMMAND_STATE_DIR",
         "",
-        "Where command service workers keep their directory of posts and comments (RocksDB, "
-        "a cache of the topics: a restart replays only what is new): each takes the first "
-        "folder `<namespace>command-<n>` under it no other process holds; empty: "
-        "MYSOCIAL_PROCESSOR_STATE_DIR.",
+        "Where command workers keep their directory of posts and comments (RocksDB, a "
+        "cache of the topics), each in the first free `<namespace>command-<n>` under it; "
+        "empty: MYSOCIAL_PROCESSOR_STATE_DIR.",
     )
     command_directory_cache: int = _setting(
         "MYSOCIAL_COMMAND_DIRECTORY_CACHE",
@@ -300,9 +299,8 @@ class Settings:
     processor_core: str = _setting(
         "MYSOCIAL_PROCESSOR_CORE",
         "native",
-        "Implementation of the processor's per-event rules: 'native' (compiled, "
-        "processor/native) or 'python' (processor/rules.py, the reference it is tested "
-        "against; a few times slower).",
+        "The processor's per-event rules: 'native' (compiled, processor/native) or "
+        "'python' (processor/rules.py, the tested reference; a few times slower).",
     )
     processor_cache_mb: int = _setting(
         "MYSOCIAL_PROCESSOR_CACHE_MB", 64, "RocksDB block cache of a processor instance."
@@ -315,8 +313,13 @@ class Settings:
     processor_transaction_timeout_ms: int = _setting(
         "MYSOCIAL_PROCESSOR_TRANSACTION_TIMEOUT_MS",
         10000,
-        "Broker aborts a processor transaction left open this long (e.g. by a killed "
-        "instance that never comes back).",
+        "Broker aborts a processor transaction left open this long (a killed instance).",
+    )
+    processor_offsets_wait_ms: int = _setting(
+        "MYSOCIAL_PROCESSOR_OFFSETS_WAIT_MS",
+        120000,
+        "How long new tasks wait for committed offsets (a cluster down, an open "
+        "transaction) before the instance stops, saying why.",
     )
     trending_half_life_s: float = _setting(
         "MYSOCIAL_TRENDING_HALF_LIFE_S", 3600.0, "Half-life of an engagement's weight in the score."

@@ -43,7 +43,7 @@ from processor.restore import ChangelogReader
 from processor.stats import StatsLog
 from processor.tasks import TaskManager, owned_only
 from processor.trending import TrendingConfig
-from processor.watchdog import STUCK_AFTER_S, Watchdog
+from processor.watchdog import OFFSETS_CHECK_S, STUCK_AFTER_S, Watchdog
 
 log = get_logger("processor")
 
@@ -88,7 +88,10 @@ class Processor:
 
     def run(self) -> int:
         """Process until stop(); returns the process exit code."""
-        self.watchdog = Watchdog(max(STUCK_AFTER_S, 3 * self.txn.timeout_s))
+        offsets_wait_s = self.settings.processor_offsets_wait_ms / 1000.0
+        self.watchdog = Watchdog(
+            max(STUCK_AFTER_S, 3 * self.txn.timeout_s, offsets_wait_s + OFFSETS_CHECK_S)
+        )
         try:
             producer = self.ctx.producer
             call("init_transactions", producer.init_transactions, time.monotonic() + 60)

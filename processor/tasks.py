@@ -26,15 +26,17 @@ from enum import Enum
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from mysocial.log import get_logger
+from processor.clients import group_id
+from processor.errors import FatalProcessorError
+from processor.hanging import open_offsets_transaction
 from processor.projection import Context, Projection
 from processor.restore import ChangelogReader
 
 log = get_logger("processor.tasks")
 
 # Fetching a new assignment's committed offsets: each attempt waits this long; a
-# cluster that does not answer is asked again until the give-up time.
+# cluster that does not answer is asked again until processor_offsets_wait_ms.
 COMMITTED_ATTEMPT_S = 10.0
-COMMITTED_GIVE_UP_S = 120.0
 _TRANSIENT = (KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
 
 
@@ -222,16 +224,22 @@ class TaskManager:
     def _fetch_committed(self, tps: list[TopicPartition]) -> list[TopicPartition]:
         """consumer.committed(), asked again while the cluster does not answer (a
         request caught by a stalled broker is not retried by librdkafka once the broker
-        resumes); after COMMITTED_GIVE_UP_S, or on another error, the instance stops."""
-        give_up = time.monotonic() + COMMITTED_GIVE_UP_S
+        resumes); after processor_offsets_wait_ms, or on another error, the instance
+        stops, naming a transaction that blocks the offsets if there is one."""
+        settings = self.ctx.settings
+        give_up = time.monotonic() + settings.processor_offsets_wait_ms / 1000.0
+        attempt = min(COMMITTED_ATTEMPT_S, settings.processor_offsets_wait_ms / 1000.0)
         while True:
             try:
-                return list(self.consumer.committed(tps, timeout=COMMITTED_ATTEMPT_S))
+                return list(self.consumer.committed(tps, timeout=attempt))
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
                 if not (err.retriable() or err.code() in _TRANSIENT):
                     raise
                 if time.monotonic() > give_up:
+                    blocked = open_offsets_transaction(settings, group_id(settings))
+                    if blocked is not None:
+                        raise FatalProcessorError(blocked.describe()) from exc
                     raise
                 log.warning("committed_offsets_retry", error=str(err))
 

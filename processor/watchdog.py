@@ -23,9 +23,11 @@ from mysocial.log import get_logger
 log = get_logger("processor.watchdog")
 
 # Longer than the longest bounded wait inside one iteration: the committed offsets of a
-# new assignment, asked again for up to 120 s while the cluster does not answer
-# (tasks.COMMITTED_GIVE_UP_S), plus an attempt.
+# new assignment, asked again while the cluster does not answer for up to
+# processor_offsets_wait_ms (120 s by default), then the check for a transaction that
+# blocks them (OFFSETS_CHECK_S); the engine raises the limit with a longer wait.
 STUCK_AFTER_S = 150.0
+OFFSETS_CHECK_S = 60.0
 
 
 class Watchdog:

@@ -1,5 +1,6 @@
 """Kafka unreachable: the broker SIGSTOPped for 30 s (the user's report: health stayed
-SERVING while every command failed), or stopped and started again.
+SERVING while every command failed), or (for the services alone) stopped and started
+again.
 
 Against a broker of the test's own:
 - the services: the command service's health turns NOT_SERVING within 5 s and SERVING
@@ -56,6 +57,12 @@ from tests.support.workload import Workload, check_acknowledged, check_exact
 STALL_S = 30.0  # how long the broker is SIGSTOPped
 DOWN_S = 10.0  # how long it is stopped before it is started again
 FAULTS = ["sigstop", "restart"]
+# With the processor's transactions running, a single node is only stalled: restarting
+# it, by a controlled shutdown or a crash, can leave a hanging transaction there (Kafka
+# 4.4 skips the markers of partitions without a leader while the node shuts down or is
+# still fenced at start-up: docs/OPERATIONS.md, "Hanging transactions"). Restarts under
+# the whole system are tested on the replicated cluster (test_cluster_faults.py).
+SYSTEM_FAULTS = ["sigstop"]
 CMD = "mysocial.v1.CommandService"
 QRY = "mysocial.v1.QueryService"
 INDETERMINATE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -281,7 +288,7 @@ COMMANDS = 4000
 OUTAGE_AT = 600  # commands sent before Kafka goes away
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", SYSTEM_FAULTS)
 def test_the_workload_through_a_kafka_outage(
     broker: EmbeddedBroker, system: System, fault: str
 ) -> None:
