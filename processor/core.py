@@ -84,7 +84,8 @@ class CoreStats(NamedTuple):
 Positions = dict[tuple[str, int], int]
 # A changed post: (post_id, posts_with_counts value or None for a tombstone, PostRecord).
 Change = tuple[str, bytes | None, bytes]
-# (offset in `comments`, post id, comment id, CommentRecord or None if deleted/unknown)
+# (offset in `comments`, post id, comment id, post_comments value: a mysocial.v1.Comment,
+# or None if deleted/unknown)
 CommentChange = tuple[int, str, str, bytes | None]
 OnDelivery = Callable[[Any, Message], None]
 

@@ -29,6 +29,7 @@ from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
 from mysocial.log import get_logger
 from mysocial.v1 import events_pb2 as ev
+from mysocial.v1 import resources_pb2 as res
 from processor import trending
 from processor.trending import TrendingConfig
 
@@ -416,17 +417,24 @@ class TaskState:
     # -- commit support -----------------------------------------------------------
     def drain_comments(self) -> list[tuple[int, str, str, bytes | None]]:
         """Touched comments in source offset order: (offset in `comments`, post id,
-        comment id, CommentRecord bytes or None when deleted or unknown). Call before
-        drain()."""
+        comment id, post_comments value (a mysocial.v1.Comment) or None when deleted or
+        unknown). Call before drain()."""
         out: list[tuple[int, str, str, bytes | None]] = []
         for (post_id, comment_id), offset in self.comments_touched.items():
             raw = self.store.get(self._comment_key(post_id, comment_id))
+            value = None
             if raw is not None:
-                record = st.CommentRecord()
-                record.ParseFromString(raw)
-                if record.deleted:
-                    raw = None
-            out.append((offset, post_id, comment_id, raw))
+                record = st.CommentRecord.FromString(raw)
+                if not record.deleted:
+                    comment = res.Comment(
+                        comment_id=comment_id,
+                        post_id=post_id,
+                        author_id=record.author_id,
+                        text=record.text,
+                    )
+                    comment.created_at.FromMilliseconds(record.created_at_ms)
+                    value = comment.SerializeToString()
+            out.append((offset, post_id, comment_id, value))
         self.comments_touched = {}
         out.sort(key=lambda c: c[0])
         return out

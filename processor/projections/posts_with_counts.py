@@ -26,7 +26,6 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message
 from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
 from mysocial.log import get_logger
-from mysocial.v1 import resources_pb2 as res
 from processor.core import ROUTE_OF_CONTRACT, CommentChange, Stop, apply_checked, make_core
 from processor.headers import SRC_OFFSET, SRC_PARTITION
 from processor.local_store import LocalStore, TaskStore
@@ -170,18 +169,7 @@ class PostsWithCounts(Projection):
         """post_comments records, in event order (readers take the headers' offset as
         how far the partition's comment events are reflected)."""
         source = str(partition).encode()
-        for offset, post_id, comment_id, raw in changes:
-            value = None
-            if raw is not None:
-                record = st.CommentRecord.FromString(raw)
-                comment = res.Comment(
-                    comment_id=comment_id,
-                    post_id=post_id,
-                    author_id=record.author_id,
-                    text=record.text,
-                )
-                comment.created_at.FromMilliseconds(record.created_at_ms)
-                value = comment.SerializeToString()
+        for offset, post_id, comment_id, value in changes:
             self.ctx.output.produce(
                 self.topic_comments,
                 f"{post_id}/{comment_id}".encode(),

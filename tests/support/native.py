@@ -258,6 +258,7 @@ class Run:
         self.changes: list[list[tuple[str, Any, Any]]] = []
         # Per commit: the post_comments records, (partition, offset, post, comment, record).
         self.comments: list[list[tuple[int, int, str, str, Any]]] = []
+        self.comment_values: list[bytes | None] = []  # post_comments values, as encoded
         self.changelog: list[dict[bytes, Any]] = []
         self.positions: dict[tuple[str, int], int] = {}
 
@@ -297,8 +298,9 @@ class Run:
         comments = []
         for p in partitions:
             for offset, post_id, comment_id, raw in self.core.drain_comments(p):
-                parsed = None if raw is None else st.CommentRecord.FromString(raw)
+                parsed = None if raw is None else res.Comment.FromString(raw)
                 comments.append((p, offset, post_id, comment_id, parsed))
+                self.comment_values.append(raw)
             for post_id, output, record in self.core.drain(p):
                 changes.append((post_id, _parsed_output(output), parsed_record(record)))
             self.core.produce_changelog(p, producer, "ns.changelog", lambda err, msg: None)  # type: ignore[arg-type]

@@ -86,6 +86,8 @@ def test_records_are_encoded_byte_for_byte_as_python_protobuf_does() -> None:
         for key in a:
             if key[:1] != b"Q":  # pending events keep the record's own encoding
                 assert a[key] == b[key], key
+    assert any(native.comment_values)  # post_comments values too
+    assert native.comment_values == py.comment_values
 
 
 def test_revoked_partitions_are_skipped_but_invalid_records_still_dead_lettered() -> None:

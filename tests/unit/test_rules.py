@@ -9,6 +9,7 @@ import pytest
 from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
 from mysocial.v1 import events_pb2 as ev
+from mysocial.v1 import resources_pb2 as res
 from processor import rules as rules_mod
 from processor.rules import DictStore, TaskState
 from tests.support.rules import CFG, T0, Harness
@@ -70,8 +71,9 @@ def test_every_comment_event_yields_its_comment_as_it_is_now() -> None:
     h.comment(P, "u1", C1)  # 2: retried add, the same comment again
     changes = h.state.drain_comments()
     assert [(o, c) for o, _, c, _ in changes] == [(1, C2), (2, C1)]
-    record = st.CommentRecord.FromString(changes[1][3] or b"")
-    assert (record.author_id, record.text, record.deleted) == ("u1", "hi", False)
+    value = res.Comment.FromString(changes[1][3] or b"")
+    assert (value.comment_id, value.post_id, value.author_id, value.text) == (C1, P, "u1", "hi")
+    assert value.HasField("created_at")
     h.drain()
     h.uncomment(P, "intruder", C1)  # 3: ignored, but says what C1 is
     h.uncomment(P, "u2", C2)  # 4

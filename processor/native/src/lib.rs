@@ -260,8 +260,8 @@ impl Core {
     }
 
     /// Touched comments since the last drain, in source offset order: [(offset in
-    /// `comments`, post_id, comment_id, CommentRecord bytes or None when deleted or
-    /// unknown)]. Called before drain().
+    /// `comments`, post_id, comment_id, post_comments value (a mysocial.v1.Comment) or
+    /// None when deleted or unknown)]. Called before drain().
     fn drain_comments<'py>(
         &mut self,
         py: Python<'py>,
@@ -272,8 +272,8 @@ impl Core {
             .drain_comments(py)?
             .into_iter()
             .map(|c| {
-                let record = c.record.map(|r| PyBytes::new(py, &r));
-                (c.offset, c.post_id, c.comment_id, record)
+                let value = c.value.map(|v| PyBytes::new(py, &v));
+                (c.offset, c.post_id, c.comment_id, value)
             })
             .collect())
     }

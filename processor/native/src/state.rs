@@ -212,6 +212,18 @@ fn encode_comment(c: &Comment) -> Vec<u8> {
     out
 }
 
+/// mysocial.v1.Comment, the post_comments value: encoded here (not in Python per
+/// comment) as the Python rules' SerializeToString does, field by field.
+fn encode_comment_value(post_id: &str, comment_id: &str, c: &Comment) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + c.text.len());
+    put_str(&mut out, 1, comment_id.as_bytes());
+    put_str(&mut out, 2, post_id.as_bytes());
+    put_str(&mut out, 3, c.author_id.as_bytes());
+    put_str(&mut out, 4, c.text.as_bytes());
+    encode_timestamp(&mut out, 5, from_millis(c.created_at_ms));
+    out
+}
+
 fn decode_comment(buf: &[u8]) -> Parse<Comment> {
     let mut c = Comment::default();
     each_field(buf, |field, wire, r| {
@@ -446,8 +458,9 @@ pub struct CommentChange {
     pub offset: i64,
     pub post_id: String,
     pub comment_id: String,
-    /// The CommentRecord, or None when the comment is deleted or unknown.
-    pub record: Option<Vec<u8>>,
+    /// Its post_comments value (a mysocial.v1.Comment), or None when the comment is
+    /// deleted or unknown.
+    pub value: Option<Vec<u8>>,
 }
 
 fn key2(tag: u8, a: &str, b: &str) -> Vec<u8> {
@@ -618,10 +631,10 @@ impl Task {
         let mut out = Vec::with_capacity(touched.len());
         for ((post_id, comment_id), offset) in touched {
             let key = key2(b'C', &post_id, &comment_id);
-            let record = match self.io.read(py, &key)? {
+            let value = match self.io.read(py, &key)? {
                 Some(raw) => {
                     let c = decode_comment(&raw).map_err(|_| corrupt("comment", &key))?;
-                    (!c.deleted).then_some(raw)
+                    (!c.deleted).then(|| encode_comment_value(&post_id, &comment_id, &c))
                 }
                 None => None,
             };
@@ -629,7 +642,7 @@ impl Task {
                 offset,
                 post_id,
                 comment_id,
-                record,
+                value,
             });
         }
         out.sort_by_key(|c| c.offset);
