@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import KafkaException
 
 from mysocial.config import Settings
 from mysocial.kafka.cluster import coordinator_partition
 from mysocial.kafka.connection import kafka_connection
+from mysocial.kafka.reader import stable_and_end_offsets
 
 OFFSETS_TOPIC = "__consumer_offsets"
 
@@ -50,22 +50,16 @@ def open_offsets_transaction(
 ) -> OpenOffsetsTransaction | None:
     """The open transaction on `group`'s offsets partition, or None when there is none
     (or the cluster cannot say)."""
-    admin = AdminClient(kafka_connection(settings).config({}))
+    admin = kafka_connection(settings).admin()
     try:
         topic = admin.list_topics(OFFSETS_TOPIC, timeout=timeout).topics.get(OFFSETS_TOPIC)
         if topic is None or topic.error is not None or not topic.partitions:
             return None
-        tp = TopicPartition(OFFSETS_TOPIC, coordinator_partition(group, len(topic.partitions)))
-        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        offsets = {}
-        for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
-            futures = admin.list_offsets(
-                {tp: latest}, isolation_level=level, request_timeout=timeout
-            )
-            offsets[level] = futures[tp].result(timeout=timeout).offset
+        partition = coordinator_partition(group, len(topic.partitions))
+        offsets = stable_and_end_offsets(settings, OFFSETS_TOPIC, [partition], timeout)
     except KafkaException:
         return None
-    stable, end = offsets[IsolationLevel.READ_COMMITTED], offsets[IsolationLevel.READ_UNCOMMITTED]
+    stable, end = offsets[partition]
     if stable >= end:
         return None
-    return OpenOffsetsTransaction(group, tp.partition, stable, end)
+    return OpenOffsetsTransaction(group, partition, stable, end)

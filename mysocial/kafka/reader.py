@@ -160,10 +160,11 @@ def end_offsets(
     return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
 
 
-def stable_partitions(
+def stable_and_end_offsets(
     cluster: Cluster, topic: str, partitions: list[int], timeout: float
-) -> dict[int, bool]:
-    """Per partition: True when no transaction is open (last stable offset = end)."""
+) -> dict[int, tuple[int, int]]:
+    """Per partition: (last stable offset, high watermark); the first is lower while a
+    transaction is open there."""
     from confluent_kafka import IsolationLevel
     from confluent_kafka.admin import OffsetSpec
 
@@ -174,7 +175,15 @@ def stable_partitions(
         futures = admin.list_offsets(request, isolation_level=level, request_timeout=timeout)
         ends[level] = {tp.partition: fut.result().offset for tp, fut in futures.items()}
     lso, hw = ends[IsolationLevel.READ_COMMITTED], ends[IsolationLevel.READ_UNCOMMITTED]
-    return {p: lso[p] >= hw[p] for p in partitions}
+    return {p: (lso[p], hw[p]) for p in partitions}
+
+
+def stable_partitions(
+    cluster: Cluster, topic: str, partitions: list[int], timeout: float
+) -> dict[int, bool]:
+    """Per partition: True when no transaction is open (last stable offset = end)."""
+    offsets = stable_and_end_offsets(cluster, topic, partitions, timeout)
+    return {p: lso >= hw for p, (lso, hw) in offsets.items()}
 
 
 def last_visible_offsets(
