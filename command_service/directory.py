@@ -3,11 +3,13 @@ exist, who wrote them, and whether they were deleted.
 
 Each command-service worker keeps this directory in its own RocksDB with its hot
 entries in memory (command_service.directory_store), fed by its own reader of `posts`
-(kept forever) and of the processor's `post_comments` projection (kept forever, unlike
-the raw `comments` events: 7 days), read_committed, and by its own acknowledged writes
-(so a process sees what it just wrote). The store keeps the offsets it reflects: a
-restart reads on from them (warm) unless mysocial.kafka.warm_start finds the store
-unusable, and then it is rebuilt from the beginning (cold). A lookup that misses may
+and of the processor's `post_comments` projection (kept forever, unlike the raw
+`comments` events: 7 days), read_committed, and by its own acknowledged writes (so a
+process sees what it just wrote). The store keeps the offsets it reflects: a restart
+reads on from them (warm) unless mysocial.kafka.warm_start finds the store unusable.
+Then it is rebuilt (cold): posts from the compacted `posts_with_counts` and `posts`
+only past the processor's progress (command_service.directory_snapshot), or `posts`
+from the beginning while the processor has none. A lookup that misses may
 be a write acknowledged a moment ago by another process: the directory then asks the
 broker for the current end of the relevant partitions and waits until it got there
 before answering NOT_FOUND. For posts that is the reader's position in `posts`; for
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException, Message
 
+from command_service.directory_snapshot import load_posts, posts_start
 from command_service.directory_store import DiskStore, Entry, MemoryTable, Table
 from mysocial import post_comments
 from mysocial.config import Settings
@@ -59,6 +62,10 @@ log = get_logger("command.directory")
 
 # Version of directory_store's layout: a store written in another is rebuilt.
 LAYOUT = 1
+# Cold start: how long to wait for the processor's progress (then `posts` from the
+# start), and for reading posts_with_counts to its end.
+SNAPSHOT_WAIT_S = 10.0
+SNAPSHOT_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -153,6 +160,7 @@ class Directory:
         self._started = time.monotonic()
         self._start_kind = ""
         self._caught_up = False
+        self.snapshot_records = 0
         self.reader: TailReader[ev.Event | CommentRecord] = self._reader({})
         self.admin = kafka_connection(settings).admin()  # end-offset queries, off the reader
 
@@ -200,12 +208,41 @@ class Directory:
             self._start_kind = "cold"
             log.info("directory_rebuilding", path=str(store.path), reason=decided.cold_reason)
             store.reset(decided.marker)
+            self.positions = await asyncio.to_thread(self._load_snapshot)
         else:
             self._start_kind = "warm"
             self.positions = dict(decided.starts)
             self.state.comment_positions = store.comment_positions()
-        self.reader = self._reader(decided.starts)
+        self.reader = self._reader(dict(self.positions))
         self.reader.start()
+
+    def _load_snapshot(self) -> dict[tuple[str, int], int]:
+        """Cold start: posts from posts_with_counts (directory_snapshot); returns where
+        to read `posts` from ({}: from the beginning). Blocking: run it off the loop."""
+        started = time.monotonic()
+        starts, why_not = posts_start(self.settings, SNAPSHOT_WAIT_S)
+        if not starts:
+            log.info("directory_snapshot_skipped", reason=why_not, then="posts from the start")
+            return {}
+        try:
+            self.snapshot_records = load_posts(
+                self.settings,
+                self.state.posts,
+                lambda: self.store.flush({}, {}),
+                SNAPSHOT_TIMEOUT_S,
+            )
+        except (KafkaException, TimeoutError) as exc:
+            # What it applied is true (put-if-absent, deletions final); `posts` read from
+            # the beginning completes it.
+            log.warning("directory_snapshot_failed", error=str(exc), then="posts from the start")
+            return {}
+        self.store.flush(starts, {})  # a restart from here reads posts on from `starts`
+        log.info(
+            "directory_snapshot_loaded",
+            records=self.snapshot_records,
+            load_s=round(time.monotonic() - started, 3),
+        )
+        return starts
 
     def stop(self) -> None:
         self.reader.stop()
@@ -245,6 +282,7 @@ class Directory:
         log.info(
             "directory_loaded",
             start=self._start_kind,
+            snapshot_records=self.snapshot_records,
             replayed_records=self.reader.records,
             load_s=round(time.monotonic() - self._started, 3),
         )

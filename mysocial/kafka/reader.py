@@ -240,6 +240,22 @@ def last_visible_offsets(
         consumer.close()
 
 
+def committed_offsets(
+    cluster: Cluster, group: str, topic: str, timeout: float = 30.0
+) -> dict[int, int]:
+    """The group's committed offset on every partition of topic (0 where it has none).
+
+    librdkafka asks for stable offsets (KIP-447): while a transaction of the group is
+    open on its offsets this waits, and raises KafkaException once timeout passed."""
+    consumer = _consumer(cluster, **{"group.id": group})
+    try:
+        parts = partitions_of(consumer, topic, timeout)
+        got = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=timeout)
+        return {tp.partition: max(tp.offset, 0) for tp in got}
+    finally:
+        consumer.close()
+
+
 def group_lag(
     cluster: Cluster,
     group: str,
@@ -252,18 +268,10 @@ def group_lag(
     Topics in `transactional` are written in transactions: their end is the last
     visible record, not the high watermark (which counts commit markers).
     """
-    consumer = _consumer(cluster, **{"group.id": group})
-    try:
-        total = 0
-        for topic in topics_:
-            ends = last_visible_offsets(cluster, topic, timeout, topic in transactional)
-            committed = consumer.committed(
-                [TopicPartition(topic, p) for p in ends], timeout=timeout
-            )
-            for tp in committed:
-                end, settled = ends[tp.partition]
-                position = max(tp.offset, 0)
-                total += max(0 if settled else 1, end - position)
-        return total
-    finally:
-        consumer.close()
+    total = 0
+    for topic in topics_:
+        ends = last_visible_offsets(cluster, topic, timeout, topic in transactional)
+        committed = committed_offsets(cluster, group, topic, timeout)
+        for p, (end, settled) in ends.items():
+            total += max(0 if settled else 1, end - committed.get(p, 0))
+    return total
