@@ -1,12 +1,15 @@
 """R1: how fast the read side is back after a restart, and what it holds in RAM.
 
 Loads N posts and 3 comments per post straight into the projections
-(`posts_with_counts`, `post_comments`) and N PostCreated events into `posts` (what
-the command service's directory reads), then for each service: start it on an empty
-state folder (cold: everything is read from Kafka), stop it (SIGTERM), start it again
-on the folder it left (warm). Each time is measured from process start to gRPC health
-SERVING; the cold one gives the rebuild rate. The query service's RSS after the cold
-load, per post, is reported next to M1 (which measures the slope between two sizes).
+(`posts_with_counts`, `post_comments`) and N PostCreated events into `posts`, and
+commits the processor group's offsets at the end of `posts`, as a processor that
+applied them leaves them (so a cold command directory loads `posts_with_counts` and
+reads no `posts` history: command_service.directory_snapshot). Then for each
+service: start it on an empty state folder (cold: everything is read from Kafka), stop
+it (SIGTERM), start it again on the folder it left (warm). Each time is measured from
+process start to gRPC health SERVING; the cold one gives the rebuild rate. The query
+service's RSS after the cold load, per post, is reported next to M1 (which measures
+the slope between two sizes).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.harness import Child
@@ -93,11 +96,30 @@ def load(settings: Settings, posts: int) -> dict[str, int]:
         if i % 10_000 == 0:
             producer.poll(0)
     producer.flush(300)
+    _commit_processor_progress(settings)
     return {
         "posts_with_counts": posts,
         "post_comments": posts * COMMENTS_PER_POST,
         "posts": posts,
     }
+
+
+def _commit_processor_progress(settings: Settings) -> None:
+    """The processor group's committed offsets at the end of every `posts` partition."""
+    topic = settings.topic(topics.POSTS)
+    consumer = Consumer(
+        kafka_connection(settings).config(
+            {"group.id": settings.topic(topics.PROCESSOR_GROUP), "enable.auto.commit": False}
+        )
+    )
+    try:
+        ends = [
+            TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p))[1])
+            for p in range(settings.posts_partitions)
+        ]
+        consumer.commit(offsets=ends, asynchronous=False)
+    finally:
+        consumer.close()
 
 
 def _serving(addr: str, service: str) -> bool:
@@ -176,7 +198,7 @@ def r1(settings: Settings, posts: int, logs: Path) -> dict[str, Any]:
         settings.with_(command_workers=1),
         settings.command_addr,
         "mysocial.v1.CommandService",
-        loaded["posts"] + loaded["post_comments"],
+        loaded["posts_with_counts"] + loaded["post_comments"],
         logs,
     )
     return {
