@@ -70,6 +70,7 @@ def fresh_settings(bootstrap: str, **overrides: Any) -> Settings:
         log_level="info",
         log_format="json",
         dev_mode=True,  # the benchmark's clients sign tokens with the development secret
+        metrics_addr="off",  # several services and trials at once
         **login,
     )
     settings = base.with_(**overrides)

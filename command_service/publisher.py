@@ -19,6 +19,11 @@ received, which it appends when it resumes, before anything sent to it afterward
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+from prometheus_client import Gauge, Histogram
+
 from command_service.commands import PreparedEvent
 from mysocial.config import Settings
 from mysocial.consistency import ConsistencyToken
@@ -32,6 +37,7 @@ from mysocial.kafka.producer import (
     producer_config,
 )
 from mysocial.log import get_logger
+from mysocial.metrics import LATENCY_BUCKETS
 
 log = get_logger("command.publisher")
 
@@ -43,6 +49,21 @@ PRODUCE_WINDOW_S = 0.003
 EXPIRY_SCAN_S = 1.1
 SHORTEST_CLASS_S = 0.25
 RETRY_AFTER_S = 1.0
+
+PRODUCE_SECONDS = Histogram(
+    "mysocial_command_produce_seconds",
+    "A command's event handed to the producer -> Kafka's answer, by topic and outcome "
+    "(ok: acknowledged by all in-sync replicas; failed: not written; unknown: the "
+    "call's time ended first).",
+    ["topic", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+PRODUCER_QUEUE = Gauge(
+    "mysocial_command_producer_queue",
+    "Records this worker's producers hold (waiting for their window, queued or in "
+    "flight in librdkafka).",
+    multiprocess_mode="livesum",
+)
 
 
 def timeout_classes(longest_wait_s: float) -> list[float]:
@@ -67,6 +88,7 @@ class Publisher:
         self._settings = settings
         self.classes = timeout_classes(settings.produce_timeout_s)
         self._producers: dict[float, AsyncProducer] = {}
+        self._latency: dict[tuple[str, str], Any] = {}  # bound histogram children
         self.default = self._producer(self.classes[-1])  # also what the health probe asks
 
     def _producer(self, message_timeout_s: float) -> AsyncProducer:
@@ -101,6 +123,8 @@ class Publisher:
             (CORRELATION_ID_HEADER, correlation_id.encode()),
         ]
         producer = self._producer(class_for(self.classes, timeout))
+        PRODUCER_QUEUE.set(sum(len(p) for p in self._producers.values()))
+        began = time.perf_counter()
         try:
             delivered = await producer.send(
                 self._settings.topic(prepared.topic),
@@ -110,6 +134,7 @@ class Publisher:
                 timeout=timeout,
             )
         except DeliveryUnknown as exc:
+            self._observe(prepared.topic, "unknown", began)
             log.warning("publish_unsettled", topic=prepared.topic, error=str(exc))
             raise DeadlineExceeded(
                 "Kafka did not acknowledge the command within the call's deadline, which "
@@ -119,6 +144,7 @@ class Publisher:
                 retry_after_s=RETRY_AFTER_S,
             ) from None
         except DeliveryError as exc:
+            self._observe(prepared.topic, "failed", began)
             log.warning("publish_failed", topic=prepared.topic, error=str(exc))
             raise Unavailable(
                 "Kafka did not acknowledge the command in time; it was not written and will "
@@ -126,6 +152,7 @@ class Publisher:
                 reason="EVENT_STORE_UNAVAILABLE",
                 retry_after_s=RETRY_AFTER_S,
             ) from None
+        self._observe(prepared.topic, "ok", began)
         log.debug(
             "event_published",
             event_type=prepared.event_type,
@@ -133,6 +160,12 @@ class Publisher:
             offset=delivered.offset,
         )
         return delivered
+
+    def _observe(self, topic: str, outcome: str, began: float) -> None:
+        child = self._latency.get((topic, outcome))
+        if child is None:
+            child = self._latency[(topic, outcome)] = PRODUCE_SECONDS.labels(topic, outcome)
+        child.observe(time.perf_counter() - began)
 
     def close(self, timeout: float) -> int:
         """Flush what is still queued; returns the number of records not delivered."""

@@ -17,17 +17,22 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+
+from prometheus_client.multiprocess import mark_process_dead
 
 from command_service.directory import Directory
 from command_service.publisher import Publisher
 from command_service.servicer import CommandServicer
 from media.library import MediaLibrary
 from mysocial import log as logconf
+from mysocial import metrics
 from mysocial.config import ConfigError, Settings, split_addr
 from mysocial.kafka import topics
 from mysocial.kafka.probe import ReachabilityProbe
@@ -40,7 +45,7 @@ from mysocial.rpc import (
     start_server,
     start_unless_signalled,
 )
-from mysocial.startup import kafka_or_exit, settings_or_exit
+from mysocial.startup import kafka_or_exit, metrics_or_exit, settings_or_exit
 from mysocial.tls import server_credentials
 from mysocial.v1 import command_service_pb2, command_service_pb2_grpc
 
@@ -189,8 +194,23 @@ def run(settings: Settings) -> int:
         return 2
     kafka_or_exit(settings)
     workers = settings.effective_command_workers
-    if workers == 1:
-        return _worker(settings, settings.command_addr)
+    if workers > 1:  # before serve(): it reads the workers' values from there
+        os.environ[metrics.MULTIPROC_ENV] = tempfile.mkdtemp(prefix="mysocial-command-metrics-")
+    served = metrics_or_exit(settings, "command")
+    try:
+        if workers == 1:
+            return _worker(settings, settings.command_addr)
+        return _run_workers(settings, workers)
+    finally:
+        if served is not None:
+            served.close()
+        folder = os.environ.pop(metrics.MULTIPROC_ENV, None)
+        if workers > 1 and folder:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_workers(settings: Settings, workers: int) -> int:
+    """The parent of several worker processes: restarts one that died."""
     addr, reserved = _reserve_port(settings.command_addr)
     ctx = multiprocessing.get_context("spawn")  # gRPC must not be forked after init
     procs = [
@@ -220,6 +240,8 @@ def run(settings: Settings) -> int:
         for i, p in enumerate(procs):
             if not p.is_alive() and not stopping:
                 log.error("worker_exited_restarting", exitcode=p.exitcode)
+                if p.pid is not None:  # its live gauges (in flight, serving) end with it
+                    mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
                 time.sleep(0.5)
                 procs[i] = ctx.Process(target=_worker_process, args=(settings, addr), daemon=False)
                 procs[i].start()

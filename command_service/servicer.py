@@ -28,6 +28,10 @@ def utc_now() -> datetime:
 
 
 class CommandServicer(cmd_grpc.CommandServiceServicer):
+    SERVICE_NAME = cmd.DESCRIPTOR.services_by_name[
+        "CommandService"
+    ].full_name  # the grpc_service label of its metrics
+
     def __init__(
         self,
         settings: Settings,

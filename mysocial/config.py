@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from mysocial import settings_doc
+from mysocial.config_values import ConfigError as ConfigError
+from mysocial.config_values import parse_value
+from mysocial.config_values import read_secret as read_secret
+from mysocial.config_values import split_addr as split_addr
 from mysocial.settings_doc import Setting
 
 DEV_JWT_SECRET = "mysocial-dev-secret-do-not-use-in-production"
 DAY_MS = 24 * 60 * 60 * 1000
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """A setting has a value that cannot be used."""
 
 
 def _setting(
@@ -169,6 +169,13 @@ class Settings:
     )
     query_addr: str = _setting(
         "MYSOCIAL_QUERY_ADDR", "127.0.0.1:50052", "Listen address of the query service."
+    )
+    metrics_addr: str = _setting(
+        "MYSOCIAL_METRICS_ADDR",
+        "",
+        "host:port where this process serves Prometheus metrics (`/metrics`) and HTTP "
+        "liveness and readiness (`/healthz`, `/readyz`); empty: the service's default "
+        "(command 127.0.0.1:9464, query :9465, processor :9466); `off`: none.",
     )
     command_workers: int = _setting(
         "MYSOCIAL_COMMAND_WORKERS",
@@ -366,7 +373,7 @@ class Settings:
                     name, raw = alias, env.get(alias)
             if raw is None or raw == "":
                 continue
-            values[f.name] = _parse(name, raw, f.default)
+            values[f.name] = parse_value(name, raw, f.default)
         settings = cls(**values)
         settings.validate()
         return settings
@@ -387,6 +394,8 @@ class Settings:
             )
         for name in ("command_addr", "query_addr"):
             split_addr(getattr(self, name), _env_name(name))
+        if self.metrics_addr not in ("", "off"):
+            split_addr(self.metrics_addr, "MYSOCIAL_METRICS_ADDR")
         if self.processor_core not in ("native", "python"):
             raise ConfigError(
                 f"MYSOCIAL_PROCESSOR_CORE must be native or python, not {self.processor_core!r}"
@@ -456,33 +465,6 @@ class Settings:
 
 def _env_name(attr: str) -> str:
     return str(Settings.__dataclass_fields__[attr].metadata["env"])
-
-
-def _parse(name: str, raw: str, default: Any) -> Any:
-    try:
-        if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not a valid {type(default).__name__}") from exc
-    return raw
-
-
-def read_secret(path: str) -> str:
-    """The secret in a `*_FILE` setting's file ("" when unset); a final newline is not
-    part of it (`echo secret > file` adds one)."""
-    return Path(path).read_text().rstrip("\r\n") if path else ""
-
-
-def split_addr(addr: str, what: str = "address") -> tuple[str, int]:
-    """Split ``host:port``; raises ConfigError naming the setting when malformed."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"{what} must look like host:port, got {addr!r}")
-    return host, int(port)
 
 
 def documented_settings() -> list[Setting]:

@@ -33,6 +33,7 @@ from grpc_status import rpc_status
 
 from mysocial.errors import ServiceError
 from mysocial.log import CORRELATION_HEADER, clean_correlation_id, get_logger
+from mysocial.metrics import SERVING, Rpc
 
 log = get_logger("rpc")
 
@@ -103,22 +104,61 @@ def _bind(context: Ctx, rpc_name: str) -> str:
     return cid
 
 
+def _rpc_metrics(kind: str, name: str) -> Callable[[object], Rpc]:
+    """The method's metric children, bound on its first call (the service name is the
+    servicer's SERVICE_NAME)."""
+    bound: dict[type, Rpc] = {}
+
+    def of(servicer: object) -> Rpc:
+        rpc = bound.get(type(servicer))
+        if rpc is None:
+            service = getattr(servicer, "SERVICE_NAME", type(servicer).__name__)
+            rpc = bound[type(servicer)] = Rpc(kind, service, name)
+        return rpc
+
+    return of
+
+
+def _code_of(exc: BaseException) -> str:
+    if isinstance(exc, ServiceError):
+        return exc.code.name
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"
+    return "INTERNAL"
+
+
 def unary(
     fn: Callable[[Self, Req, Ctx], Awaitable[Resp]],
 ) -> Callable[[Self, Req, Ctx], Awaitable[Resp]]:
-    """Wrap a unary (or client-streaming) handler: correlation id, error mapping."""
+    """Wrap a unary (or client-streaming) handler: correlation id, error mapping,
+    metrics (mysocial.metrics)."""
     name = fn.__name__
+    metrics = _rpc_metrics("unary", name)
 
     @functools.wraps(fn)
     async def wrapper(self: Self, request: Req, context: Ctx) -> Resp:
         _bind(context, name)
+        rpc = metrics(self)
+        rpc.started.inc()
+        rpc.in_flight.inc()
+        began = time.perf_counter()
+        code = "OK"
         try:
             return await fn(self, request, context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except grpc.aio.AbortError:
+            code = "UNKNOWN"  # the handler aborted with a status of its own
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
             raise
         except Exception as exc:
+            code = _code_of(exc)
+            if isinstance(exc, ServiceError):
+                rpc.rejected(code, exc.reason)
             await _abort(context, exc, name)
             raise  # unreachable: abort raises
+        finally:
+            rpc.handled(code, time.perf_counter() - began)
 
     return wrapper
 
@@ -134,25 +174,42 @@ def stream(
     generator layer costs a few microseconds there.
     """
     name = fn.__name__
+    metrics = _rpc_metrics("server_stream", name)
 
     @functools.wraps(fn)
     async def wrapper(self: Self, request: Req, context: Ctx) -> None:
         _bind(context, name)
+        rpc = metrics(self)
+        rpc.started.inc()
+        rpc.in_flight.inc()
+        began = time.perf_counter()
+        code = "OK"
+        sent = rpc.sent
         try:
             messages = await fn(self, request, context)
             write = context.write
             try:
                 async for item in messages:
                     await write(item)
+                    sent.inc()
             finally:
                 # Unsubscribe now, not when the garbage collector finalizes the generator.
                 aclose = getattr(messages, "aclose", None)
                 if aclose is not None:
                     await aclose()
-        except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "CANCELLED"
+            raise
+        except grpc.aio.AbortError:
+            code = "UNKNOWN"  # the handler aborted with a status of its own
             raise
         except Exception as exc:
+            code = _code_of(exc)
+            if isinstance(exc, ServiceError):
+                rpc.rejected(code, exc.reason)
             await _abort(context, exc, name)
+        finally:
+            rpc.handled(code, time.perf_counter() - began)
 
     return wrapper
 
@@ -194,6 +251,7 @@ class RunningServer:
         )
         for name in ("", *services):
             await self.health.set(name, status)
+        SERVING.set(1 if serving else 0)
 
 
 async def start_server(

@@ -10,6 +10,8 @@ import sys
 from mysocial import log as logconf
 from mysocial.config import ConfigError, Settings
 from mysocial.kafka.preflight import preflight
+from mysocial.metrics import MetricsServer
+from mysocial.metrics import serve as serve_metrics
 
 
 def settings_or_exit(component: str) -> Settings:
@@ -31,3 +33,13 @@ def kafka_or_exit(settings: Settings) -> None:
     code = preflight(settings)
     if code:
         sys.exit(code)
+
+
+def metrics_or_exit(settings: Settings, service: str) -> MetricsServer | None:
+    """Serve /metrics, /healthz and /readyz (mysocial.metrics); exit 2 with one line
+    when the address cannot be bound."""
+    try:
+        return serve_metrics(settings, service)
+    except OSError as exc:
+        logconf.get_logger("startup").error("metrics_unavailable", error=str(exc))
+        sys.exit(2)

@@ -5,7 +5,7 @@ import sys
 
 from mysocial.config import Settings
 from mysocial.process import tune_gc
-from mysocial.startup import kafka_or_exit, settings_or_exit
+from mysocial.startup import kafka_or_exit, metrics_or_exit, settings_or_exit
 
 
 def main() -> int:
@@ -19,7 +19,12 @@ def main() -> int:
         return 2
     settings = settings_or_exit("processor")
     kafka_or_exit(settings)
-    return run(settings)
+    served = metrics_or_exit(settings, "processor")
+    try:
+        return run(settings)
+    finally:
+        if served is not None:
+            served.close()
 
 
 def run(settings: Settings) -> int:

@@ -32,6 +32,7 @@ from confluent_kafka import (
 
 from mysocial.log import get_logger
 from processor.errors import FatalProcessorError, is_fatal
+from processor.metrics import TransactionClock
 from processor.projection import Context, Projection
 
 log = get_logger("processor.checkpoint")
@@ -119,6 +120,7 @@ class Transaction:
         self.timeout_s = ctx.settings.processor_transaction_timeout_ms / 1000.0
         self.commits = 0
         self.aborts = 0
+        self.clock = TransactionClock()  # its metrics (processor/metrics.py)
 
     def begin(self) -> None:
         if not self.open:
@@ -135,6 +137,7 @@ class Transaction:
         for projection in self.projections:
             projection.prepare_commit(now)
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.ctx.positions.items()]
+        began = time.monotonic()
         try:
             # 2. Every record of the transaction is acknowledged by the broker.
             deadline = max(self.started + self.timeout_s, time.monotonic() + ATTEMPT_S)
@@ -155,6 +158,7 @@ class Transaction:
         self.open = False
         self.ctx.positions.clear()
         self.commits += 1
+        self.clock.committed(began)
         # 5. Post-commit: the committed state goes to the local stores.
         for projection in self.projections:
             projection.post_commit()
@@ -173,6 +177,7 @@ class Transaction:
             raise FatalProcessorError(f"abort failed: {exc}") from exc
         self.open = False
         self.ctx.positions.clear()
+        self.clock.reset()
         for projection in self.projections:
             projection.abort()
         assignment = self.consumer.assignment()

@@ -10,6 +10,7 @@ starts from the deployment's connection (mysocial.kafka.connection: servers, TLS
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer
 
@@ -17,8 +18,9 @@ from mysocial.config import Settings
 from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.topics import PROCESSOR_GROUP
 
-# librdkafka's statistics of the main consumer, for its group state only
-# (processor/membership.py names it when the instance is stuck out of the group).
+# librdkafka's statistics of the main consumer and the producer: the group state
+# (processor/membership.py names it when the instance is stuck out of the group) and
+# the per-partition figures of processor/metrics.py.
 STATS_INTERVAL_MS = 5_000
 
 
@@ -67,11 +69,18 @@ def main_consumer(
     )
 
 
-def transactional_producer(settings: Settings, on_error: OnError) -> Producer:
-    """One transactional id per instance id: a restarted instance fences its zombie."""
+def transactional_producer(
+    settings: Settings, on_error: OnError, on_stats: Callable[[str], None] | None = None
+) -> Producer:
+    """One transactional id per instance id: a restarted instance fences its zombie.
+    on_stats: librdkafka's statistics every STATS_INTERVAL_MS (records written)."""
+    stats: dict[str, Any] = (
+        {"stats_cb": on_stats, "statistics.interval.ms": STATS_INTERVAL_MS} if on_stats else {}
+    )
     return Producer(
         kafka_connection(settings).config(
             {
+                **stats,
                 "error_cb": on_error,
                 "transactional.id": f"{group_id(settings)}.{settings.processor_instance_id}",
                 "transaction.timeout.ms": settings.processor_transaction_timeout_ms,

@@ -29,7 +29,8 @@ from mysocial.config import Settings
 from mysocial.kafka import consume_batch, topics
 from mysocial.kafka.reader import watermarks
 from mysocial.log import get_logger
-from processor import clients
+from mysocial.metrics import SERVING
+from processor import clients, metrics
 from processor.checkpoint import Transaction, call
 from processor.errors import FatalProcessorError, is_fatal
 from processor.flow import FlowControl
@@ -55,8 +56,11 @@ class Processor:
         self.settings = settings
         self.fatal: KafkaError | None = None  # a fatal error event of a client
         self.group = Membership(join_deadline_s(settings.processor_session_timeout_ms))
-        self.consumer = clients.main_consumer(settings, self._on_client_error, self.group.on_stats)
-        producer = clients.transactional_producer(settings, self._on_client_error)
+        self.metrics = metrics.register(self)
+        self.consumer = clients.main_consumer(settings, self._on_client_error, self._on_stats)
+        producer = clients.transactional_producer(
+            settings, self._on_client_error, self.metrics.produced.update
+        )
         self.reader = ChangelogReader(clients.restore_consumer(settings))
         self.marks = clients.watermark_consumer(settings)
         ctx = Context(
@@ -103,6 +107,7 @@ class Processor:
             )
             self.group.subscribed()
             log.info("processor_started", instance=self.settings.processor_instance_id)
+            SERVING.set(1)
             live = self.settings.processor_commit_interval_ms / 1000.0
             catchup = max(live, self.settings.processor_catchup_commit_interval_ms / 1000.0)
             batch_size = self.settings.processor_batch_size
@@ -119,6 +124,7 @@ class Processor:
                 if msgs:
                     self.txn.begin()
                     self._process(msgs)
+                    self.txn.clock.consumed(msgs)
                 self.ctx.producer.poll(0)
                 # 4. Timers (trending recomputes: scores decay without events).
                 self._punctuate()
@@ -235,7 +241,12 @@ class Processor:
             "dead_letters": self.ctx.output.dead_letters,
         }
 
+    def _on_stats(self, stats_json: str) -> None:
+        self.group.on_stats(stats_json)
+        self.metrics.consumed.update(stats_json)
+
     def _close(self) -> None:
+        SERVING.set(0)
         self.closing = True
         self.tasks.close_all()
         for consumer in (self.consumer, self.reader.consumer, self.marks):

@@ -21,7 +21,7 @@ from mysocial.config import Settings
 from mysocial.process import tune_gc
 from mysocial.rocks import StateLocked
 from mysocial.rpc import RunningServer, run_until_stopped, start_server
-from mysocial.startup import kafka_or_exit, settings_or_exit
+from mysocial.startup import kafka_or_exit, metrics_or_exit, settings_or_exit
 from mysocial.tls import server_credentials
 from mysocial.v1 import query_service_pb2
 from query_service.service import ReadSide
@@ -93,4 +93,8 @@ async def _main(settings: Settings) -> int:
 def main() -> None:
     settings = settings_or_exit("query_service")
     kafka_or_exit(settings)
-    sys.exit(asyncio.run(_main(settings)))
+    served = metrics_or_exit(settings, "query")
+    code = asyncio.run(_main(settings))
+    if served is not None:
+        served.close()
+    sys.exit(code)

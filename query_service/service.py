@@ -20,7 +20,7 @@ from mysocial.kafka.tail import Key
 from mysocial.log import get_logger
 from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import resources_pb2 as res
-from query_service import queries
+from query_service import metrics, queries
 from query_service.models import Change, ReadModel
 from query_service.store import LAYOUT, PostView, QueryStore
 from query_service.streams import FeedSubscription, Hub
@@ -66,6 +66,7 @@ class ReadSide:
             cache_posts=settings.query_cache_posts,
         )
         self.hub = Hub(capacity=FEED_CAPACITY)
+        metrics.COLLECTOR.hub = self.hub  # subscribers, read at scrape time
         self.model.trending_listeners.append(
             lambda _: self.hub.on_trending(self.model.trending_version)
         )
@@ -268,8 +269,12 @@ class ReadSide:
                 yield self._post_message(pid, 0)
             while True:
                 await sub.wait()
+                since, sub.since = sub.since, 0.0
                 for pid, pending in sub.take():
+                    if pending.skipped:
+                        metrics.SKIPPED_BY["posts"].inc(pending.skipped)
                     yield self._post_message(pid, pending.skipped)
+                metrics.delivered("posts", since)
         finally:
             self.hub.unsubscribe(sub, ids)
 
@@ -295,6 +300,7 @@ class ReadSide:
                 yield message.SerializeToString()
             while True:
                 await sub.wait()
+                since, sub.since = sub.since, 0.0
                 forgotten = model.forgotten(sub.cursor)
                 changed = model.changed_since(sub.cursor)
                 seen, sub.cursor = sub.cursor, model.seq
@@ -302,6 +308,7 @@ class ReadSide:
                     # Too far behind to catch up post by post (or behind what the change
                     # index still knows): a fresh snapshot instead.
                     missed = model.seq - seen if forgotten else len(changed)
+                    metrics.RESYNCS_BY["feed"].inc()
                     for message in self._feed_snapshot(author, size, missed):
                         yield message.SerializeToString()
                     continue
@@ -309,6 +316,7 @@ class ReadSide:
                     update = self._feed_bytes(post_id, author, seen, sub)
                     if update is not None:
                         yield update
+                metrics.delivered("feed", since)
         finally:
             self.hub.unsubscribe_feed(sub)
 
@@ -347,6 +355,7 @@ class ReadSide:
                 self._feed_cache.clear()
             self._feed_cache[key] = cached
         if skipped:
+            metrics.SKIPPED_BY["feed"].inc(skipped)
             # Protobuf fields may be appended: the shared bytes plus this reader's count
             # (field 4, skipped_updates, varint).
             cached += b"\x20" + _varint(skipped)
@@ -374,12 +383,16 @@ class ReadSide:
                 yield self._trending_message(n, 0)
             while True:
                 await sub.wait()
+                since, sub.since = sub.since, 0.0
                 latest = self.model.trending_version
                 if latest == sent:
                     continue
                 skipped = latest - sent - 1 if sent else 0
                 sent = latest
+                if skipped:
+                    metrics.SKIPPED_BY["trending"].inc(skipped)
                 yield self._trending_message(n, skipped)
+                metrics.delivered("trending", since)
         finally:
             self.hub.unsubscribe(sub)
 

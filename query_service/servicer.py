@@ -26,6 +26,9 @@ def _deadline(context: Ctx) -> float:
 
 
 class QueryServicer(q_grpc.QueryServiceServicer):
+    # The grpc_service label of its metrics.
+    SERVICE_NAME = q.DESCRIPTOR.services_by_name["QueryService"].full_name
+
     def __init__(self, read_side: ReadSide, media: MediaLibrary) -> None:
         self.read = read_side
         self.media = media

@@ -13,9 +13,11 @@ subscriber is therefore bounded whatever the write rate.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from query_service.metrics import RESYNCS_BY
 from query_service.models import Change
 
 # When a pending entry already exists, which kind wins (a client that has not yet
@@ -40,8 +42,11 @@ class Subscription:
     trending_version: int = 0
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
+    since: float = 0.0  # time.monotonic() of the oldest change not yet sent (metrics)
 
     def offer(self, change: Change, key: str) -> None:
+        if not self.since:
+            self.since = time.monotonic()
         if self.resync:
             self.resync_skipped += 1
             return
@@ -52,6 +57,7 @@ class Subscription:
                 entry.change = change
         elif len(self.pending) >= self.capacity:
             # Too far behind: drop what is pending and resend the state from scratch.
+            RESYNCS_BY["posts"].inc()
             self.resync = True
             self.resync_skipped += sum(e.skipped + 1 for e in self.pending.values()) + 1
             self.pending.clear()
@@ -60,6 +66,8 @@ class Subscription:
         self.wakeup.set()
 
     def offer_trending(self, version: int) -> None:
+        if not self.since:
+            self.since = time.monotonic()
         self.trending_version = version
         self.wakeup.set()
 
@@ -90,6 +98,12 @@ class FeedSubscription:
     # Update count of each post when it was last sent here (bounded), for skipped_updates.
     sent: OrderedDict[str, int] = field(default_factory=OrderedDict)
     closed: bool = False
+    since: float = 0.0  # time.monotonic() of the oldest change not yet sent (metrics)
+
+    def wake(self, now: float) -> None:
+        if not self.since:
+            self.since = now
+        self.wakeup.set()
 
     async def wait(self) -> None:
         await self.wakeup.wait()
@@ -166,12 +180,13 @@ class Hub:
                 sub.offer(change, post_id)
         if not changes:
             return
+        now = time.monotonic()
         for feed_sub in self.feed:
-            feed_sub.wakeup.set()
+            feed_sub.wake(now)
         if self.by_author:
             for author in {author_of.get(pid) for _, pid in changes}:
                 for feed_sub in self.by_author.get(author or "", ()):
-                    feed_sub.wakeup.set()
+                    feed_sub.wake(now)
 
     def on_trending(self, version: int) -> None:
         for sub in self.trending:

@@ -28,6 +28,7 @@ from mysocial.kafka.tail import Batch, Key, TailReader
 from mysocial.log import get_logger
 from mysocial.v1 import events_pb2 as ev
 from mysocial.v1 import resources_pb2 as res
+from query_service import metrics
 
 log = get_logger("query.tailer")
 
@@ -80,6 +81,7 @@ class Tailer:
             self.topic_trending: TRENDING,
         }
         self._started = time.monotonic()
+        self.ready = False  # loaded: from then on apply delays are observed
         self.reader: TailReader[Item] = TailReader(
             "kafka-tailer",
             loop,
@@ -96,6 +98,9 @@ class Tailer:
                 # marker lands (measured at 500 ms: freshness p50 7 -> 20 ms).
                 "fetch.wait.max.ms": 5,
                 "fetch.min.bytes": 1,
+                # Read-model lag per partition for /metrics (query_service.metrics).
+                "stats_cb": metrics.COLLECTOR.tailer_stats.update,
+                "statistics.interval.ms": 5_000,
             },
         )
 
@@ -115,8 +120,11 @@ class Tailer:
         # End-of-partition positions alone are stored too: the next start skips the
         # commit markers they passed.
         self.apply(batch.items, batch.positions)
+        if self.ready and batch.items:
+            metrics.applied(batch.items[0].time_ms)
 
     def _mark_ready(self) -> None:
+        self.ready = True
         log.info(
             "read_models_ready",
             records=self.reader.records,

@@ -96,6 +96,10 @@ class AsyncProducer:
         self._window: asyncio.TimerHandle | None = None
         self._outbox: list[tuple[str, bytes, bytes, _Headers, _Fut, list[bool]]] = []
 
+    def __len__(self) -> int:
+        """Records held: waiting for the window, queued or in flight in librdkafka."""
+        return len(self._outbox) + len(self._producer)
+
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
             self._fatal = err

@@ -51,6 +51,7 @@ def make_settings(bootstrap: str, **overrides: object) -> Settings:
         grace_period_s=5.0,
         log_level="warning",
         dev_mode=True,
+        metrics_addr="off",  # tests run many services at once; metrics tests set a port
         **login,
     )
     return base.with_(**overrides)

@@ -185,8 +185,20 @@ class Service:
 class System:
     """Processor + command service + query service, with stubs for both APIs."""
 
-    def __init__(self, settings: Settings, log_dir: Path, command_workers: int = 1) -> None:
+    def __init__(
+        self, settings: Settings, log_dir: Path, command_workers: int = 1, metrics: bool = False
+    ) -> None:
+        """metrics: each process serves /metrics on a port of its own (metrics_ports)."""
         command_port, query_port = free_ports(2)
+        self.metrics_ports = dict(
+            zip(("processor", "command", "query"), free_ports(3), strict=True)
+        )
+
+        def own(service: str) -> Settings:
+            if not metrics:
+                return self.settings
+            return self.settings.with_(metrics_addr=f"127.0.0.1:{self.metrics_ports[service]}")
+
         command_addr = f"127.0.0.1:{command_port}"
         query_addr = f"127.0.0.1:{query_port}"
         self.settings = settings.with_(
@@ -195,17 +207,17 @@ class System:
             command_workers=command_workers,
             log_level="info",
         )
-        self.processor = ProcessorProc(self.settings, "a", log_dir)
+        self.processor = ProcessorProc(own("processor"), "a", log_dir)
         self.command = Service(
             "command_service",
-            self.settings,
+            own("command"),
             command_addr,
             log_dir / "command.log",
             "mysocial.v1.CommandService",
         )
         self.query = Service(
             "query_service",
-            self.settings,
+            own("query"),
             query_addr,
             log_dir / "query.log",
             "mysocial.v1.QueryService",

@@ -1,0 +1,43 @@
+"""Turning environment strings into setting values, and the error that names a bad one.
+
+Kept apart from mysocial.config (which re-exports them) so the settings class stays
+the list of settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "parse_value", "read_secret", "split_addr"]
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def parse_value(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid {type(default).__name__}") from exc
+    return raw
+
+
+def read_secret(path: str) -> str:
+    """The secret in a `*_FILE` setting's file ("" when unset); a final newline is not
+    part of it (`echo secret > file` adds one)."""
+    return Path(path).read_text().rstrip("\r\n") if path else ""
+
+
+def split_addr(addr: str, what: str = "address") -> tuple[str, int]:
+    """Split ``host:port``; raises ConfigError naming the setting when malformed."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{what} must look like host:port, got {addr!r}")
+    return host, int(port)
