@@ -5,6 +5,8 @@ show exactly that workload."""
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -20,7 +22,9 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from mysocial.config import PROJECT_ROOT
 from mysocial.kafka.topics import provision
+from mysocial.metrics import DEFAULT_PORTS
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import query_service_pb2 as q
 from processor.audit import wait_caught_up
@@ -51,6 +55,16 @@ def scrape(port: int) -> Samples:
         for family in text_string_to_metric_families(body)
         for s in family.samples
     }
+
+
+def names(port: int) -> set[str]:
+    """Every metric family and sample name /metrics shows."""
+    body = http_get(port, "/metrics")[2]
+    out: set[str] = set()
+    for family in text_string_to_metric_families(body):
+        out.add(family.name)
+        out.update(s.name for s in family.samples)
+    return out
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -180,10 +194,26 @@ def test_metrics_count_the_workload(system: System) -> None:
     closed = scrape(ports["query"])
     assert value(closed, handled, grpc_method="WatchFeed", grpc_code="CANCELLED") == 1
 
+    # Every metric the shipped dashboard queries exists (deploy/grafana/mysocial.json).
+    shown = set().union(*(names(port) for port in ports.values()))
+    dashboard = json.loads((PROJECT_ROOT / "deploy/grafana/mysocial.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(?:mysocial|grpc_server)_[a-z0-9_]+", target["expr"])
+    }
+    assert len(queried) > 20
+    assert queried - shown == set(), "dashboard queries metrics nobody serves"
+    scrape_config = (PROJECT_ROOT / "deploy/prometheus.yml").read_text()
+    assert sorted(int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", scrape_config)) == sorted(
+        DEFAULT_PORTS.values()
+    )
+
     # The same exposition in OpenMetrics, for scrapers that ask for it.
     status, content_type, body = http_get(
         ports["command"], "/metrics", accept="application/openmetrics-text; version=1.0.0"
     )
     assert status == 200 and content_type.startswith("application/openmetrics-text")
-    names = {family.name for family in openmetrics_families(body)}
-    assert {"grpc_server_handled", "mysocial_command_produce_seconds"} <= names
+    families = {family.name for family in openmetrics_families(body)}
+    assert {"grpc_server_handled", "mysocial_command_produce_seconds"} <= families
