@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from client import loadgen, views
+from client import loadgen, top, views
 from client.commands_read import (
     RENDITIONS,
     cmd_comments,
@@ -77,6 +77,15 @@ def cmd_loadgen(args: argparse.Namespace, settings: Settings) -> int:
     else:
         loadgen.print_summary(summary)
     return 0 if summary["accepted"] else 1
+
+
+def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
+    urls = top.default_urls(args.host)
+    for service in urls:
+        given = getattr(args, f"{service}_metrics")
+        if given:
+            urls[service] = given
+    return top.run(urls, once=args.once or args.json, as_json=args.json)
 
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
@@ -183,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
     p.set_defaults(func=cmd_token)
+    p = sub.add_parser(
+        "top",
+        help="live view of the running system from its metrics",
+        description=top.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="where the services run (default ports)")
+    for service in ("command", "query", "processor"):
+        p.add_argument(f"--{service}-metrics", metavar="URL", help=f"the {service}'s /metrics URL")
+    p.add_argument("--once", action="store_true", help="print one frame (1 s of change) and exit")
+    p.add_argument("--json", action="store_true", help="one frame as JSON")
+    p.set_defaults(func=cmd_top)
     p = sub.add_parser("settings", help="list every setting with its default")
     p.set_defaults(func=cmd_settings)
     p = sub.add_parser(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -191,6 +193,19 @@ def test_metrics_count_the_workload(system: System) -> None:
         lambda: value(scrape(ports["query"]), "mysocial_query_subscribers") == 0,
         what="streams closed",
     )
+    # `mysocial top` reads the same endpoints: every process up, nothing behind.
+    urls = [f"--{svc}-metrics=http://127.0.0.1:{port}/metrics" for svc, port in ports.items()]
+    shown_top = subprocess.run(
+        [sys.executable, "-m", "client.cli", "top", "--json", *urls],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PROJECT_ROOT,
+    )
+    assert shown_top.returncode == 0, shown_top.stderr
+    view = json.loads(shown_top.stdout)
+    assert view["up"] == {"command": True, "query": True, "processor": True}
+    assert view["processor_lag"] == 0 and view["read_model_lag"] == 0
     closed = scrape(ports["query"])
     assert value(closed, handled, grpc_method="WatchFeed", grpc_code="CANCELLED") == 1
 
