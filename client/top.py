@@ -26,6 +26,7 @@ from rich.table import Table
 from mysocial.metrics import DEFAULT_PORTS
 
 Labels = frozenset[tuple[str, str]]
+SERVICES = ("command", "query", "processor")
 COMMANDS = "mysocial.v1.CommandService"
 QUERIES = "mysocial.v1.QueryService"
 
@@ -121,7 +122,7 @@ def frame(before: Scrape, after: Scrape) -> dict[str, Any]:
             if code != "OK":
                 errors[code] = errors.get(code, 0.0) + rate(then.get(code, 0.0), value, dt)
     return {
-        "up": {s: after.samples.get(s) is not None for s in DEFAULT_PORTS},
+        "up": {s: after.samples.get(s) is not None for s in SERVICES},
         "ingest_per_s": per_s("command", handled, grpc_service=COMMANDS, grpc_code="OK"),
         "processor_events_per_s": per_s("processor", "mysocial_processor_events_consumed_total"),
         "processor_lag": after.total("processor", "mysocial_processor_consumer_lag"),
@@ -208,4 +209,4 @@ def _finite(value: Any) -> Any:
 
 
 def default_urls(host: str = "127.0.0.1") -> dict[str, str]:
-    return {s: f"http://{host}:{port}/metrics" for s, port in DEFAULT_PORTS.items()}
+    return {s: f"http://{host}:{DEFAULT_PORTS[s]}/metrics" for s in SERVICES}

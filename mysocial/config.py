@@ -175,7 +175,8 @@ class Settings:
         "",
         "host:port where this process serves Prometheus metrics (`/metrics`) and HTTP "
         "liveness and readiness (`/healthz`, `/readyz`); empty: the service's default "
-        "(command 127.0.0.1:9464, query :9465, processor :9466); `off`: none.",
+        "(command 127.0.0.1:9464, query :9465, processor :9466, `processor audit --every` "
+        ":9467); `off`: none.",
     )
     command_workers: int = _setting(
         "MYSOCIAL_COMMAND_WORKERS",

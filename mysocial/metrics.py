@@ -34,7 +34,7 @@ from mysocial.log import get_logger
 
 log = get_logger("metrics")
 
-DEFAULT_PORTS = {"command": 9464, "query": 9465, "processor": 9466}
+DEFAULT_PORTS = {"command": 9464, "query": 9465, "processor": 9466, "audit": 9467}
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Latency buckets from 0.5 ms to 10 s: commands take milliseconds, a stream lives long

@@ -289,8 +289,19 @@ def main(argv: list[str] | None = None) -> int:
         help="first wait up to this many seconds for the processor to catch up",
     )
     parser.add_argument("--no-trending", action="store_true", help="only audit posts_with_counts")
+    parser.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="run until stopped, a round every SECONDS, results on /metrics "
+        "(processor/audit_every.py)",
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    if args.every:
+        from processor.audit_every import run_every
+
+        return run_every(settings, args.every, args.wait or 60.0, not args.no_trending)
     if args.wait and not settle(settings, args.wait):
         print(f"processor did not catch up within {args.wait}s", file=sys.stderr)
         return 3

@@ -30,7 +30,7 @@ from mysocial.metrics import DEFAULT_PORTS
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import query_service_pb2 as q
 from processor.audit import wait_caught_up
-from tests.support.helpers import auth, make_settings, wait_until
+from tests.support.helpers import auth, free_port, make_settings, service_process, wait_until
 from tests.support.services import System
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -57,6 +57,14 @@ def scrape(port: int) -> Samples:
         for family in text_string_to_metric_families(body)
         for s in family.samples
     }
+
+
+def scrape_or_empty(port: int) -> Samples:
+    """scrape(), or nothing while the process is not listening yet."""
+    try:
+        return scrape(port)
+    except urllib.error.URLError:
+        return {}
 
 
 def names(port: int) -> set[str]:
@@ -209,8 +217,35 @@ def test_metrics_count_the_workload(system: System) -> None:
     closed = scrape(ports["query"])
     assert value(closed, handled, grpc_method="WatchFeed", grpc_code="CANCELLED") == 1
 
+    # The audit as a long-running check exposes its last result.
+    audit_port = free_port()
+    audit_settings = system.settings.with_(metrics_addr=f"127.0.0.1:{audit_port}")
+    with service_process(
+        "processor",
+        audit_settings,
+        system.processor.log_path.parent / "audit.log",
+        "audit",
+        "--every",
+        "1",
+        "--wait",
+        "30",
+    ) as auditor:
+        wait_until(
+            lambda: (
+                value(scrape_or_empty(audit_port), "mysocial_audit_runs_total", result="ok") >= 1
+            ),
+            timeout=60,
+            what="an audit round",
+        )
+        audited = scrape(audit_port)
+        assert value(audited, "mysocial_audit_mismatches") == 0
+        assert value(audited, "mysocial_audit_runs_total", result="mismatch") == 0
+        audit_names = names(audit_port)
+        auditor.terminate()
+        assert auditor.wait(30) == 0
+
     # Every metric the shipped dashboard queries exists (deploy/grafana/mysocial.json).
-    shown = set().union(*(names(port) for port in ports.values()))
+    shown = set().union(audit_names, *(names(port) for port in ports.values()))
     dashboard = json.loads((PROJECT_ROOT / "deploy/grafana/mysocial.json").read_text())
     queried = {
         name
