@@ -349,7 +349,22 @@ def provision(settings: Settings, timeout: float = 30.0) -> list[str]:
 
 def plan_replicas(settings: Settings, timeout: float = 30.0) -> dict[str, Any]:
     """The reassignment that gives this deployment's topics their replication factor."""
-    md = kafka_connection(settings).admin().list_topics(timeout=timeout)
+    admin = kafka_connection(settings).admin()
+    names = {s.name for s in topic_specs(settings)}
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(timeout=timeout)
+        # A broker that has not caught up with topics created a moment ago shows them
+        # with an error or leaderless partitions: ask again (the plan would miss them).
+        settling = [
+            t
+            for name, t in md.topics.items()
+            if name in names
+            and (t.error is not None or any(pm.leader < 0 for pm in t.partitions.values()))
+        ]
+        if not settling or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # metadata propagation; bounded by the deadline
     factor = Durability.from_settings(settings).factor_for(len(md.brokers))
     current = {
         s.name: {p: list(pm.replicas) for p, pm in md.topics[s.name].partitions.items()}
