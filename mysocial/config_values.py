@@ -6,10 +6,13 @@ the list of settings.
 
 from __future__ import annotations
 
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "parse_value", "read_secret", "split_addr"]
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = ["PROJECT_ROOT", "ConfigError", "parse_value", "read_secret", "setting", "split_addr"]
 
 
 class ConfigError(ValueError):
@@ -41,3 +44,13 @@ def split_addr(addr: str, what: str = "address") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{what} must look like host:port, got {addr!r}")
     return host, int(port)
+
+
+def setting(
+    env: str, default: Any, doc: str, *, aliases: tuple[str, ...] = (), secret: bool = False
+) -> Any:
+    """A field read from `env` (or a renamed setting's older names in `aliases`); a
+    secret is left out of the repr, so it never reaches a log line."""
+    return field(
+        default=default, repr=not secret, metadata={"env": env, "doc": doc, "aliases": aliases}
+    )

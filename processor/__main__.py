@@ -11,7 +11,7 @@ from mysocial.startup import kafka_or_exit, metrics_or_exit, settings_or_exit
 def main() -> int:
     args = sys.argv[1:]
     if args and args[0] == "audit":
-        from processor.audit import main as audit_main
+        from processor.audit_cli import main as audit_main
 
         return audit_main(args[1:])
     if args and args[0] not in ("run",):
