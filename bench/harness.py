@@ -71,6 +71,7 @@ def fresh_settings(bootstrap: str, **overrides: Any) -> Settings:
         log_format="json",
         dev_mode=True,  # the benchmark's clients sign tokens with the development secret
         metrics_addr="off",  # several services and trials at once
+        quota_points=0,  # the load generators send as one user; T6 measures quotas
         **login,
     )
     settings = base.with_(**overrides)

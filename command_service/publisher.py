@@ -89,6 +89,7 @@ class Publisher:
         self.classes = timeout_classes(settings.produce_timeout_s)
         self._producers: dict[float, AsyncProducer] = {}
         self._latency: dict[tuple[str, str], Any] = {}  # bound histogram children
+        self.in_flight = 0  # publish() calls waiting for Kafka (admission control)
         self.default = self._producer(self.classes[-1])  # also what the health probe asks
 
     def _producer(self, message_timeout_s: float) -> AsyncProducer:
@@ -125,6 +126,7 @@ class Publisher:
         producer = self._producer(class_for(self.classes, timeout))
         PRODUCER_QUEUE.set(sum(len(p) for p in self._producers.values()))
         began = time.perf_counter()
+        self.in_flight += 1
         try:
             delivered = await producer.send(
                 self._settings.topic(prepared.topic),
@@ -152,6 +154,8 @@ class Publisher:
                 reason="EVENT_STORE_UNAVAILABLE",
                 retry_after_s=RETRY_AFTER_S,
             ) from None
+        finally:
+            self.in_flight -= 1
         self._observe(prepared.topic, "ok", began)
         log.debug(
             "event_published",

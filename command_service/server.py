@@ -29,6 +29,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from command_service.directory import Directory
 from command_service.publisher import Publisher
+from command_service.quota import BucketTable, Quotas, SharedTable, private_table
 from command_service.servicer import CommandServicer
 from media.library import MediaLibrary
 from mysocial import log as logconf
@@ -98,8 +99,12 @@ class CommandServer:
             await self.running.set_serving([SERVICE_NAME], serving)
 
     @classmethod
-    async def start(cls, settings: Settings, addr: str | None = None) -> CommandServer:
-        """Start serving on addr (default: settings.command_addr; port 0 = any free port)."""
+    async def start(
+        cls, settings: Settings, addr: str | None = None, quota_table: BucketTable | None = None
+    ) -> CommandServer:
+        """Start serving on addr (default: settings.command_addr; port 0 = any free port).
+        quota_table: the workers' shared buckets (command_service.quota); default: a
+        table of this process alone."""
         if settings.uses_dev_jwt_secret:
             if not settings.dev_mode:
                 raise ConfigError(DEV_SECRET_REFUSED)
@@ -108,7 +113,8 @@ class CommandServer:
         directory = Directory(settings, asyncio.get_running_loop())
         await directory.start()
         media = await asyncio.to_thread(MediaLibrary.from_settings, settings)
-        servicer = CommandServicer(settings, publisher, directory, media)
+        quotas = Quotas(settings, quota_table or private_table())
+        servicer = CommandServicer(settings, publisher, directory, media, quotas)
         running = await start_server(
             addr or settings.command_addr,
             lambda s: command_service_pb2_grpc.add_CommandServiceServicer_to_server(servicer, s),
@@ -146,10 +152,10 @@ class CommandServer:
         log.info("command_service_stopped", undelivered=undelivered)
 
 
-async def _worker_main(settings: Settings, addr: str) -> int:
+async def _worker_main(settings: Settings, addr: str, table: BucketTable | None) -> int:
     signalled = signal_received()  # a stop while the directory loads ends the start-up
     try:
-        server = await start_unless_signalled(CommandServer.start(settings, addr), signalled)
+        server = await start_unless_signalled(CommandServer.start(settings, addr, table), signalled)
     except ReaderFailed:
         return 1  # the reader logged why
     if server is None:
@@ -158,10 +164,14 @@ async def _worker_main(settings: Settings, addr: str) -> int:
     return await server.serve(signalled)
 
 
-def _worker(settings: Settings, addr: str) -> int:
-    """One worker until it is stopped; its exit code."""
+def _worker(settings: Settings, addr: str, shared: SharedTable | None = None) -> int:
+    """One worker until it is stopped; its exit code. shared: the parent's quota table."""
     logconf.configure(settings.log_level, settings.log_format, "command_service")
-    code = asyncio.run(_worker_main(settings, addr))
+    table, memory = shared.attach() if shared is not None else (None, None)
+    code = asyncio.run(_worker_main(settings, addr, table))
+    if memory is not None:
+        del table  # the buffer's last user before the memory is closed
+        memory.close()
     # Drained and flushed: a late signal (Ctrl-C reaches the whole process group, the
     # parent then sends SIGTERM too) must not turn a clean exit into a kill.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -169,9 +179,9 @@ def _worker(settings: Settings, addr: str) -> int:
     return code
 
 
-def _worker_process(settings: Settings, addr: str) -> None:
+def _worker_process(settings: Settings, addr: str, shared: SharedTable) -> None:
     """A worker as a child process: its exit code is the process's."""
-    sys.exit(_worker(settings, addr))
+    sys.exit(_worker(settings, addr, shared))
 
 
 def _reserve_port(addr: str) -> tuple[str, socket.socket | None]:
@@ -212,9 +222,10 @@ def run(settings: Settings) -> int:
 def _run_workers(settings: Settings, workers: int) -> int:
     """The parent of several worker processes: restarts one that died."""
     addr, reserved = _reserve_port(settings.command_addr)
+    shared, memory = SharedTable.create()  # the quotas every worker shares
     ctx = multiprocessing.get_context("spawn")  # gRPC must not be forked after init
     procs = [
-        ctx.Process(target=_worker_process, args=(settings, addr), daemon=False)
+        ctx.Process(target=_worker_process, args=(settings, addr, shared), daemon=False)
         for _ in range(workers)
     ]
     stopping = False
@@ -243,7 +254,9 @@ def _run_workers(settings: Settings, workers: int) -> int:
                 if p.pid is not None:  # its live gauges (in flight, serving) end with it
                     mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
                 time.sleep(0.5)
-                procs[i] = ctx.Process(target=_worker_process, args=(settings, addr), daemon=False)
+                procs[i] = ctx.Process(
+                    target=_worker_process, args=(settings, addr, shared), daemon=False
+                )
                 procs[i].start()
         time.sleep(0.2)
     for p in procs:
@@ -253,6 +266,8 @@ def _run_workers(settings: Settings, workers: int) -> int:
             exit_code = 1
         elif p.exitcode not in (0, None):
             exit_code = p.exitcode
+    memory.close()
+    memory.unlink()
     return exit_code
 
 

@@ -14,10 +14,11 @@ from command_service import commands
 from command_service.commands import Limits, PreparedEvent
 from command_service.directory import Directory, Entry
 from command_service.publisher import Publisher, consistency_token
+from command_service.quota import Quotas
 from media.library import MediaLibrary, media_proto
 from mysocial.auth import actor_from_metadata
 from mysocial.config import Settings
-from mysocial.errors import NotFound, PermissionDenied
+from mysocial.errors import NotFound, PermissionDenied, ResourceExhausted
 from mysocial.rpc import Ctx, correlation_id_of, time_left, unary
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
@@ -25,6 +26,9 @@ from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+OVERLOAD_RETRY_S = 0.5  # a worker at capacity drains in-flight commands within ~that
 
 
 class CommandServicer(cmd_grpc.CommandServiceServicer):
@@ -38,9 +42,11 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
         publisher: Publisher,
         directory: Directory,
         media: MediaLibrary,
+        quotas: Quotas,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._settings = settings
+        self._quotas = quotas
         self._publisher = publisher
         self._directory = directory
         self._media = media
@@ -51,6 +57,21 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     def _actor(self, context: Ctx) -> str:
         actor = actor_from_metadata(context.invocation_metadata(), self._secret)
         structlog.contextvars.bind_contextvars(user_id=actor)
+        return actor
+
+    def _admit(self, context: Ctx, method: str) -> str:
+        """The acting user, once the worker has room and the user has quota: refused at
+        once otherwise (before any lookup or write), with RetryInfo."""
+        actor = self._actor(context)
+        limit = self._settings.command_max_in_flight
+        if limit and self._publisher.in_flight >= limit:
+            raise ResourceExhausted(
+                f"the command service is at capacity ({limit} commands in flight in this "
+                "worker); retry after the delay in RetryInfo",
+                reason="OVERLOADED",
+                retry_after_s=OVERLOAD_RETRY_S,
+            )
+        self._quotas.charge(actor, method)
         return actor
 
     async def _publish(self, prepared: PreparedEvent, context: Ctx) -> str:
@@ -75,7 +96,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     async def CreatePost(
         self, request: cmd.CreatePostRequest, context: Ctx
     ) -> cmd.CreatePostResponse:
-        actor = self._actor(context)
+        actor = self._admit(context, "CreatePost")
         commands.validate_create_post(request, self._limits)  # bad input first, then lookups
         media = await self._media.media_for_post(actor, request.media_ids)
         prepared = commands.create_post(actor, request, self._clock(), self._limits, media=media)
@@ -86,7 +107,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     async def DeletePost(
         self, request: cmd.DeletePostRequest, context: Ctx
     ) -> cmd.DeletePostResponse:
-        actor = self._actor(context)
+        actor = self._admit(context, "DeletePost")
         prepared = commands.delete_post(actor, request, self._clock())
         post = await self._live_post(prepared.post_id, context)
         if post.author != actor:
@@ -96,7 +117,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
 
     @unary
     async def LikePost(self, request: cmd.LikePostRequest, context: Ctx) -> cmd.LikePostResponse:
-        actor = self._actor(context)
+        actor = self._admit(context, "LikePost")
         prepared = commands.like_post(actor, request, self._clock())
         await self._live_post(prepared.post_id, context)
         token = await self._publish(prepared, context)
@@ -106,7 +127,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     async def UnlikePost(
         self, request: cmd.UnlikePostRequest, context: Ctx
     ) -> cmd.UnlikePostResponse:
-        actor = self._actor(context)
+        actor = self._admit(context, "UnlikePost")
         prepared = commands.unlike_post(actor, request, self._clock())
         await self._live_post(prepared.post_id, context)
         token = await self._publish(prepared, context)
@@ -116,7 +137,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     async def AddComment(
         self, request: cmd.AddCommentRequest, context: Ctx
     ) -> cmd.AddCommentResponse:
-        actor = self._actor(context)
+        actor = self._admit(context, "AddComment")
         prepared = commands.add_comment(actor, request, self._clock(), self._limits)
         await self._live_post(prepared.post_id, context)
         token = await self._publish(prepared, context)
@@ -128,7 +149,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     async def DeleteComment(
         self, request: cmd.DeleteCommentRequest, context: Ctx
     ) -> cmd.DeleteCommentResponse:
-        actor = self._actor(context)
+        actor = self._admit(context, "DeleteComment")
         prepared = commands.delete_comment(actor, request, self._clock())
         post = await self._live_post(prepared.post_id, context)
         comment = await self._directory.comment(
@@ -153,5 +174,6 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
         self, request_iterator: AsyncIterator[cmd.UploadImageRequest], context: Ctx
     ) -> cmd.UploadImageResponse:
         actor = self._actor(context)  # before reading a byte: anonymous uploads cost nothing
+        self._quotas.charge_upload(actor)
         record = await self._media.upload(request_iterator, actor)
         return cmd.UploadImageResponse(media_id=record.media_id, media=media_proto(record))

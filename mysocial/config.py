@@ -82,6 +82,29 @@ class Settings(KafkaSettings):
         0,
         "Command service processes sharing the port (SO_REUSEPORT); 0 = number of cores.",
     )
+    command_max_in_flight: int = _setting(
+        "MYSOCIAL_COMMAND_MAX_IN_FLIGHT",
+        1000,
+        "Commands one worker handles at once; past it a new one is refused at once "
+        "(RESOURCE_EXHAUSTED, reason OVERLOADED, with RetryInfo) instead of queueing "
+        "until its deadline, so accepted commands keep a bounded latency. 0: no bound.",
+    )
+    quota_points: int = _setting(
+        "MYSOCIAL_QUOTA_POINTS",
+        300,
+        "Per-user write budget, in points (CreatePost 3, AddComment 2, other commands 1); "
+        "past it RESOURCE_EXHAUSTED with RetryInfo and QuotaFailure. 0: no quota. "
+        "Shared by the workers (command_service/quota.py says why these defaults).",
+    )
+    quota_refill_per_s: float = _setting(
+        "MYSOCIAL_QUOTA_REFILL_PER_S", 1.0, "Points a user's write budget gets back per second."
+    )
+    upload_quota: int = _setting(
+        "MYSOCIAL_UPLOAD_QUOTA", 30, "Uploads a user may make in a burst (0: no quota)."
+    )
+    upload_refill_s: float = _setting(
+        "MYSOCIAL_UPLOAD_REFILL_S", 60.0, "Seconds until a user gets one more upload back."
+    )
     command_state_dir: str = _setting(
         "MYSOCIAL_COMMAND_STATE_DIR",
         "",

@@ -60,3 +60,15 @@ class FailedPrecondition(ServiceError):
 
 class Unimplemented(ServiceError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A quota ran out: RetryInfo says when enough of it is back, a google.rpc.QuotaFailure
+    names which one (subject) and its terms (description)."""
+
+    def __init__(
+        self, message: str, *, subject: str, description: str, reason: str, retry_after_s: float
+    ) -> None:
+        super().__init__(message, reason=reason, retry_after_s=retry_after_s)
+        self.subject = subject
+        self.description = description

@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from mysocial.errors import ServiceError
+from mysocial.errors import QuotaExceeded, ServiceError
 from mysocial.log import CORRELATION_HEADER, clean_correlation_id, get_logger
 from mysocial.metrics import SERVING, Rpc
 
@@ -71,6 +71,17 @@ def _status_for(exc: ServiceError) -> status_pb2.Status:
         info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN)
         packed = any_pb2.Any()
         packed.Pack(info)
+        details.append(packed)
+    if isinstance(exc, QuotaExceeded):
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=exc.subject, description=exc.description
+                )
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(quota)
         details.append(packed)
     if exc.retry_after_s > 0:
         retry = error_details_pb2.RetryInfo()

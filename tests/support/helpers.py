@@ -52,6 +52,7 @@ def make_settings(bootstrap: str, **overrides: object) -> Settings:
         log_level="warning",
         dev_mode=True,
         metrics_addr="off",  # tests run many services at once; metrics tests set a port
+        quota_points=0,  # workloads send as fast as they can; quota tests set them
         **login,
     )
     return base.with_(**overrides)

@@ -1,0 +1,174 @@
+"""Overload turned into clear refusals: per-user quotas that hold across worker
+processes, and admission control that refuses at once past the in-flight bound.
+Every refusal carries RetryInfo, and nothing refused reaches Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from command_service.commands import event_id_for
+from mysocial.auth import mint_token
+from mysocial.config import DEV_JWT_SECRET, Settings
+from mysocial.kafka import topics
+from mysocial.kafka.topics import provision
+from mysocial.status import error_details
+from mysocial.v1 import command_service_pb2 as cmd
+from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
+from tests.support.helpers import auth, events, free_port, make_settings
+from tests.support.services import Service
+
+RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _command_service(settings: Settings, log: Path) -> Service:
+    addr = f"127.0.0.1:{free_port()}"
+    return Service(
+        "command_service",
+        settings.with_(command_addr=addr),
+        addr,
+        log,
+        "mysocial.v1.CommandService",
+    )
+
+
+class Outcomes:
+    """What one kind of client was answered: codes, and the refusals' details."""
+
+    def __init__(self) -> None:
+        self.codes: Counter[str] = Counter()
+        self.refusals: list[tuple[float | None, str, list[str]]] = []
+        self.acked_event_ids: list[str] = []
+
+
+async def _like(stub: Any, post_id: str, user: str, rid: str, out: Outcomes) -> None:
+    md = (("authorization", f"Bearer {mint_token(user, DEV_JWT_SECRET, 600)}"),)
+    try:
+        await stub.LikePost(
+            cmd.LikePostRequest(post_id=post_id, request_id=rid), metadata=md, timeout=10
+        )
+        out.codes["OK"] += 1
+        out.acked_event_ids.append(event_id_for("like", user, rid, post_id))
+    except grpc.aio.AioRpcError as exc:
+        out.codes[exc.code().name] += 1
+        details = error_details(exc)
+        out.refusals.append((details.retry_after_s, details.reason, details.quota_subjects))
+
+
+async def _abuse_and_live(
+    addr: str, post_ids: list[str], abuser: Outcomes, users: Outcomes
+) -> float:
+    """One user at ~500 commands/s over 4 connections for 3 s, among 50 ordinary users
+    liking a few posts each; returns the seconds the abuse lasted."""
+    channels = [grpc.aio.insecure_channel(addr) for _ in range(4)]
+    stubs = [cmd_grpc.CommandServiceStub(c) for c in channels]
+    try:
+        began = time.monotonic()
+        tasks = []
+        for i in range(1500):
+            # Likes of many posts, each a new request: every accepted one is an event.
+            tasks.append(
+                asyncio.ensure_future(
+                    _like(stubs[i % 4], post_ids[i % len(post_ids)], "abuser", f"abuse-{i}", abuser)
+                )
+            )
+            if i % 50 == 0:
+                for u in range(50):
+                    tasks.append(
+                        asyncio.ensure_future(
+                            _like(
+                                stubs[u % 4],
+                                post_ids[(i // 50) % len(post_ids)],
+                                f"fan{u}",
+                                f"fan{u}-{i}",
+                                users,
+                            )
+                        )
+                    )
+            await asyncio.sleep(max(0.0, began + (i + 1) / 500 - time.monotonic()))
+        lasted = time.monotonic() - began
+        await asyncio.gather(*tasks)
+        return lasted
+    finally:
+        for c in channels:
+            await c.close()
+
+
+def test_an_abusive_user_is_refused_across_workers_and_nothing_refused_is_written(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    defaults = Settings()  # the shipped quota: 300 points, 1 back per second
+    settings = make_settings(
+        kafka_bootstrap,
+        processor_state_dir=str(tmp_path / "state"),
+        command_workers=2,
+        quota_points=defaults.quota_points,
+        quota_refill_per_s=defaults.quota_refill_per_s,
+    )
+    provision(settings)
+    service = _command_service(settings, tmp_path / "command.log")
+    try:
+        service.start()
+        stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(service.addr))
+        post_ids = [
+            stub.CreatePost(cmd.CreatePostRequest(caption=f"p{i}"), metadata=auth(f"o{i}")).post_id
+            for i in range(30)
+        ]
+        abuser, users = Outcomes(), Outcomes()
+        lasted = asyncio.run(_abuse_and_live(service.addr, post_ids, abuser, users))
+        # Ordinary users are not touched by it.
+        assert users.codes == Counter({"OK": 30 * 50}), users.codes
+        # The abuser: the budget once (shared by both workers, not one each), plus the
+        # refill while it lasted; the rest refused with RetryInfo and QuotaFailure.
+        ceiling = defaults.quota_points + defaults.quota_refill_per_s * (lasted + 5)
+        assert defaults.quota_points <= abuser.codes["OK"] <= ceiling, (abuser.codes, lasted)
+        assert abuser.codes["RESOURCE_EXHAUSTED"] == 1500 - abuser.codes["OK"]
+        for retry_after, reason, subjects in abuser.refusals:
+            assert reason == "QUOTA_EXCEEDED" and subjects == ["user:abuser/writes"]
+            assert retry_after is not None and 0 < retry_after <= 1.0 / defaults.quota_refill_per_s
+        # No over-quota event in Kafka: exactly the accepted ones.
+        written = Counter(
+            e.actor_user_id
+            for _, e in events(settings, topics.LIKES)
+            if e.actor_user_id == "abuser"
+        )
+        assert written["abuser"] == abuser.codes["OK"]
+    finally:
+        service.stop()
+
+
+def test_past_the_in_flight_bound_commands_are_refused_at_once(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        kafka_bootstrap, processor_state_dir=str(tmp_path / "state"), command_max_in_flight=5
+    )
+    provision(settings)
+    service = _command_service(settings, tmp_path / "command.log")
+    try:
+        service.start()
+        stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(service.addr))
+        post_id = stub.CreatePost(cmd.CreatePostRequest(caption="busy"), metadata=auth("o")).post_id
+        out = Outcomes()
+
+        async def burst() -> None:
+            async with grpc.aio.insecure_channel(service.addr) as channel:
+                aio_stub = cmd_grpc.CommandServiceStub(channel)
+                await asyncio.gather(
+                    *(_like(aio_stub, post_id, f"crowd{i}", f"crowd-{i}", out) for i in range(300))
+                )
+
+        asyncio.run(burst())
+        assert out.codes["OK"] >= 5 and out.codes["RESOURCE_EXHAUSTED"] > 0, out.codes
+        assert out.codes["OK"] + out.codes["RESOURCE_EXHAUSTED"] == 300
+        for retry_after, reason, _ in out.refusals:
+            assert reason == "OVERLOADED" and retry_after == 0.5
+        written = [e.event_id for _, e in events(settings, topics.LIKES)]
+        assert sorted(written) == sorted(out.acked_event_ids)  # refused: never written
+    finally:
+        service.stop()
