@@ -208,6 +208,23 @@ class Settings(KafkaSettings):
     query_replica_id: str = _setting(
         "MYSOCIAL_QUERY_REPLICA_ID", "0", "Names a query replica's state folder: one per replica."
     )
+    query_max_streams: int = _setting(
+        "MYSOCIAL_QUERY_MAX_STREAMS",
+        20_000,
+        "Watch streams one query service process serves at once; past it new ones are "
+        "refused at once (RESOURCE_EXHAUSTED, reason STREAM_LIMIT, with RetryInfo). 0: none.",
+    )
+    query_max_streams_per_user: int = _setting(
+        "MYSOCIAL_QUERY_MAX_STREAMS_PER_USER",
+        100,
+        "Watch streams open at once per user (calls with a valid bearer token). 0: no cap.",
+    )
+    query_max_streams_per_address: int = _setting(
+        "MYSOCIAL_QUERY_MAX_STREAMS_PER_ADDRESS",
+        2_000,
+        "Watch streams open at once per client address without a token (larger: one "
+        "address may be a NAT or proxy in front of many people). 0: no cap.",
+    )
     query_cache_posts: int = _setting(
         "MYSOCIAL_QUERY_CACHE_POSTS", 50_000, "Posts a query replica keeps in memory (~1 KiB each)."
     )

@@ -237,13 +237,23 @@ def time_left(context: Ctx, default: float, margin: float = 0.05) -> float:
     return max(0.0, min(default, remaining - max(margin, remaining * 0.05)))
 
 
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # both ways; images travel in smaller chunks
+# Clients may ping an idle connection or stream every 5 s or more (mobile apps ping
+# every 10-30 s to keep NATs open); grpc's default (5 minutes) would answer their
+# pings with GOAWAY "too_many_pings" and cut their streams. The bound sits below 5 s:
+# a client's 5 s timer fires a little early now and then, and two strikes end it.
+CLIENT_PING_MIN_MS = 4_000
+
 SERVER_OPTIONS = [
     ("grpc.so_reuseport", 1),
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", CLIENT_PING_MIN_MS),  # received pings
+    ("grpc.http2.max_ping_strikes", 2),
     ("grpc.max_concurrent_streams", 10_000),
 ]
 

@@ -26,6 +26,7 @@ from mysocial.tls import server_credentials
 from mysocial.v1 import query_service_pb2
 from query_service.service import ReadSide
 from query_service.servicer import QueryServicer, register
+from query_service.stream_limits import StreamLimits
 
 log = logconf.get_logger("query.server")
 
@@ -47,7 +48,13 @@ class QueryServer:
         """Start serving (NOT_SERVING until the read models are loaded)."""
         read_side = ReadSide(settings)
         media = await asyncio.to_thread(MediaLibrary.from_settings, settings)
-        servicer = QueryServicer(read_side, media)
+        limits = StreamLimits(
+            settings.query_max_streams,
+            settings.query_max_streams_per_user,
+            settings.query_max_streams_per_address,
+            settings.effective_jwt_secret,
+        )
+        servicer = QueryServicer(read_side, media, limits)
         running = await start_server(
             addr or settings.query_addr,
             lambda s: register(servicer, s),

@@ -13,6 +13,7 @@ from mysocial.rpc import Ctx, stream, unary
 from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
 from query_service.service import ReadSide
+from query_service.stream_limits import StreamLimits
 
 # How long a read may wait for a consistency token when the call has no deadline.
 DEFAULT_CONSISTENCY_WAIT_S = 10.0
@@ -29,9 +30,10 @@ class QueryServicer(q_grpc.QueryServiceServicer):
     # The grpc_service label of its metrics.
     SERVICE_NAME = q.DESCRIPTOR.services_by_name["QueryService"].full_name
 
-    def __init__(self, read_side: ReadSide, media: MediaLibrary) -> None:
+    def __init__(self, read_side: ReadSide, media: MediaLibrary, limits: StreamLimits) -> None:
         self.read = read_side
         self.media = media
+        self.limits = limits
 
     async def _prepare(self, token: str, context: Ctx) -> None:
         self.read.require_ready()
@@ -72,6 +74,7 @@ class QueryServicer(q_grpc.QueryServiceServicer):
     async def WatchPosts(  # type: ignore[override]  # writer API, see rpc.stream
         self, request: q.WatchPostsRequest, context: Ctx
     ) -> AsyncIterator[q.WatchPostsResponse]:
+        self.limits.admit(context)
         await self._prepare(request.consistency_token, context)
         return self.read.watch_posts(list(request.post_ids))
 
@@ -81,6 +84,7 @@ class QueryServicer(q_grpc.QueryServiceServicer):
     ) -> AsyncIterator[bytes]:
         """Serialized WatchFeedResponse messages (shared by all readers of a version;
         see register())."""
+        self.limits.admit(context)
         await self._prepare(request.consistency_token, context)
         return self.read.watch_feed(request.author_id, request.snapshot_size)
 
@@ -88,6 +92,7 @@ class QueryServicer(q_grpc.QueryServiceServicer):
     async def WatchTrending(  # type: ignore[override]  # writer API, see rpc.stream
         self, request: q.WatchTrendingRequest, context: Ctx
     ) -> AsyncIterator[q.WatchTrendingResponse]:
+        self.limits.admit(context)
         self.read.require_ready()
         return self.read.watch_trending(request.limit)
 

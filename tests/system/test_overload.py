@@ -20,7 +20,9 @@ from mysocial.kafka.topics import provision
 from mysocial.status import error_details
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
-from tests.support.helpers import auth, events, free_port, make_settings
+from mysocial.v1 import query_service_pb2 as q
+from mysocial.v1 import query_service_pb2_grpc as q_grpc
+from tests.support.helpers import auth, events, free_port, make_settings, wait_until
 from tests.support.services import Service
 
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -170,5 +172,91 @@ def test_past_the_in_flight_bound_commands_are_refused_at_once(
             assert reason == "OVERLOADED" and retry_after == 0.5
         written = [e.event_id for _, e in events(settings, topics.LIKES)]
         assert sorted(written) == sorted(out.acked_event_ids)  # refused: never written
+    finally:
+        service.stop()
+
+
+def _query_service(settings: Settings, log: Path) -> Service:
+    addr = f"127.0.0.1:{free_port()}"
+    return Service(
+        "query_service", settings.with_(query_addr=addr), addr, log, "mysocial.v1.QueryService"
+    )
+
+
+def test_watch_streams_are_capped_per_user_and_per_address(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        kafka_bootstrap,
+        processor_state_dir=str(tmp_path / "state"),
+        query_max_streams_per_user=2,
+        query_max_streams_per_address=3,
+    )
+    provision(settings)
+    service = _query_service(settings, tmp_path / "query.log")
+    try:
+        service.start()
+        channel = grpc.insecure_channel(service.addr)
+        stub = q_grpc.QueryServiceStub(channel)
+        opened = []
+        for _ in range(2):
+            call = stub.WatchTrending(q.WatchTrendingRequest(), metadata=auth("ann"))
+            opened.append(call)
+        wait_until(lambda: _refused(stub, "ann") == "STREAM_LIMIT", what="ann's third stream")
+        for _ in range(3):  # no token: counted by address, a larger cap
+            opened.append(stub.WatchTrending(q.WatchTrendingRequest()))
+        wait_until(lambda: _refused(stub, None) == "STREAM_LIMIT", what="a fourth anonymous one")
+        assert _refused(stub, "bob") == ""  # another user is not affected
+        opened[0].cancel()  # ann closes one: she may open another
+        wait_until(lambda: _refused(stub, "ann") == "", what="ann's stream count to drop")
+        for call in opened:
+            call.cancel()
+        channel.close()
+    finally:
+        service.stop()
+
+
+def _refused(stub: q_grpc.QueryServiceStub, user: str | None) -> str:
+    """The ErrorInfo reason a new stream is refused with at once; "" if it was accepted
+    (it then stays open, silent while no ranking exists, until its 2 s deadline)."""
+    call = stub.WatchTrending(
+        q.WatchTrendingRequest(), metadata=auth(user) if user else None, timeout=2
+    )
+    try:
+        for _ in call:
+            pass
+    except grpc.RpcError as exc:
+        if exc.code() == RESOURCE_EXHAUSTED:
+            details = error_details(exc)
+            assert details.retry_after_s == 5.0
+            return details.reason
+        assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED, exc
+    return ""
+
+
+def test_clients_may_ping_an_idle_stream_every_five_seconds(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = make_settings(kafka_bootstrap, processor_state_dir=str(tmp_path / "state"))
+    provision(settings)
+    service = _query_service(settings, tmp_path / "query.log")
+    try:
+        service.start()
+        options = [
+            ("grpc.keepalive_time_ms", 5_000),
+            ("grpc.keepalive_timeout_ms", 2_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+        with grpc.insecure_channel(service.addr, options=options) as channel:
+            stub = q_grpc.QueryServiceStub(channel)
+            call = stub.WatchTrending(q.WatchTrendingRequest(), timeout=21)
+            # No ranking exists: the stream stays idle while the client pings it about
+            # four times; grpc's default policy would end it with GOAWAY too_many_pings.
+            try:
+                for _ in call:
+                    pass
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED, exc
     finally:
         service.stop()
