@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from client.session import TRANSFER_TIMEOUT_S, UNARY_TIMEOUT_S, Client, CliError
+from client.session import TRANSFER_TIMEOUT_S, Client, CliError, retrying
 from mysocial.v1 import command_service_pb2 as cmd
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
@@ -50,12 +50,12 @@ def cmd_post(args: argparse.Namespace, client: Client) -> int:
                 )
                 media_ids.append(uploaded.media_id)
                 print(f"uploaded {path}: {uploaded.media_id}", file=sys.stderr)
-            resp = stub.CreatePost(
+            resp = retrying(
+                stub.CreatePost,
                 cmd.CreatePostRequest(
                     caption=args.caption, media_ids=media_ids, request_id=args.request_id or ""
                 ),
-                timeout=UNARY_TIMEOUT_S,
-                metadata=client.metadata,
+                client.metadata,
             )
     client.emit(resp, f"post created: {resp.post_id}")
     return 0
@@ -63,10 +63,10 @@ def cmd_post(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_like(args: argparse.Namespace, client: Client) -> int:
     with client.commands() as stub:
-        resp = stub.LikePost(
+        resp = retrying(
+            stub.LikePost,
             cmd.LikePostRequest(post_id=args.post_id),
-            timeout=UNARY_TIMEOUT_S,
-            metadata=client.metadata,
+            client.metadata,
         )
     client.emit(resp, f"liked {resp.post_id}")
     return 0
@@ -74,10 +74,10 @@ def cmd_like(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_unlike(args: argparse.Namespace, client: Client) -> int:
     with client.commands() as stub:
-        resp = stub.UnlikePost(
+        resp = retrying(
+            stub.UnlikePost,
             cmd.UnlikePostRequest(post_id=args.post_id),
-            timeout=UNARY_TIMEOUT_S,
-            metadata=client.metadata,
+            client.metadata,
         )
     client.emit(resp, f"unliked {resp.post_id}")
     return 0
@@ -85,10 +85,10 @@ def cmd_unlike(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_comment(args: argparse.Namespace, client: Client) -> int:
     with client.commands() as stub:
-        resp = stub.AddComment(
+        resp = retrying(
+            stub.AddComment,
             cmd.AddCommentRequest(post_id=args.post_id, text=args.text),
-            timeout=UNARY_TIMEOUT_S,
-            metadata=client.metadata,
+            client.metadata,
         )
     client.emit(resp, f"comment added: {resp.comment_id} (post {resp.post_id})")
     return 0
@@ -96,10 +96,10 @@ def cmd_comment(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_uncomment(args: argparse.Namespace, client: Client) -> int:
     with client.commands() as stub:
-        resp = stub.DeleteComment(
+        resp = retrying(
+            stub.DeleteComment,
             cmd.DeleteCommentRequest(post_id=args.post_id, comment_id=args.comment_id),
-            timeout=UNARY_TIMEOUT_S,
-            metadata=client.metadata,
+            client.metadata,
         )
     client.emit(resp, f"comment deleted: {resp.comment_id} (post {resp.post_id})")
     return 0
@@ -107,10 +107,10 @@ def cmd_uncomment(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_delete(args: argparse.Namespace, client: Client) -> int:
     with client.commands() as stub:
-        resp = stub.DeletePost(
+        resp = retrying(
+            stub.DeletePost,
             cmd.DeletePostRequest(post_id=args.post_id),
-            timeout=UNARY_TIMEOUT_S,
-            metadata=client.metadata,
+            client.metadata,
         )
     client.emit(resp, f"post deleted: {resp.post_id}")
     return 0

@@ -7,6 +7,11 @@ latency). The mix: many users, posts created continuously, likes and comments ov
 posts with a Zipf-like popularity (a few hot posts get most of the traffic), unlikes
 and deletes at a small rate. The parent prints progress every second and a summary:
 accepted/s, errors by status code, latency percentiles.
+
+It honours RetryInfo as a well-behaved client would: a user refused for its quota
+sends nothing more until the delay has passed, and a refusal for the whole service
+(overload, Kafka away) pauses that worker for the delay; what was due meanwhile is
+counted as held back, not sent.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import grpc
 
 from mysocial.auth import mint_token
+from mysocial.status import error_details
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 
@@ -59,6 +65,7 @@ class Stats:
     errors: Counter[str] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     skipped: int = 0  # not sent: too many in flight (the server fell behind)
+    held_back: int = 0  # not sent: a RetryInfo said to wait
 
     def merge(self, other: Stats) -> None:
         self.sent += other.sent
@@ -66,6 +73,7 @@ class Stats:
         self.errors.update(other.errors)
         self.latencies_ms += other.latencies_ms
         self.skipped += other.skipped
+        self.held_back += other.held_back
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -84,6 +92,8 @@ class _Worker:
         self.comments: list[tuple[str, str, str]] = []  # (post id, comment id, author)
         self.stats = Stats()
         self.in_flight = 0
+        self.quiet_until = 0.0  # a refusal of the service's own: nobody sends until then
+        self.user_quiet: dict[str, float] = {}  # a user refused for its quota: until then
 
     def _md(self, user: str) -> tuple[tuple[str, str], ...]:
         md = self.tokens.get(user)
@@ -120,6 +130,9 @@ class _Worker:
                     await asyncio.sleep(min(due - now, 0.01))
                     continue
                 n += 1
+                if now < self.quiet_until:
+                    self.stats.held_back += 1
+                    continue
                 if self.in_flight >= self.spec.max_in_flight:
                     self.stats.skipped += 1
                     continue
@@ -148,10 +161,13 @@ class _Worker:
         return "like"
 
     async def _one(self, stub: cmd_grpc.CommandServiceAsyncStub, scheduled: float) -> None:
-        self.in_flight += 1
-        self.stats.sent += 1
         kind = self._pick()
         user = f"u{self.rng.randrange(self.spec.users)}"
+        if self.user_quiet.get(user, 0.0) > time.perf_counter():
+            self.stats.held_back += 1
+            return
+        self.in_flight += 1
+        self.stats.sent += 1
         try:
             if kind == "create":
                 resp = await stub.CreatePost(
@@ -200,6 +216,13 @@ class _Worker:
             self.stats.ok += 1
         except grpc.aio.AioRpcError as exc:
             self.stats.errors[exc.code().name] += 1
+            details = error_details(exc)
+            if details.retry_after_s:
+                until = time.perf_counter() + details.retry_after_s
+                if details.reason == "QUOTA_EXCEEDED":
+                    self.user_quiet[user] = until
+                else:
+                    self.quiet_until = max(self.quiet_until, until)
         finally:
             self.in_flight -= 1
             self.stats.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
@@ -250,6 +273,7 @@ def run(spec: LoadSpec, progress: bool = True) -> dict[str, Any]:
         "accepted_per_s": total.ok / spec.duration,
         "errors": dict(total.errors),
         "skipped_in_flight_cap": total.skipped,
+        "held_back_retry_info": total.held_back,
         "latency_ms": {
             "p50": percentile(lat, 50),
             "p90": percentile(lat, 90),
@@ -267,7 +291,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"\naccepted {summary['accepted']} of {summary['sent']} sent "
         f"({summary['accepted_per_s']:.0f}/s at target {summary['target_rate']:.0f}/s)\n"
         f"errors: {summary['errors'] or 'none'}; skipped (in-flight cap): "
-        f"{summary['skipped_in_flight_cap']}\n"
+        f"{summary['skipped_in_flight_cap']}; held back (RetryInfo): "
+        f"{summary['held_back_retry_info']}\n"
         f"latency ms: p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p99 {lat['p99']:.1f}  "
         f"p99.9 {lat['p99.9']:.1f}  max {lat['max']:.1f}"
     )

@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator, Mapping
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import jwt
@@ -23,6 +26,7 @@ from rich.console import Console
 from client import views
 from mysocial.auth import mint_token
 from mysocial.config import Settings, split_addr
+from mysocial.status import error_details
 from mysocial.tls import channel, channel_credentials
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import query_service_pb2_grpc as qry_grpc
@@ -33,6 +37,43 @@ TOKEN_ENV = "MYSOCIAL_TOKEN"
 UNARY_TIMEOUT_S = 10.0
 # Uploads and downloads move bytes over possibly slow links: more than a unary call.
 TRANSFER_TIMEOUT_S = 300.0
+
+
+RETRY_ATTEMPTS = 3  # after the first call
+RETRY_WAIT_MAX_S = 30.0  # a longer RetryInfo is reported, not waited for
+RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+
+
+def retrying(
+    method: Callable[..., Any],
+    request: Any,
+    metadata: tuple[tuple[str, str], ...],
+    timeout: float = UNARY_TIMEOUT_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any:
+    """Call a command; when refused with RetryInfo (quota, overload, Kafka away) wait
+    as told and call again, up to RETRY_ATTEMPTS times. The request gets a request_id
+    first if it has none, so a retry of a call that did go through counts once."""
+    if "request_id" in request.DESCRIPTOR.fields_by_name and not request.request_id:
+        request.request_id = uuid.uuid4().hex
+    for attempt in range(RETRY_ATTEMPTS + 1):
+        try:
+            return method(request, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            delay = error_details(exc).retry_after_s
+            if (
+                attempt == RETRY_ATTEMPTS
+                or exc.code() not in RETRYABLE
+                or delay is None
+                or delay > RETRY_WAIT_MAX_S
+            ):
+                raise
+            print(
+                f"{exc.code().name}: {exc.details()}; retrying in {delay:g} s",
+                file=sys.stderr,
+            )
+            sleep(delay)
+    raise AssertionError("unreachable")
 
 
 class CliError(Exception):

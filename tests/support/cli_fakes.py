@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
 from rich.console import Console, RenderableType
 
 from mysocial.v1 import query_service_pb2 as qry
@@ -45,10 +47,23 @@ def post(n: int, **kw: object) -> res.Post:
 
 
 class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode | None, details: str | None) -> None:
+    def __init__(
+        self, code: grpc.StatusCode | None, details: str | None, retry_after_s: float = 0.0
+    ) -> None:
+        """retry_after_s > 0: the status carries a RetryInfo with that delay."""
         super().__init__()
         self._code = code
         self._details = details
+        self._trailing: tuple[tuple[str, bytes], ...] = ()
+        if retry_after_s:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromMilliseconds(round(retry_after_s * 1000))
+            status = status_pb2.Status(code=code.value[0] if code else 2, message=details or "")
+            status.details.add().Pack(retry)
+            self._trailing = (("grpc-status-details-bin", status.SerializeToString()),)
+
+    def trailing_metadata(self) -> Any:
+        return self._trailing
 
     def code(self) -> grpc.StatusCode:
         if self._code is None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from client import loadgen
 from command_service.commands import event_id_for
 from mysocial.auth import mint_token
 from mysocial.config import DEV_JWT_SECRET, Settings
@@ -258,5 +259,36 @@ def test_clients_may_ping_an_idle_stream_every_five_seconds(
                     pass
             except grpc.RpcError as exc:
                 assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED, exc
+    finally:
+        service.stop()
+
+
+def test_the_load_generator_waits_out_retry_info(kafka_bootstrap: str, tmp_path: Path) -> None:
+    settings = make_settings(
+        kafka_bootstrap,
+        processor_state_dir=str(tmp_path / "state"),
+        quota_points=20,
+        quota_refill_per_s=1.0,
+    )
+    provision(settings)
+    service = _command_service(settings, tmp_path / "command.log")
+    try:
+        service.start()
+        spec = loadgen.LoadSpec(
+            addr=service.addr,
+            rate=100,
+            duration=4,
+            workers=1,
+            users=1,
+            seed_posts=1,
+            secret=DEV_JWT_SECRET,
+            only="like",
+        )
+        summary = loadgen.run(spec, progress=False)
+        # One user: its 20 points (the seed post took 3), then about one a second; once
+        # refused, it sends nothing until its RetryInfo delay has passed.
+        assert summary["held_back_retry_info"] > 200, summary
+        assert summary["errors"].get("RESOURCE_EXHAUSTED", 0) <= 8, summary
+        assert summary["accepted"] <= 20 + 6, summary
     finally:
         service.stop()
