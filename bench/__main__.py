@@ -26,6 +26,7 @@ from bench.freshness import RunningSystem, knee, window
 from bench.grpc_load import run_ghz
 from bench.harness import RESULTS, broker, child_env, free_port, fresh_settings, machine
 from bench.memory import query_bytes_per_post
+from bench.overload import abuser_p99, t6_overload
 from bench.report import write_markdown
 from bench.restart import r1
 from mysocial.auth import mint_token
@@ -314,6 +315,15 @@ def main(argv: list[str] | None = None) -> int:
             log(f"T4 at {k / 2:.0f}/s: p50 {t4['p50_ms']:.1f} ms p99 {t4['p99_ms']:.1f} ms")
         finally:
             system.stop()
+        _save_partial(results_dir, results)
+        results["T6"] = t6_overload(bootstrap, k, sizes.window_seconds, logs)
+        results["T6"]["abuser"] = abuser_p99(bootstrap, k, min(30.0, sizes.window_seconds), logs)
+        t6 = results["T6"]
+        log(
+            f"T6 goodput {t6['goodput_ratio']:.2f} x knee, p99 {t6['p99_ms']:.1f} ms, "
+            f"abuser p99 ratio {t6['abuser']['p99_ratio']:.2f}"
+        )
+        _save_partial(results_dir, results)
         settings = fresh_settings(bootstrap)
         results["B4"] = median_of(
             [
@@ -353,6 +363,9 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "T4_p50_ms": r["T4"]["p50_ms"],
         "T4_p99_ms": r["T4"]["p99_ms"],
         "T5_knee_per_s": r["T5"]["knee_per_s"],
+        "T6_goodput_ratio": r["T6"]["goodput_ratio"],
+        "T6_p99_ms": r["T6"]["p99_ms"],
+        "T6_abuser_p99_ratio": r["T6"]["abuser"]["p99_ratio"],
         "M1_bytes_per_like": c["M1_processor"]["bytes_per_like"],
         "M1_bytes_per_post": r["M1_query"]["bytes_per_post"],
         "R1_query_warm_restart_s": r["R1"]["query"]["warm_s"],

@@ -103,6 +103,7 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
         f"p99 {t4['p99_ms']:.1f} ms, p99.9 {t4['p999_ms']:.1f} ms ({t4['probe_samples']} probes) |",
         f"| T5 | knee: highest sustained rate (p99 ≤ 100 ms, lag stable, all on this machine) | "
         f"{results['T5']['knee_per_s']:.0f} commands/s |",
+        *_t6_lines(results.get("T6")),
         f"| B4 | raw Kafka produce → consume latency | p50 {results['B4']['p50_ms']:.1f} ms, "
         f"p99 {results['B4']['p99_ms']:.1f} ms |",
         f"| M1 | processor RSS slope, settled after catch-up (peak during it) | "
@@ -165,3 +166,26 @@ def _t(result: dict[str, Any]) -> str:
 def _median(result: dict[str, Any]) -> str:
     """' (median; trials a, b, c)' when the figure is a median of several runs."""
     return f" (median; trials {_t(result)})" if result.get("trials") else ""
+
+
+def _t6_lines(t6: dict[str, Any] | None) -> list[str]:
+    """T6 (overload at 3x the knee, quotas on) and its abuser figure."""
+    if not t6:
+        return []
+    lines = [
+        f"| T6 | overload: {t6['offered_per_s']:.0f}/s offered (3x knee) for the window, "
+        f"quotas on | goodput {t6['goodput_per_s']:.0f}/s = {t6['goodput_ratio']:.2f} x knee "
+        f"(target ≥ 0.9); p99 of acknowledged {t6['p99_ms']:.1f} ms (target ≤ 200); "
+        f"refused without RetryInfo {t6['refused_without_retry_info']}; acknowledged "
+        f"missing from Kafka {t6['acknowledged_missing']}; audit "
+        f"{'agrees' if t6['audit_ok'] else 'DISAGREES'} |",
+    ]
+    abuser = t6.get("abuser")
+    if abuser:
+        lines.append(
+            f"| T6 | 50 users at {abuser['rate']:.0f}/s, then beside one user at 500/s | "
+            f"p99 {abuser['p99_alone_ms']:.1f} → {abuser['p99_with_abuser_ms']:.1f} ms = "
+            f"{abuser['p99_ratio']:.2f} (target ≤ 1.2); abuser accepted "
+            f"{abuser['abuser']['accepted']}, refused {abuser['abuser']['errors']} |"
+        )
+    return lines

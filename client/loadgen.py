@@ -6,7 +6,7 @@ scheduled time, so a slow server cannot slow the arrival rate and hide its own
 latency). The mix: many users, posts created continuously, likes and comments over
 posts with a Zipf-like popularity (a few hot posts get most of the traffic), unlikes
 and deletes at a small rate. The parent prints progress every second and a summary:
-accepted/s, errors by status code, latency percentiles.
+accepted/s, errors by status code, latency percentiles of the accepted commands.
 
 It honours RetryInfo as a well-behaved client would: a user refused for its quota
 sends nothing more until the delay has passed, and a refusal for the whole service
@@ -43,6 +43,9 @@ MIX = {
 }
 
 
+REFUSALS = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     addr: str
@@ -56,6 +59,8 @@ class LoadSpec:
     secret: str = ""
     seed: int = 1
     only: str = ""  # a single command kind (e.g. "like"), or the mix
+    user_prefix: str = "u"  # user ids are <prefix><n>: two loads can keep apart
+    honour_retry_info: bool = True  # False: an abusive client, sending regardless
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Stats:
     latencies_ms: list[float] = field(default_factory=list)
     skipped: int = 0  # not sent: too many in flight (the server fell behind)
     held_back: int = 0  # not sent: a RetryInfo said to wait
+    no_retry_info: int = 0  # refused (RESOURCE_EXHAUSTED, UNAVAILABLE) without RetryInfo
 
     def merge(self, other: Stats) -> None:
         self.sent += other.sent
@@ -74,6 +80,7 @@ class Stats:
         self.latencies_ms += other.latencies_ms
         self.skipped += other.skipped
         self.held_back += other.held_back
+        self.no_retry_info += other.no_retry_info
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -111,7 +118,7 @@ class _Worker:
         async with grpc.aio.insecure_channel(self.spec.addr) as channel:
             stub = cmd_grpc.CommandServiceStub(channel)
             for i in range(self.spec.seed_posts):
-                user = f"u{self.rng.randrange(self.spec.users)}"
+                user = f"{self.spec.user_prefix}{self.rng.randrange(self.spec.users)}"
                 resp = await stub.CreatePost(
                     cmd.CreatePostRequest(caption=f"seed {i}"), metadata=self._md(user), timeout=30
                 )
@@ -162,7 +169,7 @@ class _Worker:
 
     async def _one(self, stub: cmd_grpc.CommandServiceAsyncStub, scheduled: float) -> None:
         kind = self._pick()
-        user = f"u{self.rng.randrange(self.spec.users)}"
+        user = f"{self.spec.user_prefix}{self.rng.randrange(self.spec.users)}"
         if self.user_quiet.get(user, 0.0) > time.perf_counter():
             self.stats.held_back += 1
             return
@@ -214,9 +221,17 @@ class _Worker:
                     cmd.LikePostRequest(post_id=post_id), metadata=self._md(user), timeout=30
                 )
             self.stats.ok += 1
+            # Latency of accepted commands only: a refusal is fast by design.
+            self.stats.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
         except grpc.aio.AioRpcError as exc:
             self.stats.errors[exc.code().name] += 1
             details = error_details(exc)
+            refused = exc.code() in (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.UNAVAILABLE,
+            )
+            if refused and not details.retry_after_s:
+                self.stats.no_retry_info += 1
             if details.retry_after_s:
                 until = time.perf_counter() + details.retry_after_s
                 if details.reason == "QUOTA_EXCEEDED":
@@ -225,7 +240,6 @@ class _Worker:
                     self.quiet_until = max(self.quiet_until, until)
         finally:
             self.in_flight -= 1
-            self.stats.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
 
 
 def _worker_main(spec: LoadSpec, index: int, out: Any) -> None:
@@ -274,6 +288,7 @@ def run(spec: LoadSpec, progress: bool = True) -> dict[str, Any]:
         "errors": dict(total.errors),
         "skipped_in_flight_cap": total.skipped,
         "held_back_retry_info": total.held_back,
+        "refused_without_retry_info": total.no_retry_info,
         "latency_ms": {
             "p50": percentile(lat, 50),
             "p90": percentile(lat, 90),
@@ -293,6 +308,6 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"errors: {summary['errors'] or 'none'}; skipped (in-flight cap): "
         f"{summary['skipped_in_flight_cap']}; held back (RetryInfo): "
         f"{summary['held_back_retry_info']}\n"
-        f"latency ms: p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p99 {lat['p99']:.1f}  "
-        f"p99.9 {lat['p99.9']:.1f}  max {lat['max']:.1f}"
+        f"latency of accepted commands, ms: p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  "
+        f"p99 {lat['p99']:.1f}  p99.9 {lat['p99.9']:.1f}  max {lat['max']:.1f}"
     )
