@@ -226,13 +226,9 @@ class _Worker:
         except grpc.aio.AioRpcError as exc:
             self.stats.errors[exc.code().name] += 1
             details = error_details(exc)
-            refused = exc.code() in (
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                grpc.StatusCode.UNAVAILABLE,
-            )
-            if refused and not details.retry_after_s:
+            if exc.code() in REFUSALS and not details.retry_after_s:
                 self.stats.no_retry_info += 1
-            if details.retry_after_s:
+            if details.retry_after_s and self.spec.honour_retry_info:
                 until = time.perf_counter() + details.retry_after_s
                 if details.reason == "QUOTA_EXCEEDED":
                     self.user_quiet[user] = until
