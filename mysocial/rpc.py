@@ -92,9 +92,32 @@ def _status_for(exc: ServiceError) -> status_pb2.Status:
     return status_pb2.Status(code=exc.code.value[0], message=exc.message, details=details)
 
 
+# Refusals that come in floods (one abusive user, an overload) would write hundreds of
+# lines a second, each costing the worker the CPU its other callers need: one line per
+# reason every FLOOD_LOG_EVERY_S, saying how many were not logged (the metrics count
+# every one: mysocial_rpc_rejected_total).
+FLOOD_REASONS = frozenset({"QUOTA_EXCEEDED", "OVERLOADED", "STREAM_LIMIT"})
+FLOOD_LOG_EVERY_S = 10.0
+_flood_logged: dict[str, float] = {}
+_flood_unlogged: dict[str, int] = {}
+
+
+def _log_rejected(exc: ServiceError) -> None:
+    if exc.reason in FLOOD_REASONS:
+        now = time.monotonic()
+        if now - _flood_logged.get(exc.reason, -FLOOD_LOG_EVERY_S) < FLOOD_LOG_EVERY_S:
+            _flood_unlogged[exc.reason] = _flood_unlogged.get(exc.reason, 0) + 1
+            return
+        _flood_logged[exc.reason] = now
+        unlogged = _flood_unlogged.pop(exc.reason, 0)
+        log.info("rpc_rejected", code=exc.code.name, reason=exc.message, not_logged_before=unlogged)
+        return
+    log.info("rpc_rejected", code=exc.code.name, reason=exc.message)
+
+
 async def _abort(context: Ctx, exc: BaseException, rpc_name: str) -> None:
     if isinstance(exc, ServiceError):
-        log.info("rpc_rejected", code=exc.code.name, reason=exc.message)
+        _log_rejected(exc)
         await context.abort_with_status(rpc_status.to_status(_status_for(exc)))
     log.exception("rpc_failed", rpc=rpc_name)
     cid = structlog.contextvars.get_contextvars().get("correlation_id", "")
