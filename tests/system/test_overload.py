@@ -5,6 +5,7 @@ Every refusal carries RetryInfo, and nothing refused reaches Kafka."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -290,5 +291,61 @@ def test_the_load_generator_waits_out_retry_info(kafka_bootstrap: str, tmp_path:
         assert summary["held_back_retry_info"] > 200, summary
         assert summary["errors"].get("RESOURCE_EXHAUSTED", 0) <= 8, summary
         assert summary["accepted"] <= 20 + 6, summary
+    finally:
+        service.stop()
+
+
+def test_sigterm_during_overload_loses_nothing_acknowledged(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        kafka_bootstrap,
+        processor_state_dir=str(tmp_path / "state"),
+        command_workers=2,
+        command_max_in_flight=20,
+        quota_points=30,
+    )
+    provision(settings)
+    service = _command_service(settings, tmp_path / "command.log")
+    service.start()
+    proc = service.proc
+    assert proc is not None
+    stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(service.addr))
+    post_ids = [
+        stub.CreatePost(cmd.CreatePostRequest(caption=f"p{i}"), metadata=auth(f"o{i}")).post_id
+        for i in range(10)
+    ]
+    out = Outcomes()
+
+    async def flood() -> None:
+        channels = [grpc.aio.insecure_channel(service.addr) for _ in range(4)]
+        stubs = [cmd_grpc.CommandServiceStub(c) for c in channels]
+        try:
+            tasks = []
+            for i in range(3000):
+                user = f"crowd{i % 40}"  # 40 users: some run out of quota too
+                tasks.append(
+                    asyncio.ensure_future(
+                        _like(stubs[i % 4], post_ids[i % 10], user, f"flood-{i}", out)
+                    )
+                )
+                if i == 1500:
+                    proc.send_signal(signal.SIGTERM)  # mid-flood
+                if i % 100 == 0:
+                    await asyncio.sleep(0.01)
+            await asyncio.gather(*tasks)
+        finally:
+            for c in channels:
+                await c.close()
+
+    try:
+        asyncio.run(flood())
+        assert proc.wait(60) == 0
+        assert out.codes["OK"] > 0 and out.codes["RESOURCE_EXHAUSTED"] > 0, out.codes
+        # Every acknowledged like is in Kafka; what was refused or cut off is not counted
+        # as acknowledged (UNAVAILABLE: the server was going away).
+        written = {e.event_id for _, e in events(settings, topics.LIKES)}
+        missing = set(out.acked_event_ids) - written
+        assert missing == set(), f"{len(missing)} acknowledged likes missing"
     finally:
         service.stop()
