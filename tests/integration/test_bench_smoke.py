@@ -39,6 +39,9 @@ def test_benchmark_suite_smoke_run(kafka_bootstrap: str) -> None:
         "M1_bytes_per_post",
         "R1_query_warm_restart_s",
         "R1_command_warm_restart_s",
+        "T6_goodput_ratio",
+        "T6_p99_ms",
+        "T6_abuser_p99_ratio",
     ):
         assert isinstance(summary[key], int | float), key
     assert summary["machine"]["cores"] >= 1
