@@ -18,6 +18,9 @@ TARGETS = {
     "M1_bytes_per_post": ("<=", 200.0),
     "R1_query_warm_restart_s": ("<=", 5.0),
     "R1_command_warm_restart_s": ("<=", 5.0),
+    "T6_goodput_ratio": (">=", 0.9),
+    "T6_p99_ms": ("<=", 200.0),  # 2x the T4 p99 target
+    "T6_abuser_p99_ratio": ("<=", 1.2),
 }
 
 
