@@ -156,6 +156,7 @@ class Publisher:
             ) from None
         finally:
             self.in_flight -= 1
+            PRODUCER_QUEUE.set(sum(len(p) for p in self._producers.values()))
         self._observe(prepared.topic, "ok", began)
         log.debug(
             "event_published",
