@@ -27,6 +27,7 @@ from mysocial.config import Settings
 from mysocial.kafka import topics
 from mysocial.kafka.cluster import EmbeddedCluster
 from mysocial.kafka.connection import kafka_connection
+from mysocial.kafka.reader import stable_and_end_offsets
 from mysocial.kafka.topics import PROCESSOR_GROUP
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
@@ -110,11 +111,27 @@ def retrying(run: Running, seed: int) -> Workload:
     return Workload(run.addr, seed=seed, users=40, call_timeout=5.0, retry_for=240.0)
 
 
+def open_transactions(settings: Settings) -> dict[str, dict[int, tuple[int, int]]]:
+    """Output partitions whose last stable offset is below their end (an open, maybe
+    hanging, transaction hides what follows from read_committed readers)."""
+    out = {}
+    for name in (topics.POSTS_WITH_COUNTS, topics.POST_COMMENTS):
+        offsets = stable_and_end_offsets(
+            settings, settings.topic(name), list(range(settings.copartitions)), 30
+        )
+        out[name] = {p: (lso, hw) for p, (lso, hw) in offsets.items() if lso < hw}
+    return out
+
+
 def verify(run: Running, workload: Workload, model: Model) -> dict[str, object]:
     try:
         check_exact(run.settings, model)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{run.processor.last_lines()}") from None
+        # Evidence for the next reader: a stale view from an open transaction, or not.
+        raise AssertionError(
+            f"{exc}\nopen transactions on outputs (partition: stable, end): "
+            f"{open_transactions(run.settings)}\n{run.processor.last_lines()}"
+        ) from None
     report: dict[str, object] = dict(check_acknowledged(run.settings, workload))
     report["retries"] = dict(workload.retries)
     report["restarts"] = list(run.supervisor.restarts)
