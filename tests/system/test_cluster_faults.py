@@ -128,9 +128,13 @@ def verify(run: Running, workload: Workload, model: Model) -> dict[str, object]:
         check_exact(run.settings, model)
     except AssertionError as exc:
         # Evidence for the next reader: a stale view from an open transaction, or not.
+        try:
+            evidence: object = open_transactions(run.settings)
+        except Exception as error:  # the cluster may be unwell: keep the first failure
+            evidence = f"not checked: {error!r}"
         raise AssertionError(
             f"{exc}\nopen transactions on outputs (partition: stable, end): "
-            f"{open_transactions(run.settings)}\n{run.processor.last_lines()}"
+            f"{evidence}\n{run.processor.last_lines()}"
         ) from None
     report: dict[str, object] = dict(check_acknowledged(run.settings, workload))
     report["retries"] = dict(workload.retries)
