@@ -200,40 +200,47 @@ def test_watch_streams_are_capped_per_user_and_per_address(
         service.start()
         channel = grpc.insecure_channel(service.addr)
         stub = q_grpc.QueryServiceStub(channel)
-        opened = []
-        for _ in range(2):
-            call = stub.WatchTrending(q.WatchTrendingRequest(), metadata=auth("ann"))
-            opened.append(call)
-        wait_until(lambda: _refused(stub, "ann") == "STREAM_LIMIT", what="ann's third stream")
-        for _ in range(3):  # no token: counted by address, a larger cap
-            opened.append(stub.WatchTrending(q.WatchTrendingRequest()))
-        wait_until(lambda: _refused(stub, None) == "STREAM_LIMIT", what="a fourth anonymous one")
+        # WatchFeed answers an admitted stream with its snapshot at once: each one below
+        # is counted by the server before the next call.
+        ann = [_admitted(stub, "ann") for _ in range(2)]
+        assert _refused(stub, "ann") == "STREAM_LIMIT"
+        anonymous = [_admitted(stub, None) for _ in range(3)]  # counted by address
+        assert _refused(stub, None) == "STREAM_LIMIT"
         assert _refused(stub, "bob") == ""  # another user is not affected
-        opened[0].cancel()  # ann closes one: she may open another
+        ann[0].cancel()  # ann closes one: she may open another
         wait_until(lambda: _refused(stub, "ann") == "", what="ann's stream count to drop")
-        for call in opened:
+        for call in ann + anonymous:
             call.cancel()
         channel.close()
     finally:
         service.stop()
 
 
+def _feed(stub: q_grpc.QueryServiceStub, user: str | None) -> Any:
+    return stub.WatchFeed(q.WatchFeedRequest(), metadata=auth(user) if user else None)
+
+
+def _admitted(stub: q_grpc.QueryServiceStub, user: str | None) -> Any:
+    """An open WatchFeed stream whose snapshot arrived (the server counted it)."""
+    call = _feed(stub, user)
+    assert next(call).snapshot_complete
+    return call
+
+
 def _refused(stub: q_grpc.QueryServiceStub, user: str | None) -> str:
-    """The ErrorInfo reason a new stream is refused with at once; "" if it was accepted
-    (it then stays open, silent while no ranking exists, until its 2 s deadline)."""
-    call = stub.WatchTrending(
-        q.WatchTrendingRequest(), metadata=auth(user) if user else None, timeout=2
-    )
+    """The ErrorInfo reason a new stream is refused with; "" if it was admitted (its
+    snapshot arrived; it is closed again)."""
+    call = _feed(stub, user)
     try:
-        for _ in call:
-            pass
+        next(call)
+        return ""
     except grpc.RpcError as exc:
-        if exc.code() == RESOURCE_EXHAUSTED:
-            details = error_details(exc)
-            assert details.retry_after_s == 5.0
-            return details.reason
-        assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED, exc
-    return ""
+        assert exc.code() == RESOURCE_EXHAUSTED, exc
+        details = error_details(exc)
+        assert details.retry_after_s == 5.0
+        return details.reason
+    finally:
+        call.cancel()
 
 
 def test_clients_may_ping_an_idle_stream_every_five_seconds(
