@@ -252,7 +252,9 @@ class Processor:
         for consumer in (self.consumer, self.reader.consumer, self.marks):
             with contextlib.suppress(KafkaException, RuntimeError):
                 consumer.close()
-        with contextlib.suppress(KafkaException):  # a fatal producer refuses to flush
+        try:  # a fenced or fatal producer refuses to flush; its callbacks may fail too
             self.ctx.producer.flush(5)
+        except Exception as exc:
+            log.warning("producer_flush_on_close_failed", error=repr(exc))
         self.counts.shutdown()
         log.info("processor_stopped")
