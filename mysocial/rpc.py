@@ -54,41 +54,30 @@ def correlation_id_of(context: Ctx) -> str:
     return clean_correlation_id(None)
 
 
+def _packed(detail: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
+
 def _status_for(exc: ServiceError) -> status_pb2.Status:
     details = []
     if exc.field:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=exc.field, description=exc.message
-                )
-            ]
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=exc.field, description=exc.message
         )
-        packed = any_pb2.Any()
-        packed.Pack(bad)
-        details.append(packed)
+        details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
     if exc.reason:
-        info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN)
-        packed = any_pb2.Any()
-        packed.Pack(info)
-        details.append(packed)
+        details.append(_packed(error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN)))
     if isinstance(exc, QuotaExceeded):
-        quota = error_details_pb2.QuotaFailure(
-            violations=[
-                error_details_pb2.QuotaFailure.Violation(
-                    subject=exc.subject, description=exc.description
-                )
-            ]
+        quota = error_details_pb2.QuotaFailure.Violation(
+            subject=exc.subject, description=exc.description
         )
-        packed = any_pb2.Any()
-        packed.Pack(quota)
-        details.append(packed)
+        details.append(_packed(error_details_pb2.QuotaFailure(violations=[quota])))
     if exc.retry_after_s > 0:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(round(exc.retry_after_s * 1000))
-        packed = any_pb2.Any()
-        packed.Pack(retry)
-        details.append(packed)
+        details.append(_packed(retry))
     return status_pb2.Status(code=exc.code.value[0], message=exc.message, details=details)
 
 

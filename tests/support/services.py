@@ -248,3 +248,15 @@ class System:
         channel = grpc.insecure_channel(self.query.addr)
         self._channels.append(channel)
         return q_grpc.QueryServiceStub(channel)
+
+
+def command_service_on_free_port(settings: Settings, log: Path) -> Service:
+    """A command service (not started) on a free port of its own."""
+    addr = f"127.0.0.1:{free_ports(1)[0]}"
+    return Service(
+        "command_service",
+        settings.with_(command_addr=addr),
+        addr,
+        log,
+        "mysocial.v1.CommandService",
+    )

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import grpc
 
-from mysocial.config import Settings
 from mysocial.kafka.topics import provision
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from processor.audit import wait_caught_up
-from tests.support.helpers import auth, free_port, make_settings
-from tests.support.services import Service, System
+from tests.support.helpers import auth, make_settings
+from tests.support.services import System, command_service_on_free_port
 
 
 def _loads(log: Path, event: str = "directory_loaded") -> list[dict[str, str]]:
@@ -32,17 +31,6 @@ def _loads(log: Path, event: str = "directory_loaded") -> list[dict[str, str]]:
     return out
 
 
-def _service(settings: Settings, log: Path) -> Service:
-    addr = f"127.0.0.1:{free_port()}"
-    return Service(
-        "command_service",
-        settings.with_(command_addr=addr),
-        addr,
-        log,
-        "mysocial.v1.CommandService",
-    )
-
-
 def test_a_restart_replays_only_what_is_new_and_forgets_nothing(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -51,8 +39,8 @@ def test_a_restart_replays_only_what_is_new_and_forgets_nothing(
     )
     provision(settings)
     log = tmp_path / "command.log"
-    first = _service(settings, log)
-    second = _service(settings, tmp_path / "second.log")
+    first = command_service_on_free_port(settings, log)
+    second = command_service_on_free_port(settings, tmp_path / "second.log")
     try:
         first.start()
         stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(first.addr))
@@ -138,7 +126,9 @@ def test_a_cold_start_reads_the_projection_not_the_posts_history(
 
         # A new worker (a folder of its own): cold, from the snapshot.
         log = tmp_path / "fresh.log"
-        fresh = _service(system.settings.with_(command_state_dir=str(tmp_path / "fresh")), log)
+        fresh = command_service_on_free_port(
+            system.settings.with_(command_state_dir=str(tmp_path / "fresh")), log
+        )
         try:
             fresh.start()
             other = cmd_grpc.CommandServiceStub(grpc.insecure_channel(fresh.addr))

@@ -25,20 +25,9 @@ from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
 from tests.support.helpers import auth, events, free_port, make_settings, wait_until
-from tests.support.services import Service
+from tests.support.services import Service, command_service_on_free_port
 
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-def _command_service(settings: Settings, log: Path) -> Service:
-    addr = f"127.0.0.1:{free_port()}"
-    return Service(
-        "command_service",
-        settings.with_(command_addr=addr),
-        addr,
-        log,
-        "mysocial.v1.CommandService",
-    )
 
 
 class Outcomes:
@@ -115,7 +104,7 @@ def test_an_abusive_user_is_refused_across_workers_and_nothing_refused_is_writte
         quota_refill_per_s=defaults.quota_refill_per_s,
     )
     provision(settings)
-    service = _command_service(settings, tmp_path / "command.log")
+    service = command_service_on_free_port(settings, tmp_path / "command.log")
     try:
         service.start()
         stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(service.addr))
@@ -153,7 +142,7 @@ def test_past_the_in_flight_bound_commands_are_refused_at_once(
         kafka_bootstrap, processor_state_dir=str(tmp_path / "state"), command_max_in_flight=5
     )
     provision(settings)
-    service = _command_service(settings, tmp_path / "command.log")
+    service = command_service_on_free_port(settings, tmp_path / "command.log")
     try:
         service.start()
         stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(service.addr))
@@ -279,7 +268,7 @@ def test_the_load_generator_waits_out_retry_info(kafka_bootstrap: str, tmp_path:
         quota_refill_per_s=1.0,
     )
     provision(settings)
-    service = _command_service(settings, tmp_path / "command.log")
+    service = command_service_on_free_port(settings, tmp_path / "command.log")
     try:
         service.start()
         spec = loadgen.LoadSpec(
@@ -313,7 +302,7 @@ def test_sigterm_during_overload_loses_nothing_acknowledged(
         quota_points=30,
     )
     provision(settings)
-    service = _command_service(settings, tmp_path / "command.log")
+    service = command_service_on_free_port(settings, tmp_path / "command.log")
     service.start()
     proc = service.proc
     assert proc is not None
