@@ -72,7 +72,12 @@ def write_backlog(settings: Settings, spec: BacklogSpec) -> tuple[int, list[str]
         count += 1
 
     for pid, author in zip(post_ids, authors, strict=True):
-        e = ev.Event(event_id=uuid.uuid4().hex, occurred_at=ts, actor_user_id=author)
+        e = ev.Event(
+            event_id=uuid.uuid4().hex,
+            occurred_at=ts,
+            actor_user_id=author,
+            correlation_id=uuid.uuid4().hex,
+        )
         e.post_created.CopyFrom(ev.PostCreated(post_id=pid, caption="benchmark post"))
         send(t_posts, author, e)
     weights = zipf_weights(spec.posts, spec.zipf_s)
@@ -81,7 +86,11 @@ def write_backlog(settings: Settings, spec: BacklogSpec) -> tuple[int, list[str]
     for i, idx in enumerate(chosen):
         pid = post_ids[idx]
         user = f"user{rng.randrange(spec.users)}"
-        e = ev.Event(event_id=f"b{i}", occurred_at=ts, actor_user_id=user)
+        # A correlation id as the command service mints them (32 hex digits): the
+        # processor carries it to the projection's headers.
+        e = ev.Event(
+            event_id=f"b{i}", occurred_at=ts, actor_user_id=user, correlation_id=f"c{i:031x}"
+        )
         r = rng.random()
         if r < spec.comment_share:
             cid = str(uuid.UUID(int=rng.getrandbits(128), version=4))

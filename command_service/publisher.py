@@ -38,11 +38,12 @@ from mysocial.kafka.producer import (
 )
 from mysocial.log import get_logger
 from mysocial.metrics import LATENCY_BUCKETS
+from mysocial.rpc import CallTrace
+from mysocial.trace import CORRELATION_ID_HEADER, TRACEPARENT_HEADER
 
 log = get_logger("command.publisher")
 
 EVENT_TYPE_HEADER = "event-type"
-CORRELATION_ID_HEADER = "correlation-id"
 PRODUCE_WINDOW_S = 0.003
 # librdkafka looks for expired records once a second: a record's failure is reported
 # between message.timeout.ms and about a second later (measured: up to +0.99 s).
@@ -113,16 +114,19 @@ class Publisher:
             self._producers[message_timeout_s] = producer
         return producer
 
-    async def publish(
-        self, prepared: PreparedEvent, correlation_id: str, timeout: float
-    ) -> Delivered:
+    async def publish(self, prepared: PreparedEvent, trace: CallTrace, timeout: float) -> Delivered:
         """Write the event and wait for acks=all within timeout: Unavailable if Kafka
         did not take it (and never will), DeadlineExceeded if the wait was too short to
-        know."""
+        know. The call's trace context goes into the event and its headers."""
+        event = prepared.event
+        event.correlation_id = trace.correlation_id
         headers = [
             (EVENT_TYPE_HEADER, prepared.event_type.encode()),
-            (CORRELATION_ID_HEADER, correlation_id.encode()),
+            (CORRELATION_ID_HEADER, trace.correlation_id.encode()),
         ]
+        if trace.traceparent:
+            event.traceparent = trace.traceparent
+            headers.append((TRACEPARENT_HEADER, trace.traceparent.encode()))
         producer = self._producer(class_for(self.classes, timeout))
         PRODUCER_QUEUE.set(sum(len(p) for p in self._producers.values()))
         began = time.perf_counter()
@@ -131,7 +135,7 @@ class Publisher:
             delivered = await producer.send(
                 self._settings.topic(prepared.topic),
                 prepared.key.encode(),
-                prepared.event.SerializeToString(),
+                event.SerializeToString(),
                 headers,
                 timeout=timeout,
             )

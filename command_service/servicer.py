@@ -19,7 +19,7 @@ from media.library import MediaLibrary, media_proto
 from mysocial.auth import actor_from_metadata
 from mysocial.config import Settings
 from mysocial.errors import NotFound, PermissionDenied, ResourceExhausted
-from mysocial.rpc import Ctx, correlation_id_of, time_left, unary
+from mysocial.rpc import Ctx, current_trace, time_left, unary
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 
@@ -77,7 +77,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     async def _publish(self, prepared: PreparedEvent, context: Ctx) -> str:
         delivered = await self._publisher.publish(
             prepared,
-            correlation_id_of(context),
+            current_trace(),
             time_left(context, self._settings.produce_timeout_s),
         )
         self._directory.record(prepared.event)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import signal
 import time
@@ -34,6 +35,7 @@ from grpc_status import rpc_status
 from mysocial.errors import QuotaExceeded, ServiceError
 from mysocial.log import CORRELATION_HEADER, clean_correlation_id, get_logger
 from mysocial.metrics import SERVING, Rpc
+from mysocial.trace import TRACEPARENT_HEADER, clean_traceparent, trace_id
 
 log = get_logger("rpc")
 
@@ -47,11 +49,35 @@ ERROR_DOMAIN = "mysocial.v1"
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-def correlation_id_of(context: Ctx) -> str:
+@dataclass(frozen=True)
+class CallTrace:
+    """The trace context of the current call (see mysocial/trace.py)."""
+
+    correlation_id: str
+    traceparent: str = ""
+
+
+_CALL_TRACE: contextvars.ContextVar[CallTrace | None] = contextvars.ContextVar(
+    "call_trace", default=None
+)
+
+
+def current_trace() -> CallTrace:
+    """The correlation id bound for this call (the one its logs and trailing metadata
+    carry) and the caller's traceparent; set by the unary/stream wrappers."""
+    return _CALL_TRACE.get() or CallTrace(clean_correlation_id(None))
+
+
+def _trace_of(context: Ctx) -> CallTrace:
+    cid: str | None = None
+    parent = ""
     for key, value in context.invocation_metadata() or ():
+        text = value if isinstance(value, str) else value.decode("ascii", "replace")
         if key == CORRELATION_HEADER:
-            return clean_correlation_id(value if isinstance(value, str) else value.decode())
-    return clean_correlation_id(None)
+            cid = text
+        elif key == TRACEPARENT_HEADER:
+            parent = clean_traceparent(text)
+    return CallTrace(clean_correlation_id(cid), parent)
 
 
 def _packed(detail: Any) -> any_pb2.Any:
@@ -120,11 +146,19 @@ async def _abort(context: Ctx, exc: BaseException, rpc_name: str) -> None:
 
 
 def _bind(context: Ctx, rpc_name: str) -> str:
-    cid = correlation_id_of(context)
+    trace = _trace_of(context)
+    _CALL_TRACE.set(trace)
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(correlation_id=cid, rpc=rpc_name)
-    context.set_trailing_metadata(((CORRELATION_HEADER, cid),))
-    return cid
+    if trace.traceparent:
+        structlog.contextvars.bind_contextvars(
+            correlation_id=trace.correlation_id,
+            rpc=rpc_name,
+            trace_id=trace_id(trace.traceparent),
+        )
+    else:
+        structlog.contextvars.bind_contextvars(correlation_id=trace.correlation_id, rpc=rpc_name)
+    context.set_trailing_metadata(((CORRELATION_HEADER, trace.correlation_id),))
+    return trace.correlation_id
 
 
 def _rpc_metrics(kind: str, name: str) -> Callable[[object], Rpc]:

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import Message, Producer
 
+from mysocial import trace
 from mysocial.events import InvalidEvent, check, event_time_ms
 from mysocial.kafka import topics
 from mysocial.v1 import events_pb2 as ev
@@ -67,6 +68,9 @@ ROUTE_OF_CONTRACT = {
     topics.COMMENTS: Route.COMMENTS,
 }
 SOURCE_OF_ROUTE: dict[int, str] = {route: name for name, route in ROUTE_OF_CONTRACT.items()}
+# Posts whose events were applied but not output (waiting for their post, or ignored):
+# their traces are dropped past this many (as the compiled core does).
+MAX_TRACED_WAITING = 4096
 
 
 class CoreStats(NamedTuple):
@@ -82,8 +86,11 @@ class CoreStats(NamedTuple):
 
 
 Positions = dict[tuple[str, int], int]
-# A changed post: (post_id, posts_with_counts value or None for a tombstone, PostRecord).
-Change = tuple[str, bytes | None, bytes]
+# The correlation ids and traceparents of the events a record includes (mysocial/trace.py).
+Traces = tuple[list[str], list[str]]
+# A changed post: (post_id, posts_with_counts value or None for a tombstone, PostRecord,
+# its events' traces).
+Change = tuple[str, bytes | None, bytes, Traces]
 # (offset in `comments`, post id, comment id, post_comments value: a mysocial.v1.Comment,
 # or None if deleted/unknown)
 CommentChange = tuple[int, str, str, bytes | None]
@@ -267,6 +274,16 @@ class _PyTask:
         self.overlay = _Overlay(store)
         self.state = TaskState(self.overlay, cfg, max_pending=max_pending)
         self.committing: dict[bytes, bytes | None] = {}
+        # post id -> traces of the events applied to it since its last output
+        self.traces: dict[str, Traces] = {}
+
+    def applied(self, post_id: str, event: ev.Event) -> None:
+        if event.correlation_id:
+            ids, parents = self.traces.get(post_id) or ([], [])
+            self.traces[post_id] = (
+                trace.merge(ids, [event.correlation_id]),
+                trace.merge(parents, [event.traceparent]),
+            )
 
 
 class PyCore:
@@ -312,6 +329,7 @@ class PyCore:
                     task.state.apply(source, applied_offset, checked.event, time_ms)
                 except PendingOverflow:
                     return i, Stop.PYTHON
+                task.applied(checked.post_id, checked.event)
             positions[(topic, partition)] = offset + 1
             consumed[(topic, partition)] = offset + 1
         return len(msgs), Stop.DONE
@@ -319,10 +337,14 @@ class PyCore:
     def apply(self, partition: int, route: int, offset: int, event: bytes, time_ms: int) -> bool:
         decoded = ev.Event()
         decoded.ParseFromString(event)
+        task = self.tasks[partition]
         try:
-            self.tasks[partition].state.apply(SOURCE_OF_ROUTE[route], offset, decoded, time_ms)
+            task.state.apply(SOURCE_OF_ROUTE[route], offset, decoded, time_ms)
         except PendingOverflow:
             return False
+        kind = decoded.WhichOneof("payload")
+        assert kind is not None  # checked before it came here
+        task.applied(getattr(decoded, kind).post_id, decoded)
         return True
 
     def drain_comments(self, partition: int) -> list[CommentChange]:
@@ -343,7 +365,10 @@ class PyCore:
                     likes_applied_through=rec.likes_applied_through,
                     comments_applied_through=rec.comments_applied_through,
                 ).SerializeToString()
-            out.append((rec.post.post_id, value, rec.SerializeToString()))
+            traces = task.traces.pop(rec.post.post_id, None) or ([], [])
+            out.append((rec.post.post_id, value, rec.SerializeToString(), traces))
+        if len(task.traces) > MAX_TRACED_WAITING:
+            task.traces.clear()
         return out
 
     def produce_changelog(
@@ -373,6 +398,7 @@ class PyCore:
     def discard(self, partition: int) -> None:
         task = self.tasks[partition]
         task.state.forget_cache()
+        task.traces.clear()
         task.overlay.writes.clear()
         task.committing.clear()
 

@@ -23,7 +23,7 @@ from mysocial.v1 import resources_pb2 as res
 from query_service import metrics, queries
 from query_service.models import Change, ReadModel
 from query_service.store import LAYOUT, PostView, QueryStore
-from query_service.streams import FeedSubscription, Hub
+from query_service.streams import FeedSubscription, Hub, RecentTraces
 from query_service.tailer import COMMENT, POST, TRENDING, Item, Tailer
 
 log = get_logger("query.service")
@@ -41,6 +41,15 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def _strings(tag: bytes, values: list[str]) -> bytes:
+    """A repeated string field's bytes (tag: its key byte)."""
+    out = b""
+    for value in values:
+        raw = value.encode()
+        out += tag + _varint(len(raw)) + raw
+    return out
 
 
 def state_path(settings: Settings) -> Path:
@@ -66,6 +75,7 @@ class ReadSide:
             cache_posts=settings.query_cache_posts,
         )
         self.hub = Hub(capacity=FEED_CAPACITY)
+        self.traces = RecentTraces()
         metrics.COLLECTOR.hub = self.hub  # subscribers, read at scrape time
         self.model.trending_listeners.append(
             lambda _: self.hub.on_trending(self.model.trending_version)
@@ -172,6 +182,8 @@ class ReadSide:
             if item.kind == POST:
                 change = model.apply_post_record(item.key, item.value, item.offset + 1)
                 touched.append(item.key)
+                if item.traces is not None:
+                    self.traces.record(item.key, *item.traces)
                 if change is not None:
                     changes.append((change, item.key))
                     view = model.cache.get(item.key)  # just applied: cached
@@ -280,14 +292,23 @@ class ReadSide:
 
     def _post_message(self, post_id: str, skipped: int) -> q.WatchPostsResponse:
         view = self.model.lookup(post_id)
+        ids, parents = self.traces.of(post_id)
         if not isinstance(view, PostView):
             return q.WatchPostsResponse(
                 post=res.Post(post_id=post_id),
                 deleted=True,
                 skipped_updates=skipped,
                 version=view.version if view is not None else 0,
+                correlation_ids=ids,
+                traceparents=parents,
             )
-        return q.WatchPostsResponse(post=view.post, skipped_updates=skipped, version=view.version)
+        return q.WatchPostsResponse(
+            post=view.post,
+            skipped_updates=skipped,
+            version=view.version,
+            correlation_ids=ids,
+            traceparents=parents,
+        )
 
     async def watch_feed(self, author_id: str, snapshot_size: int) -> AsyncIterator[bytes]:
         """Snapshot, then the posts changed since this reader last looked (pre-serialized)."""
@@ -344,13 +365,15 @@ class ReadSide:
         version = found.version
         cached = self._feed_cache.get(key)
         if cached is None:
-            # WatchFeedResponse{kind, post, version} written directly around the stored
-            # post bytes: no parse and re-serialize per version (field 1 varint, field 2
-            # message, field 5 varint).
+            # WatchFeedResponse{kind, post, version, correlation_ids, traceparents}
+            # written directly around the stored post bytes: no parse and re-serialize
+            # per version (field 1 varint, 2 message, 5 varint, 6 and 7 strings).
             data = view.data if view is not None else res.Post(post_id=post_id).SerializeToString()
             cached = b"\x08" + _varint(key[2]) + b"\x12" + _varint(len(data)) + data
             if version:
                 cached += b"\x28" + _varint(version)
+            ids, parents = self.traces.of(post_id)
+            cached += _strings(b"\x32", ids) + _strings(b"\x3a", parents)
             if len(self._feed_cache) > 20_000:
                 self._feed_cache.clear()
             self._feed_cache[key] = cached

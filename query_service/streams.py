@@ -17,12 +17,34 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from mysocial import trace
 from query_service.metrics import RESYNCS_BY
 from query_service.models import Change
 
 # When a pending entry already exists, which kind wins (a client that has not yet
 # seen a post's creation must still see it as created; a deletion trumps all).
 _PRIORITY = {Change.UPDATED: 0, Change.CREATED: 1, Change.DELETED: 2}
+
+
+class RecentTraces:
+    """The newest correlation ids and traceparents (mysocial/trace.py) of the commands
+    included in each recently changed post, for the stream messages that show it.
+    Bounded: the posts changed longest ago are forgotten first."""
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self._by_post: OrderedDict[str, tuple[list[str], list[str]]] = OrderedDict()
+
+    def record(self, post_id: str, ids: list[str], parents: list[str]) -> None:
+        old = self._by_post.pop(post_id, None)
+        if old is not None:
+            ids, parents = trace.merge(old[0], ids), trace.merge(old[1], parents)
+        self._by_post[post_id] = (ids[-trace.MAX_TRACES :], parents[-trace.MAX_TRACES :])
+        if len(self._by_post) > self.capacity:
+            self._by_post.popitem(last=False)
+
+    def of(self, post_id: str) -> tuple[list[str], list[str]]:
+        return self._by_post.get(post_id) or ([], [])
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from mysocial import post_comments
+from mysocial import post_comments, trace
 from mysocial.config import Settings
 from mysocial.kafka import topics
 from mysocial.kafka.connection import kafka_connection
@@ -43,6 +43,8 @@ class Item:
     key: str
     value: Any
     time_ms: int
+    # (correlation ids, traceparents) a posts_with_counts record's headers carry
+    traces: tuple[list[str], list[str]] | None = None
 
 
 Apply = Callable[[list[Item], Mapping[Key, int]], None]
@@ -149,7 +151,9 @@ class Tailer:
                 if value is not None:
                     parsed = ev.PostWithCounts()
                     parsed.ParseFromString(value)
-                return Item(POST, partition, offset, key.decode(), parsed, time_ms)
+                headers = msg.headers()
+                traced = trace.from_headers(headers) if headers else None
+                return Item(POST, partition, offset, key.decode(), parsed, time_ms, traced)
             if kind == COMMENT:
                 record = post_comments.decode(key, value, msg.headers(), partition)
                 return Item(COMMENT, partition, offset, record.post_id, record, time_ms)

@@ -32,21 +32,23 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: dict[str, bytes]
+    headers: dict[str, bytes]  # the last value of each header
     timestamp_ms: int
+    header_list: tuple[tuple[str, bytes], ...] = ()  # every header, repeats included
 
 
 def to_record(msg: Any) -> Record:
     """A consumed confluent-kafka Message as a plain Record."""
-    headers = {str(k): bytes(v) for k, v in (msg.headers() or [])}
+    listed = tuple((str(k), bytes(v)) for k, v in (msg.headers() or []) if v is not None)
     return Record(
         msg.topic(),
         msg.partition(),
         msg.offset(),
         msg.key(),
         msg.value(),
-        headers,
+        dict(listed),
         msg.timestamp()[1],
+        listed,
     )
 
 

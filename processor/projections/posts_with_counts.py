@@ -7,7 +7,8 @@ the changelog and of posts_with_counts. The per-event rules run in a Core
 whole consumed batches and stops at whatever it cannot apply itself.
 
 At commit, each task's changed keys go to the changelog, each changed post to
-posts_with_counts (one record per post per commit, however many events touched it)
+posts_with_counts (one record per post per commit, however many events touched it,
+with the correlation ids and traceparents of those events as headers)
 and each comment an event touched to post_comments (the comment as it is now, or a
 tombstone; in the order of the events, with the newest one's offset in headers);
 listeners (the trending stage) see the changed post records. After Kafka committed,
@@ -23,6 +24,7 @@ from typing import Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message
 
+from mysocial import trace
 from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
 from mysocial.log import get_logger
@@ -158,8 +160,10 @@ class PostsWithCounts(Projection):
                 p, self.ctx.producer, self.topic_changelog, self._changelog_delivered
             )
             records = []
-            for post_id, value, raw in changed:
-                self.ctx.output.produce(self.topic_output, post_id.encode(), value, p)
+            for post_id, value, raw, (ids, parents) in changed:
+                # The trace context of the events it includes: repeated headers.
+                headers = trace.to_headers(ids, parents) if ids else None
+                self.ctx.output.produce(self.topic_output, post_id.encode(), value, p, headers)
                 records.append(_record(raw))
             self.outputs += len(changed)
             for listener in self.listeners:

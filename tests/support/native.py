@@ -134,6 +134,11 @@ def _event(actor: str, t: int, rng: random.Random) -> ev.Event:
         ts = Timestamp()
         ts.FromMilliseconds(t)
         e.occurred_at.CopyFrom(ts)
+    roll = rng.random()
+    if roll < 0.8:  # from few calls, so ids repeat (a retried command keeps its id)
+        e.correlation_id = f"cid-{rng.randrange(40)}"
+        if roll < 0.4:
+            e.traceparent = f"00-{rng.randrange(1, 40):032x}-{rng.randrange(1, 9):016x}-01"
     return e
 
 
@@ -255,7 +260,7 @@ class Run:
         self.stores = {p: DictStore() for p in range(PARTITIONS)}
         self.core = self._new_core()
         self.dead: list[tuple[int, str]] = []
-        self.changes: list[list[tuple[str, Any, Any]]] = []
+        self.changes: list[list[tuple[str, Any, Any, Any]]] = []
         # Per commit: the post_comments records, (partition, offset, post, comment, record).
         self.comments: list[list[tuple[int, int, str, str, Any]]] = []
         self.comment_values: list[bytes | None] = []  # post_comments values, as encoded
@@ -301,8 +306,8 @@ class Run:
                 parsed = None if raw is None else res.Comment.FromString(raw)
                 comments.append((p, offset, post_id, comment_id, parsed))
                 self.comment_values.append(raw)
-            for post_id, output, record in self.core.drain(p):
-                changes.append((post_id, _parsed_output(output), parsed_record(record)))
+            for post_id, output, record, traces in self.core.drain(p):
+                changes.append((post_id, _parsed_output(output), parsed_record(record), traces))
             self.core.produce_changelog(p, producer, "ns.changelog", lambda err, msg: None)  # type: ignore[arg-type]
             batch = Batch()
             self.core.write_batch(p, batch, b"")

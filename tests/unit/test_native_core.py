@@ -40,6 +40,10 @@ def test_native_core_equals_the_python_reference(seed: int, cfg: TrendingConfig)
     assert len(native.changes) == len(py.changes)
     for changes, expected in zip(native.changes, py.changes, strict=True):
         assert changes == expected
+    # The records carry their events' traces (the workload gives most events one).
+    traced = [traces for c in py.changes for *_, traces in c if traces[0]]
+    assert traced and any(parents for _, parents in traced)
+    assert all(len(ids) <= 16 for ids, _ in traced)
     assert native.comments == py.comments
     for changelog, expected_log in zip(native.changelog, py.changelog, strict=True):
         assert changelog == expected_log
@@ -101,7 +105,7 @@ def test_revoked_partitions_are_skipped_but_invalid_records_still_dead_lettered(
     py, native = runs
     assert native.dead == py.dead and py.dead
     assert native.changes == py.changes
-    assert {post_id for c in py.changes for post_id, _, _ in c}
+    assert {post_id for c in py.changes for post_id, _, _, _ in c}
     assert native.positions == py.positions
 
 
@@ -155,3 +159,11 @@ def test_murmur2_equals_the_python_partitioner() -> None:
     for n in range(200):
         data = bytes(rng.randrange(256) for _ in range(n % 70))
         assert processor_native.murmur2(data) == murmur2(data)
+
+
+def test_both_cores_keep_the_same_number_of_traces() -> None:
+    import processor_native
+
+    from mysocial import trace
+
+    assert processor_native.MAX_TRACES == trace.MAX_TRACES

@@ -48,6 +48,9 @@ pub struct Event<'a> {
     /// occurred_at as (seconds, nanos).
     pub occurred_at: (i64, i32),
     pub actor: &'a str,
+    /// The call's correlation id and W3C traceparent (mysocial/trace.py); "" if none.
+    pub correlation_id: &'a str,
+    pub traceparent: &'a str,
     pub kind: Option<Kind>,
     pub post_id: &'a str,
     pub comment_id: &'a str,
@@ -65,6 +68,8 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>> {
             1 => event.event_id = r.str_of(wire)?,
             2 => decode_timestamp(r.bytes_of(wire)?, &mut event.occurred_at)?,
             3 => event.actor = r.str_of(wire)?,
+            4 => event.correlation_id = r.str_of(wire)?,
+            5 => event.traceparent = r.str_of(wire)?,
             10..=15 => {
                 let kind = Kind::of_field(field);
                 let payload = r.bytes_of(wire)?;
@@ -273,6 +278,27 @@ mod tests {
         assert_eq!(e.kind, Some(Kind::PostLiked));
         assert_eq!(e.post_id, "p");
         assert_eq!(e.occurred_at, (1, 500_000_000));
+    }
+
+    #[test]
+    fn decodes_the_trace_fields() {
+        let mut raw = Vec::new();
+        put_str(&mut raw, 1, b"e1");
+        put_str(&mut raw, 3, b"u1");
+        put_str(&mut raw, 4, b"cid-1");
+        put_str(
+            &mut raw,
+            5,
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        put_len(&mut raw, 12, &post_id(POST));
+        let e = decode(&raw).unwrap();
+        assert_eq!(e.correlation_id, "cid-1");
+        assert_eq!(
+            e.traceparent,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert_eq!(decode(&like(POST)).unwrap().correlation_id, "");
     }
 
     #[test]

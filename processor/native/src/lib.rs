@@ -25,8 +25,14 @@ use events::Source;
 use seam::{src_offset, Seam, Stop};
 use state::{Applied, Names, Task};
 
-/// A changed post as drain() returns it: (post_id, output or tombstone, PostRecord).
-type Changed<'py> = (String, Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>);
+/// A changed post as drain() returns it: (post_id, output or tombstone, PostRecord,
+/// (correlation ids, traceparents) of the events it includes).
+type Changed<'py> = (
+    String,
+    Option<Bound<'py, PyBytes>>,
+    Bound<'py, PyBytes>,
+    (Vec<String>, Vec<String>),
+);
 type CommentChanged<'py> = (i64, String, String, Option<Bound<'py, PyBytes>>);
 
 struct Topic {
@@ -279,7 +285,7 @@ impl Core {
     }
 
     /// Changed posts since the last drain: [(post_id, posts_with_counts value or None
-    /// for a tombstone, PostRecord bytes)]. The changed keys wait in `committing`.
+    /// for a tombstone, PostRecord bytes, (correlation ids, traceparents))]. The changed keys wait in `committing`.
     fn drain<'py>(&mut self, py: Python<'py>, partition: u32) -> PyResult<Vec<Changed<'py>>> {
         let task = self.task(partition)?;
         Ok(task
@@ -290,6 +296,7 @@ impl Core {
                     c.post_id,
                     c.output.map(|o| PyBytes::new(py, &o)),
                     PyBytes::new(py, &c.record),
+                    (c.traces.ids, c.traces.parents),
                 )
             })
             .collect())
@@ -465,5 +472,7 @@ fn murmur2(data: &[u8]) -> u32 {
 fn processor_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
     m.add_function(wrap_pyfunction!(murmur2, m)?)?;
+    // Exposed so tests hold it equal to mysocial/trace.py's.
+    m.add("MAX_TRACES", state::MAX_TRACES)?;
     Ok(())
 }

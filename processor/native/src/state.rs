@@ -442,7 +442,32 @@ pub enum Applied {
 
 pub struct Task {
     posts: HashMap<String, PostRecord>,
+    /// Trace context of the events applied to each post since its last output
+    /// (mysocial/trace.py): they go out with the post's next record.
+    traces: HashMap<String, Traces>,
     pub io: Io,
+}
+
+/// The newest MAX_TRACES distinct correlation ids and traceparents of a post's events.
+#[derive(Default)]
+pub struct Traces {
+    pub ids: Vec<String>,
+    pub parents: Vec<String>,
+}
+
+pub const MAX_TRACES: usize = 16;
+/// Posts whose events were applied but not output (queued for a post that has not
+/// arrived, or ignored): their traces are dropped past this many.
+const MAX_TRACED_WAITING: usize = 4096;
+
+fn remember(list: &mut Vec<String>, item: &str) {
+    if item.is_empty() || list.iter().any(|i| i == item) {
+        return;
+    }
+    if list.len() == MAX_TRACES {
+        list.remove(0);
+    }
+    list.push(item.to_owned());
 }
 
 /// What drain() hands to the engine for one changed post.
@@ -450,6 +475,7 @@ pub struct Change {
     pub post_id: String,
     pub output: Option<Vec<u8>>,
     pub record: Vec<u8>,
+    pub traces: Traces,
 }
 
 /// What drain() hands over for one touched comment (a post_comments record).
@@ -487,6 +513,7 @@ impl Task {
     pub fn new(cfg: Config, names: Names, max_pending: i64, store_get: Py<PyAny>) -> Self {
         Task {
             posts: HashMap::new(),
+            traces: HashMap::new(),
             io: Io {
                 cfg,
                 names,
@@ -524,8 +551,30 @@ impl Task {
         Ok(self.posts.get(post_id).map(encode_post_record))
     }
 
-    /// Apply one valid event read at `offset` of `source`.
+    /// Apply one valid event read at `offset` of `source`; its trace context waits
+    /// for the post's next output record.
     pub fn apply(
+        &mut self,
+        py: Python<'_>,
+        source: Source,
+        offset: i64,
+        event: &Event<'_>,
+        raw: &[u8],
+        time_ms: i64,
+    ) -> PyResult<Applied> {
+        let applied = self.apply_event(py, source, offset, event, raw, time_ms)?;
+        if matches!(applied, Applied::Done) && !event.correlation_id.is_empty() {
+            let traces = match self.traces.get_mut(event.post_id) {
+                Some(t) => t,
+                None => self.traces.entry(event.post_id.to_owned()).or_default(),
+            };
+            remember(&mut traces.ids, event.correlation_id);
+            remember(&mut traces.parents, event.traceparent);
+        }
+        Ok(applied)
+    }
+
+    fn apply_event(
         &mut self,
         py: Python<'_>,
         source: Source,
@@ -661,6 +710,7 @@ impl Task {
             if changed.contains(&post_id) {
                 let output = (rec.status == LIVE).then(|| encode_output(rec));
                 out.push(Change {
+                    traces: self.traces.remove(&post_id).unwrap_or_default(),
                     post_id: post_id.clone(),
                     output,
                     record: record.clone(),
@@ -669,12 +719,16 @@ impl Task {
             self.io.put(post_key(&post_id), Some(record));
         }
         self.io.committing.extend(self.io.overlay.drain());
+        if self.traces.len() > MAX_TRACED_WAITING {
+            self.traces.clear();
+        }
         out
     }
 
     /// After an aborted transaction: the committed store is the truth again.
     pub fn forget(&mut self) {
         self.posts.clear();
+        self.traces.clear();
         self.io.dirty.clear();
         self.io.comments_touched.clear();
         self.io.changed.clear();
