@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from bench import stages
 from bench.harness import Child, free_ports
 from client import loadgen
 from mysocial.auth import mint_token
@@ -37,17 +38,24 @@ class RunningSystem:
     """Processor + command service (N workers) + query service as processes."""
 
     def __init__(self, settings: Settings, log_dir: Path, command_workers: int = 2) -> None:
-        command_port, query_port = free_ports(2)
+        command_port, query_port, *metrics_ports = free_ports(5)
         self.settings = settings.with_(
             command_addr=f"127.0.0.1:{command_port}",
             query_addr=f"127.0.0.1:{query_port}",
             command_workers=command_workers,
         )
+        # Each service serves /metrics: the per-stage breakdown reads its histograms.
+        roles = ("processor", "command", "query")
+        addrs = {r: f"127.0.0.1:{port}" for r, port in zip(roles, metrics_ports, strict=True)}
+        self.metrics_urls = {r: f"http://{addr}/metrics" for r, addr in addrs.items()}
         log_dir.mkdir(parents=True, exist_ok=True)
         self.children = [
-            Child("processor", self.settings, log_dir / "processor.log"),
-            Child("command_service", self.settings, log_dir / "command.log"),
-            Child("query_service", self.settings, log_dir / "query.log"),
+            Child(module, self.settings.with_(metrics_addr=addrs[role]), log_dir / f"{role}.log")
+            for module, role in (
+                ("processor", "processor"),
+                ("command_service", "command"),
+                ("query_service", "query"),
+            )
         ]
         self.children[0].wait_event("partitions_assigned", 120)
         self.children[2].wait_event("read_models_ready", 120)
@@ -129,11 +137,13 @@ def window(system: RunningSystem, rate: float, seconds: float) -> dict[str, Any]
     runner.start()
     time.sleep(min(5.0, seconds / 4))  # seed posts created, load ramped up
     lag_start = system.lag()
+    breakdown = stages.Window(system.metrics_urls)
     probe = ctx.Process(
         target=_probe, args=(s.command_addr, s.query_addr, seconds * 0.6, 20.0, out)
     )
     probe.start()
     latencies: list[float] = out.get(timeout=seconds + 120)
+    where = breakdown.finish()
     probe.join(30)
     runner.join(seconds + 120)
     lag_end = system.lag()
@@ -159,6 +169,7 @@ def window(system: RunningSystem, rate: float, seconds: float) -> dict[str, Any]
         "lag_start": lag_start,
         "lag_end": lag_end,
         "rss": system.rss(),
+        "breakdown": where,
     }
     result["sustainable"] = bool(
         accepted >= 0.95 * rate

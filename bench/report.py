@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.stages import STAGES
+
 TARGETS = {
     "T1_ratio_B1": (">=", 0.5),
     "T2_ratio_B3": (">=", 0.4),
@@ -128,7 +130,7 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
             f"| {w['rate']:.0f} | {w['accepted_per_s']:.0f} | {w['p50_ms']:.1f} | "
             f"{w['p99_ms']:.1f} | {w['lag_start']} → {w['lag_end']} | {w['sustainable']} |"
         )
-    lines.append("")
+    lines += ["", *_breakdown_lines([*results["T5"]["windows"], results["T4"]])]
     notes = Path(__file__).with_name("NOTES.md")
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
@@ -192,3 +194,34 @@ def _t6_lines(t6: dict[str, Any] | None) -> list[str]:
             f"{abuser['abuser']['accepted']}, refused {abuser['abuser']['errors']} |"
         )
     return lines
+
+
+def _breakdown_lines(windows: list[dict[str, Any]]) -> list[str]:
+    """Per window: each stage's p50 / p99 (ms) from the services' histograms, and the
+    CPU each part of the system used (cores), bench/stages.py."""
+    rows = [w for w in windows if w.get("breakdown")]
+    if not rows:
+        return []
+    names = [stage for stage, *_ in STAGES]
+    roles = ("broker", "processor", "command", "query", "load")
+    lines = [
+        "## Where a like's time goes (T5 windows, then T4)",
+        "",
+        "Stages (bench/stages.py): ack = produce → acks=all; consumed = event → polled by "
+        "the processor; committed = event → its transaction committed; commit = the commit "
+        "itself; applied = projection record → applied by the query service; written = "
+        "applied → stream message written. p50 / p99 in ms, from histogram buckets. CPU in "
+        "cores over the window (load = the load generator and the probe).",
+        "",
+        "| rate/s | " + " | ".join(names) + " | probe | CPU " + " / ".join(roles) + " |",
+        "|---" * (len(names) + 3) + "|",
+    ]
+    for w in rows:
+        b = w["breakdown"]
+        cells = [f"{b['stages'][n]['p50_ms']:.1f} / {b['stages'][n]['p99_ms']:.1f}" for n in names]
+        cpu = " / ".join(f"{b['cpu_cores'].get(r, 0.0):.2f}" for r in roles)
+        lines.append(
+            f"| {w['rate']:.0f} | " + " | ".join(cells) + f" | {w['p50_ms']:.1f} / "
+            f"{w['p99_ms']:.1f} | {cpu} |"
+        )
+    return [*lines, ""]

@@ -33,7 +33,7 @@ from command_service.quota import BucketTable, Quotas, SharedTable, private_tabl
 from command_service.servicer import CommandServicer
 from media.library import MediaLibrary
 from mysocial import log as logconf
-from mysocial import metrics
+from mysocial import metrics, otel
 from mysocial.config import ConfigError, Settings, split_addr
 from mysocial.kafka import topics
 from mysocial.kafka.probe import ReachabilityProbe
@@ -168,7 +168,9 @@ def _worker(settings: Settings, addr: str, shared: SharedTable | None = None) ->
     """One worker until it is stopped; its exit code. shared: the parent's quota table."""
     logconf.configure(settings.log_level, settings.log_format, "command_service")
     table, memory = shared.attach() if shared is not None else (None, None)
+    otel.configure(settings.otlp_endpoint, "mysocial-command")
     code = asyncio.run(_worker_main(settings, addr, table))
+    otel.shutdown()
     if memory is not None:
         del table  # the buffer's last user before the memory is closed
         memory.close()

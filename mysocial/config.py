@@ -77,6 +77,13 @@ class Settings(KafkaSettings):
         "(command 127.0.0.1:9464, query :9465, processor :9466, `processor audit --every` "
         ":9467); `off`: none.",
     )
+    otlp_endpoint: str = _setting(
+        "MYSOCIAL_OTLP_ENDPOINT",
+        "",
+        "OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`) that receives "
+        "OpenTelemetry spans of command calls, processor commits and stream deliveries; "
+        "empty: no spans (the correlation ids and traceparents travel regardless).",
+    )
     command_workers: int = _setting(
         "MYSOCIAL_COMMAND_WORKERS",
         0,

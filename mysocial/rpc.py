@@ -32,6 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from mysocial import otel
 from mysocial.errors import QuotaExceeded, ServiceError
 from mysocial.log import CORRELATION_HEADER, clean_correlation_id, get_logger
 from mysocial.metrics import SERVING, Rpc
@@ -194,12 +195,24 @@ def unary(
 
     @functools.wraps(fn)
     async def wrapper(self: Self, request: Req, context: Ctx) -> Resp:
-        _bind(context, name)
+        cid = _bind(context, name)
         rpc = metrics(self)
         rpc.started.inc()
         rpc.in_flight.inc()
         began = time.perf_counter()
         code = "OK"
+        span = None
+        if otel.enabled():
+            # The call's span continues the caller's trace; its events continue it.
+            span = otel.start_server(
+                f"{rpc.service}/{name}",
+                current_trace().traceparent,
+                correlation_id=cid,
+                **{"rpc.system": "grpc", "rpc.service": rpc.service, "rpc.method": name},
+            )
+            parent = otel.traceparent_of(span)
+            _CALL_TRACE.set(CallTrace(cid, parent))
+            structlog.contextvars.bind_contextvars(trace_id=trace_id(parent))
         try:
             return await fn(self, request, context)
         except grpc.aio.AbortError:
@@ -216,6 +229,9 @@ def unary(
             raise  # unreachable: abort raises
         finally:
             rpc.handled(code, time.perf_counter() - began)
+            if span is not None:
+                span.set_attribute("rpc.grpc.status_code", code)
+                span.end()
 
     return wrapper
 

@@ -3,6 +3,7 @@
 import signal
 import sys
 
+from mysocial import otel
 from mysocial.config import Settings
 from mysocial.process import tune_gc
 from mysocial.startup import kafka_or_exit, metrics_or_exit, settings_or_exit
@@ -20,9 +21,11 @@ def main() -> int:
     settings = settings_or_exit("processor")
     kafka_or_exit(settings)
     served = metrics_or_exit(settings, "processor")
+    otel.configure(settings.otlp_endpoint, "mysocial-processor")
     try:
         return run(settings)
     finally:
+        otel.shutdown()
         if served is not None:
             served.close()
 

@@ -3,7 +3,8 @@
 Almost everything is read when Prometheus scrapes, by a collector over counters the
 engine keeps anyway and over librdkafka's statistics (every STATS_INTERVAL_MS): the
 event path pays nothing per event. What is observed as it happens is per
-transaction (a few per second): commit duration, events per commit and freshness.
+transaction or per consumed batch: commit duration, events per commit, freshness and
+the consume delay.
 
 Freshness is measured per transaction, from the Kafka timestamp of the oldest event
 it consumed to the moment its commit returned: the worst case of that transaction,
@@ -37,6 +38,12 @@ COMMIT_EVENTS = Histogram(
     "Input records consumed per committed transaction.",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 50_000),
 )
+CONSUME_DELAY = Histogram(
+    "mysocial_processor_consume_delay_seconds",
+    "Kafka timestamp of the first event of a consumed batch -> the batch polled (how long "
+    "events wait for the processor's loop).",
+    buckets=LATENCY_BUCKETS,
+)
 FRESHNESS = Histogram(
     "mysocial_processor_freshness_seconds",
     "Kafka timestamp of a transaction's oldest event -> its commit returned.",
@@ -58,8 +65,10 @@ class TransactionClock:
             return
         self.events += len(msgs)
         ts = msgs[0].timestamp()[1]
-        if ts > 0 and (self.oldest_ms == 0 or ts < self.oldest_ms):
-            self.oldest_ms = ts
+        if ts > 0:
+            CONSUME_DELAY.observe(max(0.0, time.time() - ts / 1000.0))
+            if self.oldest_ms == 0 or ts < self.oldest_ms:
+                self.oldest_ms = ts
 
     def committed(self, began: float) -> None:
         COMMIT_SECONDS.observe(time.monotonic() - began)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from media.library import MediaLibrary
 from mysocial import log as logconf
+from mysocial import otel
 from mysocial.config import Settings
 from mysocial.process import tune_gc
 from mysocial.rocks import StateLocked
@@ -101,7 +102,9 @@ def main() -> None:
     settings = settings_or_exit("query_service")
     kafka_or_exit(settings)
     served = metrics_or_exit(settings, "query")
+    otel.configure(settings.otlp_endpoint, "mysocial-query")
     code = asyncio.run(_main(settings))
+    otel.shutdown()
     if served is not None:
         served.close()
     sys.exit(code)

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
+from mysocial import otel
 from mysocial.config import Settings
 from mysocial.consistency import ConsistencyToken
 from mysocial.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
@@ -50,6 +51,11 @@ def _strings(tag: bytes, values: list[str]) -> bytes:
         raw = value.encode()
         out += tag + _varint(len(raw)) + raw
     return out
+
+
+def _delivery_span(stream: str, post_id: str, parents: list[str]) -> None:
+    """An OpenTelemetry span for a stream message, linked to the commands it shows."""
+    otel.start_linked(f"query {stream} deliver", parents, post_id=post_id).end()
 
 
 def state_path(settings: Settings) -> Path:
@@ -293,6 +299,8 @@ class ReadSide:
     def _post_message(self, post_id: str, skipped: int) -> q.WatchPostsResponse:
         view = self.model.lookup(post_id)
         ids, parents = self.traces.of(post_id)
+        if parents and otel.enabled():
+            _delivery_span("WatchPosts", post_id, parents)
         if not isinstance(view, PostView):
             return q.WatchPostsResponse(
                 post=res.Post(post_id=post_id),
@@ -377,6 +385,10 @@ class ReadSide:
             if len(self._feed_cache) > 20_000:
                 self._feed_cache.clear()
             self._feed_cache[key] = cached
+        if otel.enabled():
+            parents = self.traces.of(post_id)[1]
+            if parents:
+                _delivery_span("WatchFeed", post_id, parents)
         if skipped:
             metrics.SKIPPED_BY["feed"].inc(skipped)
             # Protobuf fields may be appended: the shared bytes plus this reader's count

@@ -151,7 +151,8 @@ class Tailer:
                 if value is not None:
                     parsed = ev.PostWithCounts()
                     parsed.ParseFromString(value)
-                headers = msg.headers()
+                # Trace ids only for live changes: a (re)load has no stream to show them.
+                headers = msg.headers() if self.ready else None
                 traced = trace.from_headers(headers) if headers else None
                 return Item(POST, partition, offset, key.decode(), parsed, time_ms, traced)
             if kind == COMMENT:

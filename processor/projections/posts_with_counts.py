@@ -20,11 +20,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message
 
-from mysocial import trace
+from mysocial import otel, trace
 from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
 from mysocial.log import get_logger
@@ -84,6 +84,7 @@ class PostsWithCounts(Projection):
         self.stores: dict[int, TaskStore] = {}  # running tasks
         self.changelog_next: dict[int, int] = {}
         self.outputs = 0
+        self._span: Any = None  # the open transaction's span (mysocial/otel.py), if on
 
     # -- tasks --------------------------------------------------------------------------
     def restorations(self, partition: int, committed: Offsets) -> list[Restoration]:
@@ -151,6 +152,7 @@ class PostsWithCounts(Projection):
         for event, fields in self.core.take_warnings():  # raised by the rules meanwhile
             log.warning(event, **fields)
         self.changelog_next.clear()
+        traced: list[str] = []  # traceparents of the events this transaction carries
         for p in self.stores:
             self._produce_comments(p, self.core.drain_comments(p))
             changed = self.core.drain(p)
@@ -163,11 +165,18 @@ class PostsWithCounts(Projection):
             for post_id, value, raw, (ids, parents) in changed:
                 # The trace context of the events it includes: repeated headers.
                 headers = trace.to_headers(ids, parents) if ids else None
+                traced += parents
                 self.ctx.output.produce(self.topic_output, post_id.encode(), value, p, headers)
                 records.append(_record(raw))
             self.outputs += len(changed)
             for listener in self.listeners:
                 listener.counts_changed(p, records, now)
+        if otel.enabled():
+            self._span = otel.start_linked(
+                "processor commit posts_with_counts",
+                traced,
+                instance=self.ctx.settings.processor_instance_id,
+            )
 
     def _produce_comments(self, partition: int, changes: list[CommentChange]) -> None:
         """post_comments records, in event order (readers take the headers' offset as
@@ -189,9 +198,16 @@ class PostsWithCounts(Projection):
             assert partition is not None and offset is not None
             self.changelog_next[partition] = offset + 1
 
+    def _end_span(self, outcome: str) -> None:
+        if self._span is not None:
+            self._span.set_attribute("outcome", outcome)
+            self._span.end()
+            self._span = None
+
     def post_commit(self) -> None:
         """The committed keys reach RocksDB, with their changelog offset (the store
         itself never calls into the core: it receives a filled batch)."""
+        self._end_span("committed")
         for p, store in self.stores.items():
             batch = store.batch()
             self.core.write_batch(p, batch, store.prefix)
@@ -199,6 +215,7 @@ class PostsWithCounts(Projection):
             self.core.trim_cache(p, CACHED_POSTS_PER_TASK)
 
     def abort(self) -> None:
+        self._end_span("aborted")
         for p in self.stores:
             self.core.discard(p)
 

@@ -5,7 +5,9 @@ the call (real broker, processor, command and query processes)."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +155,116 @@ def test_a_commands_trace_reaches_its_event_the_projection_and_the_streams(
         "trace-missing-1",
         LIKE_PARENT[3:35],
     )
+
+
+class Collector:
+    """A minimal OTLP/HTTP traces receiver: keeps every span it is sent, with the
+    service.name of the process that sent it."""
+
+    def __init__(self) -> None:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tsp
+
+        self.spans: list[tuple[str, Any]] = []
+        spans = self.spans
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = tsp.ExportTraceServiceRequest.FromString(body)
+                for resource_spans in request.resource_spans:
+                    attrs = {
+                        a.key: a.value.string_value for a in resource_spans.resource.attributes
+                    }
+                    for scope in resource_spans.scope_spans:
+                        spans.extend((attrs["service.name"], span) for span in scope.spans)
+                reply = tsp.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def of(self, service: str, name_part: str) -> list[Any]:
+        return [span for svc, span in list(self.spans) if svc == service and name_part in span.name]
+
+
+def test_spans_are_exported_to_an_otlp_collector_when_asked(
+    kafka_bootstrap: str, tmp_path: Path, log_dir: Path
+) -> None:
+    collector = Collector()
+    settings = make_settings(
+        kafka_bootstrap,
+        processor_state_dir=str(tmp_path / "state"),
+        otlp_endpoint=collector.endpoint,
+    )
+    provision(settings)
+    trace_id = bytes.fromhex(LIKE_PARENT[3:35])
+    try:
+        with System(settings, log_dir) as system:
+            commands, queries = system.commands(), system.queries()
+            post = commands.CreatePost(cmd.CreatePostRequest(caption="spans"), metadata=auth("al"))
+            watch = StreamReader(
+                queries.WatchPosts(
+                    q.WatchPostsRequest(
+                        post_ids=[post.post_id], consistency_token=post.consistency_token
+                    )
+                )
+            )
+            try:
+                wait_until(lambda: watch.messages, timeout=30, what="the snapshot")
+                commands.LikePost(
+                    cmd.LikePostRequest(post_id=post.post_id),
+                    metadata=traced("bob", "span-like-1", LIKE_PARENT),
+                )
+
+                def like_span() -> Any:
+                    for span in collector.of("mysocial-command", "/LikePost"):
+                        if span.trace_id == trace_id:
+                            return span
+                    return None
+
+                rpc = wait_until(like_span, timeout=30, what="the LikePost span")
+                # The command span is the child of the caller's; the event carries the
+                # command span's own traceparent, which the commit and delivery link.
+                assert rpc.parent_span_id == bytes.fromhex(LIKE_PARENT[36:52])
+                assert rpc.kind == 2  # SERVER
+
+                def linked(service: str, name_part: str) -> Any:
+                    for span in collector.of(service, name_part):
+                        if any(
+                            (link.trace_id, link.span_id) == (trace_id, rpc.span_id)
+                            for link in span.links
+                        ):
+                            return span
+                    return None
+
+                commit = wait_until(
+                    lambda: linked("mysocial-processor", "processor commit"),
+                    timeout=30,
+                    what="a processor commit span linked to the like",
+                )
+                assert {a.key: a.value.string_value for a in commit.attributes}["outcome"] == (
+                    "committed"
+                )
+                wait_until(
+                    lambda: linked("mysocial-query", "WatchPosts deliver"),
+                    timeout=30,
+                    what="a stream delivery span linked to the like",
+                )
+                assert watch.error is None
+            finally:
+                watch.close()
+    finally:
+        collector.close()
