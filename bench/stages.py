@@ -68,9 +68,12 @@ def _ms(seconds: float) -> float:
 
 
 def role_of(proc: psutil.Process) -> str:
-    """Which part of the system a process is, from its command line."""
+    """Which part of the system a process is, from its command line or its parent's (a
+    command service's workers are spawned children of it)."""
     try:
         line = " ".join(proc.cmdline())
+        if "multiprocessing" in line and proc.parent() is not None:
+            line += " " + " ".join(proc.parent().cmdline())
     except psutil.Error:
         return "gone"
     if "kafka" in line and "java" in line:

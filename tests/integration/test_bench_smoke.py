@@ -45,3 +45,11 @@ def test_benchmark_suite_smoke_run(kafka_bootstrap: str) -> None:
     ):
         assert isinstance(summary[key], int | float), key
     assert summary["machine"]["cores"] >= 1
+    # T4's window carries its per-stage breakdown: every stage the like passes was
+    # observed by its service's histogram, and CPU is split by role.
+    results = json.loads((PROJECT_ROOT / "bench" / "results" / "smoke" / "all.json").read_text())
+    where = results["T4"]["breakdown"]
+    for stage in ("ack", "consumed", "committed", "commit", "applied", "written"):
+        assert where["stages"][stage]["count"] > 0, stage
+        assert 0 <= where["stages"][stage]["p50_ms"] <= where["stages"][stage]["p99_ms"], stage
+    assert {"processor", "command", "query", "load"} <= set(where["cpu_cores"])
