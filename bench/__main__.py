@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
             results["T4"] = window(system, k / 2, sizes.window_seconds)
             t4 = results["T4"]
             log(f"T4 at {k / 2:.0f}/s: p50 {t4['p50_ms']:.1f} ms p99 {t4['p99_ms']:.1f} ms")
+            # Past the knee, for the per-stage breakdown: where the time goes when it
+            # is no longer enough.
+            results["T5"]["double_knee"] = window(system, 2 * k, sizes.window_seconds)
         finally:
             system.stop()
         _save_partial(results_dir, results)

@@ -130,7 +130,8 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
             f"| {w['rate']:.0f} | {w['accepted_per_s']:.0f} | {w['p50_ms']:.1f} | "
             f"{w['p99_ms']:.1f} | {w['lag_start']} → {w['lag_end']} | {w['sustainable']} |"
         )
-    lines += ["", *_breakdown_lines([*results["T5"]["windows"], results["T4"]])]
+    past = [results["T5"]["double_knee"]] if "double_knee" in results["T5"] else []
+    lines += ["", *_breakdown_lines([*results["T5"]["windows"], results["T4"], *past])]
     notes = Path(__file__).with_name("NOTES.md")
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
@@ -205,7 +206,7 @@ def _breakdown_lines(windows: list[dict[str, Any]]) -> list[str]:
     names = [stage for stage, *_ in STAGES]
     roles = ("broker", "processor", "command", "query", "load")
     lines = [
-        "## Where a like's time goes (T5 windows, then T4)",
+        "## Where a like's time goes (T5 windows, then T4, then 2x the knee)",
         "",
         "Stages (bench/stages.py): ack = produce → acks=all; consumed = event → polled by "
         "the processor; committed = event → its transaction committed; commit = the commit "
