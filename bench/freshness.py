@@ -179,15 +179,40 @@ def window(system: RunningSystem, rate: float, seconds: float) -> dict[str, Any]
     return result
 
 
-def knee(system: RunningSystem, rates: list[float], seconds: float) -> dict[str, Any]:
-    """T5: the highest sustainable rate among `rates` (tried in increasing order)."""
-    tried = []
-    best = 0.0
+def knee(
+    system: RunningSystem,
+    rates: list[float],
+    seconds: float,
+    repeats: int = 2,
+    bisect_steps: int = 2,
+) -> dict[str, Any]:
+    """T5: the highest sustainable rate. `rates` are tried in increasing order up to
+    the first that fails; the gap between the last that held and it is then halved
+    `bisect_steps` times. A rate holds only if each of its `repeats` windows does:
+    one window's p99 varies by tens of ms on two shared cores, and one lucky window
+    must not decide the knee."""
+    tried: list[dict[str, Any]] = []
+
+    def holds(rate: float) -> bool:
+        results = [window(system, rate, seconds) for _ in range(repeats)]
+        tried.extend(results)
+        return all(r["sustainable"] for r in results)
+
+    best, failed = 0.0, None
     for rate in sorted(rates):
-        result = window(system, rate, seconds)
-        tried.append(result)
-        if result["sustainable"]:
-            best = rate
-        else:
+        if not holds(rate):
+            failed = rate
             break
-    return {"knee_per_s": best, "windows": tried}
+        best = rate
+    if failed is not None:
+        low, high = best, failed
+        for _ in range(bisect_steps):
+            mid = float(round((low + high) / 2))
+            if mid in (low, high):
+                break
+            if holds(mid):
+                low = mid
+            else:
+                high = mid
+        best = low
+    return {"knee_per_s": best, "windows": tried, "repeats": repeats}

@@ -122,6 +122,10 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
         "",
         "## Knee search (T5 windows)",
         "",
+        "Rates go up until one fails; the gap to the last that held is then halved twice. "
+        f"A rate holds only if all {results['T5'].get('repeats', 1)} of its windows do "
+        "(bench/freshness.py).",
+        "",
         "| rate/s | accepted/s | probe p50 ms | probe p99 ms | lag start → end | sustainable |",
         "|---|---|---|---|---|---|",
     ]
