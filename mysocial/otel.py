@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from mysocial.log import get_logger
+from mysocial.trace import clean_traceparent
 
 log = get_logger("otel")
 
@@ -93,5 +94,8 @@ def start_linked(name: str, traceparents: Iterable[str], **attributes: Any) -> A
         return None
     from opentelemetry.trace import Link
 
-    links = [Link(_span_context(tp)) for tp in list(dict.fromkeys(traceparents))[:MAX_LINKS]]
+    # Events may come from any producer: a traceparent that is not a valid one is
+    # skipped, never an error in the processor's commit or a stream.
+    clean = [c for c in dict.fromkeys(clean_traceparent(tp) for tp in traceparents) if c]
+    links = [Link(_span_context(tp)) for tp in clean[:MAX_LINKS]]
     return _tracer.start_span(name, links=links, attributes=attributes)

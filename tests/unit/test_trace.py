@@ -36,3 +36,16 @@ def test_headers_repeat_and_read_back() -> None:
         ["a", "b"],
         [LIKE_PARENT],
     )
+
+
+def test_spans_skip_traceparents_that_are_not_valid() -> None:
+    from mysocial import otel
+
+    otel.configure("http://127.0.0.1:9/v1/traces", "test")  # nothing listens: dropped
+    try:
+        span = otel.start_linked("x", [LIKE_PARENT, "garbage", "00-zz", LIKE_PARENT])
+        assert [f"{link.context.trace_id:032x}" for link in span.links] == [LIKE_PARENT[3:35]]
+        # not ended: nothing to export to the address where nothing listens
+    finally:
+        otel.shutdown()
+    assert not otel.enabled()
