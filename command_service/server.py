@@ -268,6 +268,12 @@ def _run_workers(settings: Settings, workers: int) -> int:
             exit_code = 1
         elif p.exitcode not in (0, None):
             exit_code = p.exitcode
+    # The workers are done. A late signal (a supervisor's SIGTERM after Ctrl-C) must
+    # not turn this clean exit into a kill: arriving while Python shuts down, after
+    # its handlers are gone, it would end the process by its default action (CI saw
+    # exit -15 in the Ctrl-C test). The workers ignore late signals the same way.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     memory.close()
     memory.unlink()
     return exit_code
