@@ -22,7 +22,7 @@ from bench import kafka_raw
 from bench.backlog import BacklogSpec, write_backlog
 from bench.catchup import run_processors
 from bench.fanout import t3_fanout
-from bench.freshness import RunningSystem, knee, window
+from bench.freshness import RunningSystem, capacity, knee, window
 from bench.grpc_load import run_ghz
 from bench.harness import RESULTS, broker, child_env, free_port, fresh_settings, machine
 from bench.memory import query_bytes_per_post
@@ -48,6 +48,8 @@ class Sizes:
     r1_posts: int
     processor_instances: int
     peers: bool
+    t4_fixed_rate: float = 100.0  # issue 17's T4 point (likes/s offered)
+    capacity_ceiling: float = 6400.0  # T5b stops doubling here
 
 
 FULL = Sizes(
@@ -65,7 +67,9 @@ FULL = Sizes(
     2,
     True,
 )
-SMOKE = Sizes(1, 1.0, 2_000, 100, 3_000, 20, 1.0, 6.0, (20.0,), (200, 1_000), 500, 1, True)
+SMOKE = Sizes(
+    1, 1.0, 2_000, 100, 3_000, 20, 1.0, 6.0, (20.0,), (200, 1_000), 500, 1, True, 20.0, 80.0
+)
 
 
 def median_of(trials: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -316,6 +320,20 @@ def main(argv: list[str] | None = None) -> int:
             # Past the knee, for the per-stage breakdown: where the time goes when it
             # is no longer enough.
             results["T5"]["double_knee"] = window(system, 2 * k, sizes.window_seconds)
+            # The issue's fixed point: freshness at 100 likes/s, whatever the knee.
+            results["T4_100"] = window(system, sizes.t4_fixed_rate, sizes.window_seconds)
+            t4f = results["T4_100"]
+            log(
+                f"T4 at {sizes.t4_fixed_rate:.0f}/s: p50 {t4f['p50_ms']:.1f} ms "
+                f"p99 {t4f['p99_ms']:.1f} ms"
+            )
+            results["T5b"] = capacity(
+                system, results["T5"]["double_knee"], sizes.window_seconds, sizes.capacity_ceiling
+            )
+            log(
+                f"T5b capacity {results['T5b']['capacity_per_s']:.0f}/s "
+                f"(limited by {results['T5b']['limited_by']})"
+            )
         finally:
             system.stop()
         _save_partial(results_dir, results)
@@ -356,6 +374,7 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
     # are excluded for the processor, the raw consumer and both peers alike.
     key = "events_per_s_excl_startup"
     t2 = c["T2"][key]
+    t1 = r["ingest"]["T1_like"]["rps"]  # likes/s the command service takes (T1)
     return {
         "T1_ratio_B1": r["ingest"]["T1_ratio_B1"],
         "T2_events_per_s": t2,
@@ -366,6 +385,11 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "T4_p50_ms": r["T4"]["p50_ms"],
         "T4_p99_ms": r["T4"]["p99_ms"],
         "T5_knee_per_s": r["T5"]["knee_per_s"],
+        "T5_knee_ratio_T1": r["T5"]["knee_per_s"] / t1,
+        "T4_p50_ms_at_100": r["T4_100"]["p50_ms"],
+        "T4_p99_ms_at_100": r["T4_100"]["p99_ms"],
+        "T5b_capacity_per_s": r["T5b"]["capacity_per_s"],
+        "T5b_capacity_ratio_T1": r["T5b"]["capacity_per_s"] / t1,
         "T6_goodput_ratio": r["T6"]["goodput_ratio"],
         "T6_p99_ms": r["T6"]["p99_ms"],
         "T6_abuser_p99_ratio": r["T6"]["abuser"]["p99_ratio"],

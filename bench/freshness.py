@@ -1,4 +1,4 @@
-"""T4 freshness and T5 knee: the whole system on this machine under open-loop load.
+"""T4 freshness, T5 knee and T5b capacity: the whole system on this machine under open-loop load.
 
 Everything runs here at once: broker, processor, command service, query service, the
 load generator (`client.loadgen`, separate processes) and a probe process. The
@@ -171,11 +171,8 @@ def window(system: RunningSystem, rate: float, seconds: float) -> dict[str, Any]
         "rss": system.rss(),
         "breakdown": where,
     }
-    result["sustainable"] = bool(
-        accepted >= 0.95 * rate
-        and lag_end - lag_start <= max(100.0, rate)  # at most ~1 s of input behind
-        and result["p99_ms"] <= P99_TARGET_MS
-    )
+    # Lag may grow by at most ~1 s of input over the window (keeps_up).
+    result["sustainable"] = keeps_up(result) and result["p99_ms"] <= P99_TARGET_MS
     return result
 
 
@@ -216,3 +213,54 @@ def knee(
                 high = mid
         best = low
     return {"knee_per_s": best, "windows": tried, "repeats": repeats}
+
+
+def keeps_up(w: dict[str, Any]) -> bool:
+    """The system took the window's rate and its lag did not grow (latency aside)."""
+    return bool(
+        w["accepted_per_s"] >= 0.95 * w["rate"]
+        and w["lag_end"] - w["lag_start"] <= max(100.0, w["rate"])
+    )
+
+
+def capacity(
+    system: RunningSystem,
+    first: dict[str, Any],
+    seconds: float,
+    ceiling: float = 6400.0,
+    bisect_steps: int = 2,
+) -> dict[str, Any]:
+    """T5b: the highest rate the whole system keeps up with, whatever the latency.
+
+    `first` is a window already measured (2x the knee): rates double from it until one
+    does not keep up (or `ceiling`), then the gap is halved `bisect_steps` times. One
+    window per rate: lag growth over a minute is a steadier signal than a p99. A rate
+    the load generator could not offer counts as not kept up, so the figure is bounded
+    by the front door as the launch-day mix reaches it, and says so (`limited_by`)."""
+    tried = [first]
+    best, failed = (first["rate"], None) if keeps_up(first) else (0.0, first["rate"])
+    rate = first["rate"]
+    while failed is None and rate * 2 <= ceiling:
+        rate *= 2
+        w = window(system, rate, seconds)
+        tried.append(w)
+        if keeps_up(w):
+            best = rate
+        else:
+            failed = rate
+    if failed is not None:
+        low, high = best, failed
+        for _ in range(bisect_steps):
+            mid = float(round((low + high) / 2))
+            if mid in (low, high):
+                break
+            w = window(system, mid, seconds)
+            tried.append(w)
+            low, high = (mid, high) if keeps_up(w) else (low, mid)
+        best = low
+    over = [w for w in tried if not keeps_up(w)]
+    limited_by = None
+    if over:
+        w = min(over, key=lambda x: x["rate"])
+        limited_by = "ingest" if w["accepted_per_s"] < 0.95 * w["rate"] else "processing"
+    return {"capacity_per_s": best, "windows": tried, "limited_by": limited_by}

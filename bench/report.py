@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.freshness import keeps_up
 from bench.stages import STAGES
 
 TARGETS = {
@@ -23,6 +24,10 @@ TARGETS = {
     "T6_goodput_ratio": (">=", 0.9),
     "T6_p99_ms": ("<=", 200.0),  # 2x the T4 p99 target
     "T6_abuser_p99_ratio": ("<=", 1.2),
+    # Issue 17: fresh counts at half of what the front door takes.
+    "T5_knee_ratio_T1": (">=", 0.5),
+    "T4_p50_ms_at_100": ("<=", 10.0),
+    "T4_p99_ms_at_100": ("<=", 25.0),
 }
 
 
@@ -108,6 +113,7 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
         f"p99 {t4['p99_ms']:.1f} ms, p99.9 {t4['p999_ms']:.1f} ms ({t4['probe_samples']} probes) |",
         f"| T5 | knee: highest sustained rate (p99 ≤ 100 ms, lag stable, all on this machine) | "
         f"{results['T5']['knee_per_s']:.0f} commands/s |",
+        *_fixed_and_capacity_lines(results),
         *_t6_lines(results.get("T6")),
         f"| B4 | raw Kafka produce → consume latency | p50 {results['B4']['p50_ms']:.1f} ms, "
         f"p99 {results['B4']['p99_ms']:.1f} ms |",
@@ -140,7 +146,12 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
             f"{w['p99_ms']:.1f} | {w['lag_start']} → {w['lag_end']} | {w['sustainable']} |"
         )
     past = [results["T5"]["double_knee"]] if "double_knee" in results["T5"] else []
-    lines += ["", *_breakdown_lines([*results["T5"]["windows"], results["T4"], *past])]
+    fixed = [results["T4_100"]] if "T4_100" in results else []
+    beyond = results["T5b"]["windows"][1:] if "T5b" in results else []
+    lines += [
+        "",
+        *_breakdown_lines([*results["T5"]["windows"], results["T4"], *past, *fixed, *beyond]),
+    ]
     notes = Path(__file__).with_name("NOTES.md")
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
@@ -206,6 +217,29 @@ def _t6_lines(t6: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _fixed_and_capacity_lines(results: dict[str, Any]) -> list[str]:
+    """T4 at the issue's fixed 100 likes/s, and T5b (lag stable, latency aside)."""
+    lines = []
+    if "T4_100" in results:
+        w = results["T4_100"]
+        lines.append(
+            f"| T4 | LikePost → WatchPosts at {w['rate']:.0f}/s (fixed rate) | p50 "
+            f"{w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms, p99.9 {w['p999_ms']:.1f} ms "
+            f"({w['probe_samples']} probes) |"
+        )
+    if "T5b" in results:
+        b = results["T5b"]
+        rates = ", ".join(
+            f"{w['rate']:.0f}/s {'kept up' if keeps_up(w) else 'fell behind'}" for w in b["windows"]
+        )
+        lines.append(
+            f"| T5b | capacity: highest rate with lag stable, latency aside | "
+            f"{b['capacity_per_s']:.0f} commands/s (next step limited by {b['limited_by']}; "
+            f"windows: {rates}) |"
+        )
+    return lines
+
+
 def _breakdown_lines(windows: list[dict[str, Any]]) -> list[str]:
     """Per window: each stage's p50 / p99 (ms) from the services' histograms, and the
     CPU each part of the system used (cores), bench/stages.py."""
@@ -215,7 +249,7 @@ def _breakdown_lines(windows: list[dict[str, Any]]) -> list[str]:
     names = [stage for stage, *_ in STAGES]
     roles = ("broker", "processor", "command", "query", "load")
     lines = [
-        "## Where a like's time goes (T5 windows, then T4, then 2x the knee)",
+        "## Where a like's time goes (T5 windows, T4, 2x the knee, T4 at 100/s, then T5b)",
         "",
         "Stages (bench/stages.py): ack = produce → acks=all; consumed = event → polled by "
         "the processor; committed = event → its transaction committed; commit = the commit "

@@ -35,6 +35,11 @@ def test_benchmark_suite_smoke_run(kafka_bootstrap: str) -> None:
         "T4_p50_ms",
         "T4_p99_ms",
         "T5_knee_per_s",
+        "T5_knee_ratio_T1",
+        "T4_p50_ms_at_100",
+        "T4_p99_ms_at_100",
+        "T5b_capacity_per_s",
+        "T5b_capacity_ratio_T1",
         "M1_bytes_per_like",
         "M1_bytes_per_post",
         "R1_query_warm_restart_s",
@@ -53,3 +58,7 @@ def test_benchmark_suite_smoke_run(kafka_bootstrap: str) -> None:
         assert where["stages"][stage]["count"] > 0, stage
         assert 0 <= where["stages"][stage]["p50_ms"] <= where["stages"][stage]["p99_ms"], stage
     assert {"processor", "command", "query", "load"} <= set(where["cpu_cores"])
+    # T5b doubles from the window at twice the knee; every window it tried is kept.
+    capacity = results["T5b"]
+    assert capacity["windows"][0]["rate"] == results["T5"]["double_knee"]["rate"]
+    assert capacity["capacity_per_s"] in {0.0, *(w["rate"] for w in capacity["windows"])}
