@@ -1,4 +1,5 @@
-"""What both peers share: output topic, ground truth, waiting for lag 0, the result, the CLI.
+"""What the peers share: output topic, ground truth, waiting for lag 0, the result, the
+CLI, the Maven build of the Java ones.
 
 A peer is a subprocess that reads `<ns>likes` and `<ns>comments` and writes, per post, the
 like and comment counts as `COUNTS` (two big-endian int32) to `<ns>peer-<name>-counts`.
@@ -10,7 +11,9 @@ here from the input topics.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import signal
 import struct
 import subprocess
@@ -25,7 +28,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from google.protobuf.message import DecodeError
 
-from mysocial.config import Settings
+from mysocial.config import PROJECT_ROOT, Settings
 from mysocial.kafka import topics
 from mysocial.kafka.connection import kafka_connection
 from mysocial.kafka.reader import group_lag, iter_topic, latest_by_key
@@ -34,6 +37,9 @@ from mysocial.v1 import events_pb2 as ev
 
 COUNTS = struct.Struct(">ii")  # like_count, comment_count
 POLL_S = 0.2
+PROTOS = [
+    PROJECT_ROOT / "protos" / "mysocial" / "v1" / f for f in ("events.proto", "resources.proto")
+]
 
 
 @dataclass
@@ -223,6 +229,45 @@ def warm_up_broker(settings: Settings, timeout: float = 60.0) -> None:
         time.sleep(POLL_S)
 
 
+def maven_build(project: Path, jar: Path, what: str) -> list[str]:
+    """Build a Java peer with Maven unless up to date; the java classpath entries.
+
+    Up to date: target/.built holds the digest of the pom, the protos and src/. The build
+    writes a thin jar plus target/classpath.txt (dependency jars in .cache/m2).
+    """
+    pom = project / "pom.xml"
+    digest = hashlib.sha256()
+    for path in [pom, *PROTOS, *sorted((project / "src").rglob("*"))]:
+        if path.is_file():
+            digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
+            digest.update(path.read_bytes())
+    stamp = project / "target" / ".built"
+    if not (stamp.exists() and stamp.read_text().strip() == digest.hexdigest() and jar.exists()):
+        if shutil.which("mvn") is None:
+            raise RuntimeError(f"Maven (mvn) is required to build {what}")
+        repo = PROJECT_ROOT / ".cache" / "m2"
+        result = subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(pom), f"-Dmaven.repo.local={repo}", "package"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"building {what} failed:\n{result.stdout}")
+        stamp.write_text(digest.hexdigest() + "\n")
+    classpath = (project / "target" / "classpath.txt").read_text().strip()
+    return [str(jar), *classpath.split(":")]
+
+
+def java_version() -> str:
+    """The first line of `java -version`."""
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False)
+    return java.stderr.splitlines()[0]
+
+
+WhileCaughtUp = Callable[[], dict[str, Any]]
+
+
 def run_peer(
     name: str,
     settings: Settings,
@@ -233,9 +278,14 @@ def run_peer(
     version: str,
     cwd: Path,
     env: dict[str, str] | None = None,
+    while_caught_up: WhileCaughtUp | None = None,
 ) -> dict[str, Any]:
     """Start the commands (instances of one peer in one group), time them to lag 0 on
-    the inputs, stop them, verify the output."""
+    the inputs, stop them, verify the output.
+
+    while_caught_up: called once lag is 0, before the peer is stopped (a latency window,
+    bench/peers/latency.py); its result is the result's "while_caught_up".
+    """
     warm_up_broker(settings)
     folder = Path(tempfile.mkdtemp(prefix=f"mysocial-peer-{name}-"))
     logs = [folder / f"peer-{i}.log" for i in range(len(commands))]
@@ -252,6 +302,10 @@ def run_peer(
         timing = wait_caught_up(
             procs, started, settings, group, expected_input_events, timeout, logs
         )
+        extra = while_caught_up() if while_caught_up is not None else None
+        for proc, log in zip(procs, logs, strict=True):
+            if proc.poll() is not None:
+                raise RuntimeError(f"peer exited with {proc.returncode}; {log}:\n{tail(log)}")
     finally:
         exit_codes = stop(procs)
     posts, mismatches = verify(settings, name)
@@ -273,6 +327,7 @@ def run_peer(
         "exit_codes": exit_codes,
         "version": version,
         "logs": str(folder),
+        **({"while_caught_up": extra} if extra is not None else {}),
     }
 
 

@@ -9,63 +9,39 @@ with the project's local repository .cache/m2; later runs need no network.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
-import subprocess
 import tempfile
 from typing import Any
 
-from bench.peers.common import create_output_topic, group_id, input_topics, main, run_peer
+from bench.peers.common import (
+    create_output_topic,
+    group_id,
+    input_topics,
+    java_version,
+    main,
+    maven_build,
+    run_peer,
+)
 from mysocial.config import PROJECT_ROOT, Settings
 
 NAME = "kstreams"
 PROJECT = PROJECT_ROOT / "bench" / "peers" / "kstreams"
 POM = PROJECT / "pom.xml"
-TARGET = PROJECT / "target"
-JAR = TARGET / "kstreams-peer.jar"
-CLASSPATH = TARGET / "classpath.txt"
-STAMP = TARGET / ".built"
-PROTOS = [
-    PROJECT_ROOT / "protos" / "mysocial" / "v1" / f for f in ("events.proto", "resources.proto")
-]
+JAR = PROJECT / "target" / "kstreams-peer.jar"
 MAIN_CLASS = "io.mysocial.peers.CountsApp"
 THREADS = 2  # one stream thread per core
 COMMIT_INTERVAL_MS = 100  # Kafka Streams' default under exactly_once_v2, as the processor
 
 
-def _sources_digest() -> str:
-    digest = hashlib.sha256()
-    for path in [POM, *PROTOS, *sorted((PROJECT / "src").rglob("*"))]:
-        if path.is_file():
-            digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def build() -> list[str]:
     """Build the app with Maven unless up to date; the java classpath entries."""
-    digest = _sources_digest()
-    if not (STAMP.exists() and STAMP.read_text().strip() == digest and JAR.exists()):
-        if shutil.which("mvn") is None:
-            raise RuntimeError("Maven (mvn) is required to build the Kafka Streams peer")
-        repo = PROJECT_ROOT / ".cache" / "m2"
-        result = subprocess.run(
-            ["mvn", "-q", "-B", "-f", str(POM), f"-Dmaven.repo.local={repo}", "package"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"building the Kafka Streams peer failed:\n{result.stdout}")
-        STAMP.write_text(digest + "\n")
-    return [str(JAR), *CLASSPATH.read_text().strip().split(":")]
+    return maven_build(PROJECT, JAR, "the Kafka Streams peer")
 
 
 def kstreams_version() -> str:
     kafka = re.search(r"<kafka\.version>([^<]+)<", POM.read_text())
-    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
-    return f"kafka-streams {kafka.group(1) if kafka else '?'} ({java.splitlines()[0]})"
+    return f"kafka-streams {kafka.group(1) if kafka else '?'} ({java_version()})"
 
 
 def run_kstreams(
