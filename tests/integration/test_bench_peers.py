@@ -1,9 +1,9 @@
 """Smoke test of the benchmark peers (bench/peers): each one, run through its runner on a
 small backlog, must produce exactly the counts of the ground truth.
 
-The first run builds the Kafka Streams app with Maven and creates the Quix virtualenv
-(both cached under .cache/); figures come from `python -m bench.peers.<peer>_peer`, not
-from here.
+The first run builds the Kafka Streams app and the Flink job with Maven and creates the
+Quix virtualenv (all cached under .cache/); figures come from
+`python -m bench.peers.<peer>_peer`, not from here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 from bench.backlog import BacklogSpec, write_backlog
 from bench.harness import fresh_settings
 from bench.peers.common import Runner
+from bench.peers.flink_peer import run_flink, run_flink_latency
 from bench.peers.kstreams_peer import run_kstreams
 from bench.peers.quix_peer import run_quix
 from mysocial.config import Settings
@@ -31,7 +32,9 @@ def backlog(kafka_bootstrap: str) -> Iterator[tuple[Settings, int]]:
     yield settings, written - POSTS
 
 
-@pytest.mark.parametrize("runner", [run_kstreams, run_quix], ids=["kstreams", "quix"])
+@pytest.mark.parametrize(
+    "runner", [run_kstreams, run_quix, run_flink], ids=["kstreams", "quix", "flink"]
+)
 def test_peer_counts_match_ground_truth(backlog: tuple[Settings, int], runner: Runner) -> None:
     settings, events = backlog
     assert events == ENGAGEMENTS
@@ -40,3 +43,15 @@ def test_peer_counts_match_ground_truth(backlog: tuple[Settings, int], runner: R
     assert result["mismatches"] == 0
     assert result["posts_checked"] > POSTS // 2
     assert result["events_per_s"] > 0
+
+
+def test_flink_latency_window(kafka_bootstrap: str) -> None:
+    """The latency mode: caught up, then likes at a rate; every like shows up, counted."""
+    settings = fresh_settings(kafka_bootstrap, copartitions=4, posts_partitions=4)
+    written, _ = write_backlog(settings, BacklogSpec(posts=20, engagements=500))
+    result = run_flink_latency(settings, written - 20, 240.0, rate=20.0, seconds=3.0)
+    assert result["correct"] is True, result
+    window = result["latency"]
+    assert window["produced"] == window["acked"] == window["samples"] == 60, window
+    assert window["missing"] == 0
+    assert 0 < window["p50_ms"] <= window["p99_ms"], window
