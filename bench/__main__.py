@@ -176,7 +176,8 @@ def b1_t1(bootstrap: str, sizes: Sizes, workers: int, logs: Path) -> dict[str, A
 
 
 def catchup_and_peers(bootstrap: str, sizes: Sizes, logs: Path) -> dict[str, Any]:
-    """B3, T2, P1, P2 on one backlog; M1 (processor) from two backlog sizes."""
+    """B3, T2, P1, P2, P3 on one backlog (P3's latency on a small one); M1 (processor)
+    from two backlog sizes."""
     out: dict[str, Any] = {}
     settings = fresh_settings(bootstrap, log_level="info")
     spec = BacklogSpec(posts=sizes.posts, engagements=sizes.engagements)
@@ -192,7 +193,7 @@ def catchup_and_peers(bootstrap: str, sizes: Sizes, logs: Path) -> dict[str, Any
         "events_per_s_excl_startup",
     )
     log(f"B3 x{n}: {out['B3']['events_per_s']:.0f} events/s")
-    # T2 and P2, the close comparison, are the median of `trials` runs; each trial gets
+    # T2, P2 and P3, the close comparisons, are the median of `trials` runs; each trial gets
     # the same backlog in its own namespace (consumer groups start from the beginning).
     # P1 runs once: it is slow, and the ratio to it is far from its target.
     trial_settings = [settings]
@@ -218,6 +219,7 @@ def catchup_and_peers(bootstrap: str, sizes: Sizes, logs: Path) -> dict[str, Any
     out["T2_python"] = run_processors(py_settings, n, events, logs / "t2-python", verify=False)
     log(f"T2 x{n} python core: {out['T2_python']['events_per_s_excl_startup']:.0f} events/s steady")
     if sizes.peers:
+        from bench.peers.flink_peer import LATENCY_BACKLOG, run_flink, run_flink_latency
         from bench.peers.kstreams_peer import run_kstreams
         from bench.peers.quix_peer import run_quix
 
@@ -228,6 +230,26 @@ def catchup_and_peers(bootstrap: str, sizes: Sizes, logs: Path) -> dict[str, Any
             "events_per_s_excl_startup",
         )
         log(f"P2 kstreams: {out['P2']['events_per_s_excl_startup']:.0f} events/s steady")
+        out["P3"] = median_of(
+            [run_flink(ts, engagements, timeout=1800) for ts in trial_settings],
+            "events_per_s_excl_startup",
+        )
+        log(f"P3 flink: {out['P3']['events_per_s_excl_startup']:.0f} events/s steady")
+        # P3's like -> visible latency, once: caught up on a small backlog, then likes at
+        # T4_100's fixed rate for a window (bench/peers/latency.py).
+        lat_settings = fresh_settings(bootstrap, log_level="info")
+        lat_posts = min(LATENCY_BACKLOG[0], sizes.posts)
+        lat_spec = BacklogSpec(posts=lat_posts, engagements=min(LATENCY_BACKLOG[1], engagements))
+        lat_events, _ = write_backlog(lat_settings, lat_spec)
+        out["P3_latency"] = run_flink_latency(
+            lat_settings,
+            lat_events - lat_posts,
+            timeout=600,
+            rate=sizes.t4_fixed_rate,
+            seconds=sizes.window_seconds,
+        )
+        p3l = out["P3_latency"]["latency"]
+        log(f"P3 flink at {p3l['rate']:.0f}/s: p50 {p3l['p50_ms']} ms p99 {p3l['p99_ms']} ms")
     # M1 processor: one instance on two backlog sizes → RSS slope per tracked like.
     # Twice and three times the T2 backlog: by then the fixed buffers are full (the
     # RocksDB block cache fills only from reads, which the core's fingerprint set makes
@@ -381,6 +403,9 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "T2_ratio_B3": t2 / c["B3"][key],
         "T2_ratio_P1": t2 / c["P1"][key] if "P1" in c else None,
         "T2_ratio_P2": t2 / c["P2"][key] if "P2" in c else None,
+        "T2_ratio_P3": t2 / c["P3"][key] if "P3" in c else None,
+        "P3_p50_ms": c["P3_latency"]["latency"]["p50_ms"] if "P3_latency" in c else None,
+        "P3_p99_ms": c["P3_latency"]["latency"]["p99_ms"] if "P3_latency" in c else None,
         "T3_ratio": r["T3"]["ratio"],
         "T4_p50_ms": r["T4"]["p50_ms"],
         "T4_p99_ms": r["T4"]["p99_ms"],
