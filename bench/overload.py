@@ -7,7 +7,10 @@ accepted command writes one event: the events written must be at least the accep
 ones, and the audit must agree with the projections).
 
 Also the abuser figure: 50 ordinary users at the knee rate, alone and then next to one
-user sending 500 commands/s; the ratio of the ordinary users' p99 (target <= 1.2).
+user sending 500 LikePosts/s; the ratio of the ordinary users' p99 (target <= 1.2). The
+abuser is driven by ghz (Go), not by the Python load generator: an abuser's client runs
+on its own machine, and here a Python driver's own CPU for 500 calls/s would take
+from the two cores the system shares, which is not what is being measured.
 """
 
 from __future__ import annotations
@@ -16,12 +19,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from bench.freshness import RunningSystem
+from bench.grpc_load import run_ghz
 from bench.harness import fresh_settings
 from client import loadgen
+from mysocial.auth import mint_token
 from mysocial.config import DEV_JWT_SECRET, Settings
 from mysocial.kafka import topics
 from mysocial.kafka.reader import iter_topic
+from mysocial.v1 import command_service_pb2 as cmd
+from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from processor.audit import audit, settle
 
 DEFAULTS = Settings()
@@ -82,6 +91,33 @@ def t6_overload(bootstrap: str, knee: float, seconds: float, logs: Path) -> dict
     }
 
 
+def _abuse(addr: str, seconds: float) -> dict[str, Any]:
+    """One user liking one post 500 times a second for `seconds`, never backing off."""
+    token = mint_token("abuser-0", DEV_JWT_SECRET, 3600)
+    auth = {"authorization": f"Bearer {token}"}
+    commands = cmd_grpc.CommandServiceStub(grpc.insecure_channel(addr))
+    post = commands.CreatePost(
+        cmd.CreatePostRequest(caption="abused"), metadata=tuple(auth.items()), timeout=30
+    )
+    report = run_ghz(
+        addr,
+        "mysocial.v1.CommandService.LikePost",
+        [{"post_id": post.post_id}],
+        metadata=auth,
+        duration_s=seconds,
+        concurrency=8,
+        connections=1,
+        rps=500,
+    )
+    status = dict(report["status"])
+    return {
+        "driver": "ghz",
+        "offered_per_s": report["rps"],
+        "accepted": status.pop("OK", 0),
+        "errors": status,
+    }
+
+
 def _ordinary(addr: str, rate: float, seconds: float) -> loadgen.LoadSpec:
     return loadgen.LoadSpec(
         addr=addr,
@@ -103,19 +139,7 @@ def abuser_p99(bootstrap: str, rate: float, seconds: float, logs: Path) -> dict[
         addr = system.settings.command_addr
         alone = loadgen.run(_ordinary(addr, rate, seconds), progress=False)
         abuse: dict[str, Any] = {}
-        abuser = loadgen.LoadSpec(
-            addr=addr,
-            rate=500,
-            duration=seconds,
-            workers=1,
-            users=1,
-            seed_posts=1,
-            secret=DEV_JWT_SECRET,
-            only="like",
-            user_prefix="abuser",
-            honour_retry_info=False,
-        )
-        thread = threading.Thread(target=lambda: abuse.update(loadgen.run(abuser, False)))
+        thread = threading.Thread(target=lambda: abuse.update(_abuse(addr, seconds)))
         thread.start()
         beside = loadgen.run(_ordinary(addr, rate, seconds), progress=False)
         thread.join()
@@ -127,5 +151,5 @@ def abuser_p99(bootstrap: str, rate: float, seconds: float, logs: Path) -> dict[
         "p99_with_abuser_ms": beside["latency_ms"]["p99"],
         "p99_ratio": beside["latency_ms"]["p99"] / alone["latency_ms"]["p99"],
         "ordinary_errors_with_abuser": beside["errors"],
-        "abuser": {k: abuse.get(k) for k in ("accepted", "errors", "held_back_retry_info")},
+        "abuser": abuse,
     }
