@@ -14,39 +14,22 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
-import pytest
 
 from mysocial.auth import mint_token
 from mysocial.config import DEV_JWT_SECRET
-from mysocial.kafka.topics import provision
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
 from mysocial.v1 import query_service_pb2 as q
 from processor.audit import wait_caught_up
-from tests.support.helpers import auth, make_settings, wait_until
+from tests.support.helpers import auth, wait_until
 from tests.support.services import System
 from tests.support.watchers import Reader, Readers
 
 POSTS = 20
 FEEDS = 100  # WatchFeed streams
 WATCHERS = 100  # WatchPosts streams, 5 posts each
-
-
-@pytest.fixture
-def system(kafka_bootstrap: str, tmp_path: Path, log_dir: Path) -> Iterator[System]:
-    settings = make_settings(
-        kafka_bootstrap,
-        processor_state_dir=str(tmp_path / "state"),
-        processor_session_timeout_ms=6000,
-        processor_transaction_timeout_ms=10000,
-    )
-    provision(settings)
-    with System(settings, log_dir) as running:
-        yield running
 
 
 class LikeLoad:

@@ -7,7 +7,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,6 @@ from mysocial.v1 import query_service_pb2_grpc as q_grpc
 from processor.audit import wait_caught_up
 from tests.support.helpers import auth, make_settings, wait_until
 from tests.support.services import SERVING, System, health
-
-
-@pytest.fixture
-def system(kafka_bootstrap: str, tmp_path: Path, log_dir: Path) -> Iterator[System]:
-    settings = make_settings(
-        kafka_bootstrap,
-        processor_state_dir=str(tmp_path / "state"),
-        processor_session_timeout_ms=6000,
-        processor_transaction_timeout_ms=10000,
-    )
-    provision(settings)
-    with System(settings, log_dir) as running:
-        yield running
 
 
 def percentile(values: list[float], p: float) -> float:

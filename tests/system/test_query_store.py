@@ -10,31 +10,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from mysocial.kafka.topics import provision
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import query_service_pb2 as q
 from mysocial.v1 import query_service_pb2_grpc as q_grpc
 from processor.audit import wait_caught_up
 from query_service.service import state_path
 from query_service.store import QueryStore
-from tests.support.helpers import auth, free_port, make_settings, wait_until
+from tests.support.helpers import auth, free_port, wait_until
 from tests.support.services import Service, System
-
-
-@pytest.fixture
-def system(kafka_bootstrap: str, tmp_path: Path, log_dir: Path) -> Iterator[System]:
-    settings = make_settings(
-        kafka_bootstrap, processor_state_dir=str(tmp_path / "state"), log_format="json"
-    )
-    provision(settings)
-    with System(settings, log_dir) as running:
-        yield running
 
 
 def events(log: Path, name: str) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,6 @@ from tests.system.test_query_service import StreamReader
 
 LIKE_PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 CREATE_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-@pytest.fixture
-def system(kafka_bootstrap: str, tmp_path: Path, log_dir: Path) -> Iterator[System]:
-    settings = make_settings(
-        kafka_bootstrap, processor_state_dir=str(tmp_path / "state"), log_format="json"
-    )
-    provision(settings)
-    with System(settings, log_dir) as running:
-        yield running
 
 
 def traced(user: str, correlation_id: str | None, traceparent: str | None) -> Any:
