@@ -406,6 +406,12 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "T2_ratio_P3": t2 / c["P3"][key] if "P3" in c else None,
         "P3_p50_ms": c["P3_latency"]["latency"]["p50_ms"] if "P3_latency" in c else None,
         "P3_p99_ms": c["P3_latency"]["latency"]["p99_ms"] if "P3_latency" in c else None,
+        # Issue 17: T4's p99 below Flink's at the same rate (acknowledged -> visible).
+        "T4_p99_ratio_P3": (
+            r["T4_100"]["p99_ms"] / c["P3_latency"]["latency"]["p99_ms"]
+            if "P3_latency" in c and c["P3_latency"]["latency"]["p99_ms"]
+            else None
+        ),
         "T3_ratio": r["T3"]["ratio"],
         "T4_p50_ms": r["T4"]["p50_ms"],
         "T4_p99_ms": r["T4"]["p99_ms"],
