@@ -6,10 +6,12 @@ local MiniCluster in one JVM (heap 1 GiB), parallelism 2, checkpointing exactly 
 every 100 ms.
 
     python -m bench.peers.flink_peer --engagements N [--partitions 48] [--parallelism 2]
-        [--checkpoint-interval-ms 100] [--latency-rate 100 [--latency-seconds 60]]
+        [--checkpoint-interval-ms 100]
+        [--latency-rate 100 [--latency-seconds 60] [--latency-warmup-seconds 30]]
 
 With --latency-rate, once caught up the run also measures like → visible latency at that
-rate (bench/peers/latency.py), the peer's counterpart of T4; use a small backlog then.
+rate after an unmeasured warm-up window (bench/peers/latency.py), the peer's
+counterpart of T4; use a small backlog then.
 """
 
 from __future__ import annotations
@@ -67,12 +69,14 @@ def run_flink(
     checkpoint_interval_ms: int = CHECKPOINT_INTERVAL_MS,
     latency_rate: float = 0.0,
     latency_seconds: float = latency.SECONDS,
+    latency_warmup_seconds: float = latency.WARMUP_SECONDS,
     extra_config: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run the Flink peer over the input topics until consumed; the result.
 
     latency_rate > 0: then, still running, a like → visible window at that rate for
-    latency_seconds (result["latency"], bench/peers/latency.py).
+    latency_seconds after latency_warmup_seconds unmeasured (result["latency"],
+    bench/peers/latency.py).
     extra_config: further Flink configuration options (experiments only).
 
     Keys as run_kstreams: events_per_s (from JVM start to lag 0),
@@ -107,7 +111,9 @@ def run_flink(
         command += [f"--config.{prop}", value]
 
     def window() -> dict[str, Any]:
-        return latency.like_latency(settings, NAME, latency_rate, latency_seconds)
+        return latency.warm_then_measure(
+            settings, NAME, latency_rate, latency_seconds, latency_warmup_seconds
+        )
 
     try:
         result = run_peer(
@@ -141,16 +147,19 @@ def run_flink_latency(
     timeout: float = 600.0,
     rate: float = latency.RATE,
     seconds: float = latency.SECONDS,
+    warmup_seconds: float = latency.WARMUP_SECONDS,
     **options: Any,
 ) -> dict[str, Any]:
-    """The Flink peer caught up on the backlog in settings' topics, then a like → visible
-    window at `rate` for `seconds`; run_flink's result with "latency" (p50_ms, p99_ms, ...)."""
+    """The Flink peer caught up on the backlog in settings' topics, then likes at `rate`:
+    `warmup_seconds` unmeasured, then a like → visible window of `seconds`; run_flink's
+    result with "latency" (p50_ms, p99_ms, ...)."""
     return run_flink(
         settings,
         expected_input_events,
         timeout,
         latency_rate=rate,
         latency_seconds=seconds,
+        latency_warmup_seconds=warmup_seconds,
         **options,
     )
 
@@ -164,5 +173,6 @@ if __name__ == "__main__":
             "checkpoint_interval_ms": (int, CHECKPOINT_INTERVAL_MS),
             "latency_rate": (float, 0.0),
             "latency_seconds": (float, latency.SECONDS),
+            "latency_warmup_seconds": (float, latency.WARMUP_SECONDS),
         },
     )

@@ -49,9 +49,12 @@ def test_flink_latency_window(kafka_bootstrap: str) -> None:
     """The latency mode: caught up, then likes at a rate; every like shows up, counted."""
     settings = fresh_settings(kafka_bootstrap, copartitions=4, posts_partitions=4)
     written, _ = write_backlog(settings, BacklogSpec(posts=20, engagements=500))
-    result = run_flink_latency(settings, written - 20, 240.0, rate=20.0, seconds=3.0)
+    result = run_flink_latency(
+        settings, written - 20, 240.0, rate=20.0, seconds=3.0, warmup_seconds=1.0
+    )
     assert result["correct"] is True, result
     window = result["latency"]
     assert window["produced"] == window["acked"] == window["samples"] == 60, window
     assert window["missing"] == 0
     assert 0 < window["p50_ms"] <= window["p99_ms"], window
+    assert window["warmup"]["missing"] == 0, window
