@@ -12,6 +12,7 @@ probe's p99 stayed within the target.
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import threading
 import time
 from pathlib import Path
@@ -94,19 +95,36 @@ def _probe(command_addr: str, query_addr: str, seconds: float, rate: float, out:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    ready_by = time.perf_counter() + 60
     while 0 not in delivered:
+        if time.perf_counter() > ready_by:  # the stream never opened: no samples
+            stream.cancel()
+            out.put(([], -1))
+            return
         time.sleep(0.01)
     acked: list[float] = []
     start = time.perf_counter()
-    n = 0
+    n = failed = 0
     while time.perf_counter() - start < seconds:
         due = start + n / rate
         if time.perf_counter() < due:
             time.sleep(due - time.perf_counter())
         user_md = (("authorization", f"Bearer {mint_token(f'probe{n}', DEV_JWT_SECRET, 3600)}"),)
-        commands.LikePost(cmd.LikePostRequest(post_id=post.post_id), metadata=user_md, timeout=30)
-        acked.append(time.perf_counter())
         n += 1
+        try:
+            commands.LikePost(
+                cmd.LikePostRequest(post_id=post.post_id), metadata=user_md, timeout=5
+            )
+        except grpc.RpcError as exc:
+            # Past capacity (T5b) a like may be refused or fail. Refused (admission
+            # control, quota) means not written: not a sample, the counts stay aligned.
+            # Any other failure may have been written after all, which would shift
+            # the count each later sample waits for: the probe stops sampling there.
+            failed += 1
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                continue
+            break
+        acked.append(time.perf_counter())
     deadline = time.perf_counter() + 30
     while len(acked) not in delivered and time.perf_counter() < deadline:
         time.sleep(0.01)
@@ -116,7 +134,7 @@ def _probe(command_addr: str, query_addr: str, seconds: float, rate: float, out:
         seen = min((t for c, t in delivered.items() if c >= i), default=None)
         if seen is not None:
             latencies.append(max(0.0, seen - t_ack) * 1000)
-    out.put(latencies)
+    out.put((latencies, failed))
 
 
 def window(system: RunningSystem, rate: float, seconds: float) -> dict[str, Any]:
@@ -142,9 +160,14 @@ def window(system: RunningSystem, rate: float, seconds: float) -> dict[str, Any]
         target=_probe, args=(s.command_addr, s.query_addr, seconds * 0.6, 20.0, out)
     )
     probe.start()
-    latencies: list[float] = out.get(timeout=seconds + 120)
+    try:
+        latencies, probe_failures = out.get(timeout=seconds + 120)
+    except queue.Empty:  # the probe process died: the window has no latency samples
+        latencies, probe_failures = [], -1
     where = breakdown.finish()
     probe.join(30)
+    if probe.is_alive():
+        probe.kill()
     runner.join(seconds + 120)
     lag_end = system.lag()
     latencies.sort()
@@ -163,6 +186,7 @@ def window(system: RunningSystem, rate: float, seconds: float) -> dict[str, Any]
         "errors": load.get("errors", {}),
         "command_p99_ms": load.get("latency_ms", {}).get("p99"),
         "probe_samples": len(latencies),
+        "probe_failures": probe_failures,  # failed LikePosts (-1: the probe died)
         "p50_ms": pct(50),
         "p99_ms": pct(99),
         "p999_ms": pct(99.9),
