@@ -31,10 +31,6 @@ def test_benchmark_suite_smoke_run(kafka_bootstrap: str) -> None:
         "T2_ratio_B3",
         "T2_ratio_P1",
         "T2_ratio_P2",
-        "T2_ratio_P3",
-        "P3_p50_ms",
-        "P3_p99_ms",
-        "T4_p99_ratio_P3",
         "T3_ratio",
         "T4_p50_ms",
         "T4_p99_ms",
@@ -54,6 +50,9 @@ def test_benchmark_suite_smoke_run(kafka_bootstrap: str) -> None:
     ):
         assert isinstance(summary[key], int | float), key
     assert summary["machine"]["cores"] >= 1
+    # P3 (Flink) runs too; on a smoke-sized backlog it may end before a steady rate.
+    for key in ("T2_ratio_P3", "P3_p50_ms", "P3_p99_ms", "T4_p99_ratio_P3"):
+        assert key in summary, key
     # T4's window carries its per-stage breakdown: every stage the like passes was
     # observed by its service's histogram, and CPU is split by role.
     results = json.loads((PROJECT_ROOT / "bench" / "results" / "smoke" / "all.json").read_text())
