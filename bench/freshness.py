@@ -15,6 +15,7 @@ import multiprocessing
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,16 @@ def window(system: RunningSystem, rate: float, seconds: float) -> dict[str, Any]
     return result
 
 
+def _bisect(low: float, high: float, steps: int, holds: Callable[[float], bool]) -> float:
+    """Halve the gap between a rate that held and one that failed `steps` times."""
+    for _ in range(steps):
+        mid = float(round((low + high) / 2))
+        if mid in (low, high):
+            break
+        low, high = (mid, high) if holds(mid) else (low, mid)
+    return low
+
+
 def knee(
     system: RunningSystem,
     rates: list[float],
@@ -226,16 +237,7 @@ def knee(
             break
         best = rate
     if failed is not None:
-        low, high = best, failed
-        for _ in range(bisect_steps):
-            mid = float(round((low + high) / 2))
-            if mid in (low, high):
-                break
-            if holds(mid):
-                low = mid
-            else:
-                high = mid
-        best = low
+        best = _bisect(best, failed, bisect_steps, holds)
     return {"knee_per_s": best, "windows": tried, "repeats": repeats}
 
 
@@ -273,15 +275,12 @@ def capacity(
         else:
             failed = rate
     if failed is not None:
-        low, high = best, failed
-        for _ in range(bisect_steps):
-            mid = float(round((low + high) / 2))
-            if mid in (low, high):
-                break
-            w = window(system, mid, seconds)
-            tried.append(w)
-            low, high = (mid, high) if keeps_up(w) else (low, mid)
-        best = low
+
+        def held(mid: float) -> bool:
+            tried.append(window(system, mid, seconds))
+            return keeps_up(tried[-1])
+
+        best = _bisect(best, failed, bisect_steps, held)
     over = [w for w in tried if not keeps_up(w)]
     limited_by = None
     if over:
