@@ -21,11 +21,25 @@ from tests.support.services import ProcessorProc, command_service
 from tests.support.workload import Workload, check_exact
 
 
-def _owns_everything(proc: ProcessorProc, settings: Settings) -> bool:
+def _assignments(proc: ProcessorProc) -> list[str]:
+    """The instance's settled assignments so far (a partitions_assigned line each)."""
+    return [
+        line for line in proc.log_path.read_text().splitlines() if "partitions_assigned" in line
+    ]
+
+
+def _owns_everything(line: str, settings: Settings) -> bool:
     counts = f'"posts_with_counts/{settings.copartitions - 1}"'
-    lines = proc.log_path.read_text().splitlines()
-    done = [line for line in lines if "partitions_assigned" in line]
-    return bool(done) and "posts_with_counts/0" in done[-1] and counts in done[-1]
+    return "posts_with_counts/0" in line and counts in line
+
+
+def _split(zombie: ProcessorProc, survivor: ProcessorProc, settings: Settings) -> bool:
+    """Both instances run a share: a slow start can leave the survivor alone in the
+    group at first, and pausing an instance that owns nothing proves nothing."""
+    ours, theirs = _assignments(zombie), _assignments(survivor)
+    return bool(ours and theirs) and not any(
+        _owns_everything(x[-1], settings) for x in (ours, theirs)
+    )
 
 
 def test_a_resumed_zombie_is_fenced_and_changes_nothing(
@@ -42,10 +56,16 @@ def test_a_resumed_zombie_is_fenced_and_changes_nothing(
     def conductor() -> None:
         while progress["sent"] < 2000:
             time.sleep(0.01)
+        wait_until(lambda: _split(zombie, survivor, settings), 60, what="both to run a share")
+        seen = len(_assignments(survivor))
         zombie.pause()
         events.append("paused")
         # Past the session timeout the group gives the survivor every partition.
-        wait_until(lambda: _owns_everything(survivor, settings), 60, what="takeover")
+        wait_until(
+            lambda: any(_owns_everything(a, settings) for a in _assignments(survivor)[seen:]),
+            60,
+            what="takeover",
+        )
         events.append("taken over")
         zombie.resume()
         events.append("resumed")
