@@ -7,6 +7,7 @@ every line a request logs carries them without passing a logger around.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import uuid
@@ -25,25 +26,71 @@ def configure(level: str = "info", fmt: str = "console", service: str = "") -> N
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    processors: list[Any] = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if service:
-        processors.append(_add_service(service))
-    processors += [
-        structlog.processors.StackInfoRenderer(),
-        structlog.processors.format_exc_info,
-        renderer,
-    ]
+        shared.append(_add_service(service))
     structlog.configure(
-        processors=processors,
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    # Libraries log through the standard library (grpc, asyncio, kafka clients'
+    # wrappers): their records are rendered the same way, one event per line, with a
+    # traceback in the line's `exception` field instead of lines of its own.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                *shared,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(allow=["rpc"]),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    handler.addFilter(ShutdownCancellation())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
+
+
+GRPC_UNHANDLED = "Exception not handled by _handle_exceptions"
+
+
+class ShutdownCancellation(logging.Filter):
+    """grpc.aio logs a traceback for each call still open when the event loop ends
+    (the CancelledError asyncio.run uses to end leftover tasks reaches grpc's call
+    scheduler, outside any handler): at a process's exit, an open Watch stream is
+    expected, not an error. Such a record becomes one info line naming the call; any
+    other exception grpc logs keeps its level and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        if (
+            exc is not None
+            and issubclass(exc, asyncio.CancelledError)
+            and record.getMessage().startswith(GRPC_UNHANDLED)
+        ):
+            message = record.getMessage()
+            record.rpc = message[message.find("[") + 1 : message.rfind("]")]
+            record.msg, record.args = "rpc_cancelled_at_exit", ()
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def _add_service(service: str) -> Any:
