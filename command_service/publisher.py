@@ -13,8 +13,10 @@ class that expires, expiry scan included, within its call's time. A call too sho
 even the shortest class may end before its record is settled: that call fails
 DEADLINE_EXCEEDED (unknown outcome), never UNAVAILABLE.
 
-One thing no client can withdraw: a produce request a stalled broker had already
-received, which it appends when it resumes, before anything sent to it afterwards.
+What no client can withdraw is a produce request a broker already received: a stalled
+broker appends it when it resumes, before anything sent to it afterwards, and a leader
+whose followers died before copying it commits it when they return. A retry with the
+same request_id is counted once, so the client's retry makes the outcome known.
 """
 
 from __future__ import annotations
@@ -153,8 +155,9 @@ class Publisher:
             self._observe(prepared.topic, "failed", began)
             log.warning("publish_failed", topic=prepared.topic, error=str(exc))
             raise Unavailable(
-                "Kafka did not acknowledge the command in time; it was not written and will "
-                "not be; retry it with the same request_id (retries are idempotent)",
+                "Kafka did not acknowledge the command in time and the producer gave it up; "
+                "retry it with the same request_id (retries are idempotent, and a broker "
+                "that had already received it may still write it: see docs/API.md)",
                 reason="EVENT_STORE_UNAVAILABLE",
                 retry_after_s=RETRY_AFTER_S,
             ) from None
