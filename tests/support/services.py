@@ -91,6 +91,14 @@ class ProcessorProc:
         kept = [line[:600] for line in lines if "processor_stats" not in line]
         return f"{self.log_path.name}, last lines:\n" + "\n".join(kept[-n:])
 
+    def last_stats(self) -> str:
+        """Its last periodic stats line: whether it was still consuming at the end."""
+        if not self.log_path.exists():
+            return "(no log)"
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        stats = [line[:1500] for line in lines if "processor_stats" in line]
+        return f"last stats: {stats[-1] if stats else '(none)'}"
+
     def wait(self, timeout: float) -> int:
         """The exit code of a process expected to end by itself."""
         assert self.proc is not None

@@ -28,7 +28,7 @@ from mysocial.config import Settings
 from mysocial.kafka import topics
 from mysocial.kafka.cluster import EmbeddedCluster
 from mysocial.kafka.connection import kafka_connection
-from mysocial.kafka.reader import stable_and_end_offsets
+from mysocial.kafka.reader import committed_offsets, last_visible_offsets, stable_and_end_offsets
 from mysocial.kafka.topics import PROCESSOR_GROUP
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
@@ -120,14 +120,40 @@ def retrying(run: Running, seed: int) -> Workload:
 
 
 def open_transactions(settings: Settings) -> dict[str, dict[int, tuple[int, int]]]:
-    """Output partitions whose last stable offset is below their end (an open, maybe
-    hanging, transaction hides what follows from read_committed readers)."""
+    """Partitions the processor writes whose last stable offset is below their end (an
+    open, maybe hanging, transaction hides what follows from read_committed readers;
+    on posts-by-id or the trending candidates it also keeps the processor "behind")."""
+    partitions = {spec.name: spec.partitions for spec in topics.topic_specs(settings)}
     out = {}
-    for name in (topics.POSTS_WITH_COUNTS, topics.POST_COMMENTS):
-        offsets = stable_and_end_offsets(
-            settings, settings.topic(name), list(range(settings.copartitions)), 30
-        )
+    for name in (
+        topics.POSTS_WITH_COUNTS,
+        topics.POST_COMMENTS,
+        topics.POSTS_BY_ID,
+        topics.TRENDING_CANDIDATES,
+    ):
+        topic = settings.topic(name)
+        offsets = stable_and_end_offsets(settings, topic, list(range(partitions[topic])), 30)
         out[name] = {p: (lso, hw) for p, (lso, hw) in offsets.items() if lso < hw}
+    return out
+
+
+def lagging(settings: Settings) -> dict[str, dict[int, tuple[int, int]]]:
+    """The processor's input partitions it has not committed to the end of: what
+    "did not catch up" means, partition by partition."""
+    out = {}
+    written_by_processor = {topics.POSTS_BY_ID, topics.TRENDING_CANDIDATES}
+    group = settings.topic(PROCESSOR_GROUP)
+    for name in (topics.POSTS, topics.LIKES, topics.COMMENTS, *written_by_processor):
+        topic = settings.topic(name)
+        ends = last_visible_offsets(settings, topic, 30, name in written_by_processor)
+        committed = committed_offsets(settings, group, topic, 30)
+        behind = {
+            p: (committed.get(p, 0), end)
+            for p, (end, settled) in ends.items()
+            if end > committed.get(p, 0) or not settled
+        }
+        if behind:
+            out[name] = behind
     return out
 
 
@@ -136,13 +162,20 @@ def verify(run: Running, workload: Workload, model: Model) -> dict[str, object]:
         check_exact(run.settings, model)
     except AssertionError as exc:
         # Evidence for the next reader: a stale view from an open transaction, or not.
-        try:
-            evidence: object = open_transactions(run.settings)
-        except Exception as error:  # the cluster may be unwell: keep the first failure
-            evidence = f"not checked: {error!r}"
+        evidence: dict[str, object] = {}
+        for what, probe in (
+            ("open transactions (partition: stable, end)", open_transactions),
+            ("behind (partition: committed, end)", lagging),
+        ):
+            try:
+                evidence[what] = probe(run.settings)
+            except Exception as error:  # the cluster may be unwell: keep the first failure
+                evidence[what] = f"not checked: {error!r}"
         raise AssertionError(
-            f"{exc}\nopen transactions on outputs (partition: stable, end): "
-            f"{evidence}\n{run.processor.last_lines()}"
+            f"{exc}\n"
+            + "".join(f"{k}: {v}\n" for k, v in evidence.items())
+            + f"restarts: {run.supervisor.restarts}\n{run.processor.last_stats()}\n"
+            + run.processor.last_lines()
         ) from None
     report: dict[str, object] = dict(check_acknowledged(run.settings, workload))
     report["retries"] = dict(workload.retries)
