@@ -206,6 +206,13 @@ def _median(result: dict[str, Any]) -> str:
     return f" (median; trials {_t(result)})" if result.get("trials") else ""
 
 
+def _server_p99(t6: dict[str, Any]) -> str:
+    """The command service's own produce p99 of the same window (older runs lack it)."""
+    if t6.get("produce_p99_ms") is None:
+        return ""
+    return f" (the service's own produce p99: {t6['produce_p99_ms']:.1f} ms)"
+
+
 def _t6_lines(t6: dict[str, Any] | None) -> list[str]:
     """T6 (overload at 3x the knee, quotas on) and its abuser figure."""
     if not t6:
@@ -213,7 +220,8 @@ def _t6_lines(t6: dict[str, Any] | None) -> list[str]:
     lines = [
         f"| T6 | overload: {t6['offered_per_s']:.0f}/s offered (3x knee) for the window, "
         f"quotas on | goodput {t6['goodput_per_s']:.0f}/s = {t6['goodput_ratio']:.2f} x knee "
-        f"(target ≥ 0.9); p99 of acknowledged {t6['p99_ms']:.1f} ms (target ≤ 200); "
+        f"(target ≥ 0.9); p99 of acknowledged {t6['p99_ms']:.1f} ms (target ≤ 200)"
+        f"{_server_p99(t6)}; "
         f"refused without RetryInfo {t6['refused_without_retry_info']}; acknowledged "
         f"missing from Kafka {t6['acknowledged_missing']}; audit "
         f"{'agrees' if t6['audit_ok'] else 'DISAGREES'} |",
