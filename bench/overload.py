@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from bench import stages
 from bench.freshness import RunningSystem
 from bench.grpc_load import run_ghz
 from bench.harness import fresh_settings
@@ -104,11 +105,8 @@ def _server_latency(before: Scrape, after: Scrape) -> dict[str, float]:
     service saw them: event handed to the producer -> Kafka acknowledged it, every
     command kind together (mysocial_command_produce_seconds, outcome ok). The service's
     gRPC handling histogram would mix in the refusals, which are fast by design."""
-    name = "mysocial_command_produce_seconds_bucket"
-    b, a = (
-        {float(le): v for le, v in s.by("command", name, "le", outcome="ok").items() if le}
-        for s in (before, after)
-    )
+    name, ok = "mysocial_command_produce_seconds", {"outcome": "ok"}
+    b, a = (stages.buckets(s, "command", name, ok) for s in (before, after))
     return {"p50_ms": quantile(0.5, b, a) * 1000, "p99_ms": quantile(0.99, b, a) * 1000}
 
 

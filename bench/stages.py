@@ -43,7 +43,9 @@ STAGES: tuple[tuple[str, str, str, dict[str, str]], ...] = (
 )
 
 
-def _buckets(scrape: Scrape, service: str, name: str, labels: dict[str, str]) -> dict[float, float]:
+def buckets(scrape: Scrape, service: str, name: str, labels: dict[str, str]) -> dict[float, float]:
+    """A histogram's cumulative bucket counts in one scrape, summed over the label sets
+    that include `labels` (the form quantile() takes)."""
     return {
         float(le): v for le, v in scrape.by(service, f"{name}_bucket", "le", **labels).items() if le
     }
@@ -53,7 +55,7 @@ def breakdown(before: Scrape, after: Scrape) -> dict[str, dict[str, float]]:
     """p50/p99 (ms) and count of each stage between two scrapes."""
     out: dict[str, dict[str, float]] = {}
     for stage, service, name, labels in STAGES:
-        b, a = _buckets(before, service, name, labels), _buckets(after, service, name, labels)
+        b, a = buckets(before, service, name, labels), buckets(after, service, name, labels)
         count = max(a.values(), default=0.0) - max(b.values(), default=0.0)
         out[stage] = {
             "p50_ms": _ms(quantile(0.5, b, a)),

@@ -258,6 +258,16 @@ def committed_offsets(
         consumer.close()
 
 
+def partition_lag(
+    cluster: Cluster, group: str, topic: str, transactional: bool, timeout: float = 30.0
+) -> dict[int, tuple[int, int, bool]]:
+    """Per partition of topic: (the group's committed offset, the end, settled), with
+    the end and `settled` as last_visible_offsets gives them."""
+    ends = last_visible_offsets(cluster, topic, timeout, transactional)
+    committed = committed_offsets(cluster, group, topic, timeout)
+    return {p: (committed.get(p, 0), end, settled) for p, (end, settled) in ends.items()}
+
+
 def group_lag(
     cluster: Cluster,
     group: str,
@@ -272,8 +282,7 @@ def group_lag(
     """
     total = 0
     for topic in topics_:
-        ends = last_visible_offsets(cluster, topic, timeout, topic in transactional)
-        committed = committed_offsets(cluster, group, topic, timeout)
-        for p, (end, settled) in ends.items():
-            total += max(0 if settled else 1, end - committed.get(p, 0))
+        lag = partition_lag(cluster, group, topic, topic in transactional, timeout)
+        for committed, end, settled in lag.values():
+            total += max(0 if settled else 1, end - committed)
     return total

@@ -28,7 +28,7 @@ from mysocial.config import Settings
 from mysocial.kafka import topics
 from mysocial.kafka.cluster import EmbeddedCluster
 from mysocial.kafka.connection import kafka_connection
-from mysocial.kafka.reader import committed_offsets, last_visible_offsets, stable_and_end_offsets
+from mysocial.kafka.reader import partition_lag, stable_and_end_offsets
 from mysocial.kafka.topics import PROCESSOR_GROUP
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
@@ -144,13 +144,11 @@ def lagging(settings: Settings) -> dict[str, dict[int, tuple[int, int]]]:
     written_by_processor = {topics.POSTS_BY_ID, topics.TRENDING_CANDIDATES}
     group = settings.topic(PROCESSOR_GROUP)
     for name in (topics.POSTS, topics.LIKES, topics.COMMENTS, *written_by_processor):
-        topic = settings.topic(name)
-        ends = last_visible_offsets(settings, topic, 30, name in written_by_processor)
-        committed = committed_offsets(settings, group, topic, 30)
+        lag = partition_lag(settings, group, settings.topic(name), name in written_by_processor)
         behind = {
-            p: (committed.get(p, 0), end)
-            for p, (end, settled) in ends.items()
-            if end > committed.get(p, 0) or not settled
+            p: (committed, end)
+            for p, (committed, end, settled) in lag.items()
+            if end > committed or not settled
         }
         if behind:
             out[name] = behind
