@@ -16,6 +16,7 @@ Errors of the transactional API fall into three classes (`classify`):
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -34,6 +35,7 @@ from mysocial.log import get_logger
 from processor.errors import FatalProcessorError, is_fatal
 from processor.metrics import TransactionClock
 from processor.projection import Context, Projection
+from processor.watchdog import Watchdog
 
 log = get_logger("processor.checkpoint")
 
@@ -65,17 +67,22 @@ def classify(err: KafkaError) -> ErrorClass:
     return ErrorClass.FATAL
 
 
-def call(what: str, fn: Callable[[float], Any], deadline: float) -> Any:
+def call(
+    what: str, fn: Callable[[float], Any], deadline: float, watchdog: Watchdog | None = None
+) -> Any:
     """Call a transactional API, fn(timeout of one attempt), retrying retriable errors
     until `deadline` (time.monotonic()); raise the others as Abortable or
     FatalProcessorError. No attempt outlasts ATTEMPT_S, so a stalled broker cannot hold
     the loop (or a SIGTERM) longer than that, and nothing is retried past the point
-    where the broker aborts the transaction anyway."""
+    where the broker aborts the transaction anyway; an attempt the library does not end
+    in time is the watchdog's."""
     attempt = 0
     while True:
         attempt += 1
+        timeout = max(0.1, min(ATTEMPT_S, deadline - time.monotonic()))
         try:
-            return fn(max(0.1, min(ATTEMPT_S, deadline - time.monotonic())))
+            with watchdog.bounded(what, timeout) if watchdog else contextlib.nullcontext():
+                return fn(timeout)
         except (KafkaException, SystemError) as raised:
             # A KafkaException raised while librdkafka ran a delivery callback reaches
             # us as a SystemError whose cause it is.
@@ -109,8 +116,15 @@ def _soon() -> float:
 class Transaction:
     """The open transaction of one instance (at most one at a time)."""
 
-    def __init__(self, ctx: Context, consumer: Consumer, projections: Sequence[Projection]) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        consumer: Consumer,
+        projections: Sequence[Projection],
+        watchdog: Watchdog | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.watchdog = watchdog
         self.producer = ctx.producer
         self.consumer = consumer
         self.projections = projections
@@ -122,9 +136,12 @@ class Transaction:
         self.aborts = 0
         self.clock = TransactionClock()  # its metrics (processor/metrics.py)
 
+    def _call(self, what: str, fn: Callable[[float], Any], deadline: float) -> Any:
+        return call(what, fn, deadline, self.watchdog)
+
     def begin(self) -> None:
         if not self.open:
-            call("begin_transaction", lambda t: self.producer.begin_transaction(), _soon())
+            self._call("begin_transaction", lambda t: self.producer.begin_transaction(), _soon())
             self.open = True
             self.started = time.monotonic()
 
@@ -141,17 +158,19 @@ class Transaction:
         try:
             # 2. Every record of the transaction is acknowledged by the broker.
             deadline = max(self.started + self.timeout_s, time.monotonic() + ATTEMPT_S)
-            call("flush", lambda t: flush(self.producer, t), deadline)
+            self._call("flush", lambda t: flush(self.producer, t), deadline)
             # 3. The consumed offsets join the transaction.
             if offsets:
                 group = self.consumer.consumer_group_metadata()
-                call(
+                self._call(
                     "send_offsets_to_transaction",
                     lambda t: self.producer.send_offsets_to_transaction(offsets, group, t),
                     deadline,
                 )
             # 4. Commit: outputs, changelog and offsets become visible together.
-            call("commit_transaction", lambda t: self.producer.commit_transaction(t), deadline)
+            self._call(
+                "commit_transaction", lambda t: self.producer.commit_transaction(t), deadline
+            )
         except Abortable as exc:
             self.abort_and_rewind(str(exc))
             return
@@ -168,7 +187,7 @@ class Transaction:
         log.warning("transaction_aborted", reason=reason)
         self.aborts += 1
         try:
-            call(
+            self._call(
                 "abort_transaction",
                 lambda t: self.producer.abort_transaction(t),
                 time.monotonic() + self.timeout_s,

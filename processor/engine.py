@@ -79,7 +79,12 @@ class Processor:
         self.projections: list[Projection] = [self.posts_by_id, self.counts, self.trending]
         self.by_topic = {settings.topic(s): p for p in self.projections for s in p.sources}
         self.tasks = TaskManager(self.projections, ctx, self.consumer, self.reader)
-        self.txn = Transaction(ctx, self.consumer, self.projections)
+        offsets_wait_s = settings.processor_offsets_wait_ms / 1000.0
+        txn_timeout_s = settings.processor_transaction_timeout_ms / 1000.0
+        self.watchdog = Watchdog(
+            max(STUCK_AFTER_S, 3 * txn_timeout_s, offsets_wait_s + OFFSETS_CHECK_S)
+        )
+        self.txn = Transaction(ctx, self.consumer, self.projections, self.watchdog)
         self.flow = FlowControl(self.consumer, ctx, self.posts_by_id.rekeyed_until)
         self.stats = StatsLog([self._counters, *(p.stats for p in self.projections)])
         self.assignment_epoch = 0  # bumped by every rebalance callback
@@ -92,13 +97,15 @@ class Processor:
 
     def run(self) -> int:
         """Process until stop(); returns the process exit code."""
-        offsets_wait_s = self.settings.processor_offsets_wait_ms / 1000.0
-        self.watchdog = Watchdog(
-            max(STUCK_AFTER_S, 3 * self.txn.timeout_s, offsets_wait_s + OFFSETS_CHECK_S)
-        )
+        self.watchdog.start()
         try:
             producer = self.ctx.producer
-            call("init_transactions", producer.init_transactions, time.monotonic() + 60)
+            call(
+                "init_transactions",
+                producer.init_transactions,
+                time.monotonic() + 60,
+                self.watchdog,
+            )
             self.consumer.subscribe(
                 list(self.by_topic),
                 on_assign=self._on_assign,
