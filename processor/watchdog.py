@@ -7,13 +7,15 @@ SIGTERM, whose Python handler only runs between bytecodes. The watchdog, a threa
 its own, then logs one `processor_stuck` line with where the loop is and ends the
 process with exit code 1, for its supervisor to restart it; the partitions continue
 from the last commit, as after any crash. It was added after a processor stayed blocked
-in a producer flush for minutes while a broker's disk was full.
+in a transactional call for minutes while a broker's disk was full.
 
 A transactional call states its own bound (`bounded`): one that outlasts it by
 CALL_GRACE_S is stuck, without waiting for the iteration's limit, which has to allow
-for the longest legitimate wait (committed offsets through a cluster outage). The same
-flush blocked again in CI, silent for minutes after its 5 s attempt began, and the
-iteration's limit (180 s there) let the partitions sit that long.
+for the longest legitimate wait (committed offsets through a cluster outage). The call
+that blocks is librdkafka's send_offsets_to_transaction: it ignores its timeout while
+the group coordinator moves (confluentinc/librdkafka#5456, #5511, open in 2.16), as when
+a broker's disk fills up; the iteration's limit (180 s in the fault tests) let the
+partitions sit that long.
 """
 
 from __future__ import annotations
