@@ -44,7 +44,7 @@ from processor.restore import ChangelogReader
 from processor.stats import StatsLog
 from processor.tasks import TaskManager, owned_only
 from processor.trending import TrendingConfig
-from processor.watchdog import OFFSETS_CHECK_S, STUCK_AFTER_S, Watchdog
+from processor.watchdog import Watchdog
 
 log = get_logger("processor")
 
@@ -79,11 +79,7 @@ class Processor:
         self.projections: list[Projection] = [self.posts_by_id, self.counts, self.trending]
         self.by_topic = {settings.topic(s): p for p in self.projections for s in p.sources}
         self.tasks = TaskManager(self.projections, ctx, self.consumer, self.reader)
-        offsets_wait_s = settings.processor_offsets_wait_ms / 1000.0
-        txn_timeout_s = settings.processor_transaction_timeout_ms / 1000.0
-        self.watchdog = Watchdog(
-            max(STUCK_AFTER_S, 3 * txn_timeout_s, offsets_wait_s + OFFSETS_CHECK_S)
-        )
+        self.watchdog = Watchdog.for_settings(settings)
         self.txn = Transaction(ctx, self.consumer, self.projections, self.watchdog)
         self.flow = FlowControl(self.consumer, ctx, self.posts_by_id.rekeyed_until)
         self.stats = StatsLog([self._counters, *(p.stats for p in self.projections)])
@@ -100,12 +96,8 @@ class Processor:
         self.watchdog.start()
         try:
             producer = self.ctx.producer
-            call(
-                "init_transactions",
-                producer.init_transactions,
-                time.monotonic() + 60,
-                self.watchdog,
-            )
+            init = producer.init_transactions
+            call("init_transactions", init, time.monotonic() + 60, self.watchdog)
             self.consumer.subscribe(
                 list(self.by_topic),
                 on_assign=self._on_assign,

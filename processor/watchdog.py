@@ -28,6 +28,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mysocial.config import Settings
 from mysocial.log import get_logger
 
 log = get_logger("processor.watchdog")
@@ -54,6 +55,13 @@ class Watchdog:
         self.call: tuple[str, float, float] | None = None  # (what, its bound, stuck after)
         self.watched = threading.get_ident()
         self.thread: threading.Thread | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Watchdog:
+        """The iteration's limit: past every wait a healthy iteration may make."""
+        offsets_wait_s = settings.processor_offsets_wait_ms / 1000.0
+        txn_timeout_s = settings.processor_transaction_timeout_ms / 1000.0
+        return cls(max(STUCK_AFTER_S, 3 * txn_timeout_s, offsets_wait_s + OFFSETS_CHECK_S))
 
     def start(self) -> Watchdog:
         """Watch the calling thread from now on."""
