@@ -32,6 +32,7 @@ from mysocial.kafka.reader import partition_lag, stable_and_end_offsets
 from mysocial.kafka.topics import PROCESSOR_GROUP
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
+from tests.support.evidence import format_history, post_history
 from tests.support.helpers import auth, free_port, processor_settings
 from tests.support.services import ProcessorProc, Service
 from tests.support.supervisor import Supervisor, Watched
@@ -161,9 +162,11 @@ def verify(run: Running, workload: Workload, model: Model) -> dict[str, object]:
     except AssertionError as exc:
         # Evidence for the next reader: a stale view from an open transaction, or not.
         evidence: dict[str, object] = {}
+        wrong = [p.post_id for p in model.posts.values() if p.post_id in str(exc)][:5]
         for what, probe in (
             ("open transactions (partition: stable, end)", open_transactions),
             ("behind (partition: committed, end)", lagging),
+            ("history of the posts wrong", lambda s: format_history(post_history(s, wrong))),
         ):
             try:
                 evidence[what] = probe(run.settings)

@@ -1,0 +1,63 @@
+"""What a failed fault scenario prints about the posts it got wrong: every record of
+each post on the way from the command to the table, committed or not, so one CI run's
+output can tell a lost event from a lost tombstone or a row written after it."""
+
+from __future__ import annotations
+
+from mysocial.config import Settings
+from mysocial.kafka import topics
+from mysocial.kafka.reader import Record, read_topic
+from mysocial.post_comments import SRC_OFFSET
+from mysocial.v1 import events_pb2 as ev
+
+POSTS_WITH_COUNTS = "posts_with_counts"
+
+
+def _describe(name: str, rec: Record, committed: set[tuple[int, int]]) -> str:
+    where = f"{name}[{rec.partition}]@{rec.offset}"
+    if name == POSTS_WITH_COUNTS:
+        if rec.value is None:
+            what = "tombstone"
+        else:
+            row = ev.PostWithCounts()
+            row.ParseFromString(rec.value)
+            what = f"row likes={row.post.like_count} comments={row.post.comment_count}"
+    else:
+        event = ev.Event()
+        event.ParseFromString(rec.value or b"")
+        what = f"{event.WhichOneof('payload')} by {event.actor_user_id}"
+    src = rec.headers.get(SRC_OFFSET)
+    extra = f" src-offset={src.decode()}" if src else ""
+    state = "" if (rec.partition, rec.offset) in committed else " NOT COMMITTED"
+    return f"{where} t={rec.timestamp_ms} {what}{extra}{state}"
+
+
+def _post_id_of(name: str, rec: Record) -> str | None:
+    if name != topics.POSTS:
+        return rec.key.decode() if rec.key else None
+    event = ev.Event()
+    event.ParseFromString(rec.value or b"")
+    kind = event.WhichOneof("payload")
+    return getattr(event, kind).post_id if kind else None
+
+
+def post_history(settings: Settings, post_ids: list[str]) -> dict[str, list[str]]:
+    """Per post: its records in posts, posts-by-id and posts_with_counts, in log order,
+    each marked when read_committed readers do not see it (aborted or still open)."""
+    out: dict[str, list[str]] = {p: [] for p in post_ids}
+    for name in (topics.POSTS, topics.POSTS_BY_ID, POSTS_WITH_COUNTS):
+        topic = settings.topic(name)
+        committed = {(r.partition, r.offset) for r in read_topic(settings, topic)}
+        for rec in read_topic(settings, topic, isolation="read_uncommitted"):
+            post_id = _post_id_of(name, rec)
+            if post_id in out:
+                out[post_id].append(_describe(name, rec, committed))
+    return out
+
+
+def format_history(history: dict[str, list[str]]) -> str:
+    """A post per block, a record per line."""
+    return "".join(
+        f"\n  {post_id}:" + "".join(f"\n    {line}" for line in lines)
+        for post_id, lines in history.items()
+    )
