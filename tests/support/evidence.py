@@ -5,23 +5,32 @@ output can tell a lost event from a lost tombstone or a row written after it."""
 from __future__ import annotations
 
 from mysocial.config import Settings
+from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
 from mysocial.kafka.reader import Record, read_topic
 from mysocial.post_comments import SRC_OFFSET
 from mysocial.v1 import events_pb2 as ev
 
-POSTS_WITH_COUNTS = "posts_with_counts"
-
 
 def _describe(name: str, rec: Record, committed: set[tuple[int, int]]) -> str:
     where = f"{name}[{rec.partition}]@{rec.offset}"
-    if name == POSTS_WITH_COUNTS:
+    if name == topics.POSTS_WITH_COUNTS:
         if rec.value is None:
             what = "tombstone"
         else:
             row = ev.PostWithCounts()
             row.ParseFromString(rec.value)
             what = f"row likes={row.post.like_count} comments={row.post.comment_count}"
+    elif name == topics.PROCESSOR_CHANGELOG:
+        if rec.value is None:
+            what = "state deleted"
+        else:
+            post = st.PostRecord.FromString(rec.value)
+            what = (
+                f"state {st.PostStatus.Name(post.status)} likes={post.post.like_count} "
+                f"posts_through={post.posts_applied_through} "
+                f"likes_through={post.likes_applied_through}"
+            )
     else:
         event = ev.Event()
         event.ParseFromString(rec.value or b"")
@@ -33,6 +42,9 @@ def _describe(name: str, rec: Record, committed: set[tuple[int, int]]) -> str:
 
 
 def _post_id_of(name: str, rec: Record) -> str | None:
+    if name == topics.PROCESSOR_CHANGELOG:  # P<post id>: the post's own state
+        key = rec.key or b""
+        return key[1:].decode() if key[:1] == b"P" else None
     if name != topics.POSTS:
         return rec.key.decode() if rec.key else None
     event = ev.Event()
@@ -42,10 +54,16 @@ def _post_id_of(name: str, rec: Record) -> str | None:
 
 
 def post_history(settings: Settings, post_ids: list[str]) -> dict[str, list[str]]:
-    """Per post: its records in posts, posts-by-id and posts_with_counts, in log order,
+    """Per post: its records in posts, posts-by-id, the processor's changelog (its
+    state) and posts_with_counts, in log order,
     each marked when read_committed readers do not see it (aborted or still open)."""
     out: dict[str, list[str]] = {p: [] for p in post_ids}
-    for name in (topics.POSTS, topics.POSTS_BY_ID, POSTS_WITH_COUNTS):
+    for name in (
+        topics.POSTS,
+        topics.POSTS_BY_ID,
+        topics.PROCESSOR_CHANGELOG,
+        topics.POSTS_WITH_COUNTS,
+    ):
         topic = settings.topic(name)
         committed = {(r.partition, r.offset) for r in read_topic(settings, topic)}
         for rec in read_topic(settings, topic, isolation="read_uncommitted"):

@@ -131,6 +131,7 @@ def open_transactions(settings: Settings) -> dict[str, dict[int, tuple[int, int]
         topics.POST_COMMENTS,
         topics.POSTS_BY_ID,
         topics.TRENDING_CANDIDATES,
+        topics.PROCESSOR_CHANGELOG,
     ):
         topic = settings.topic(name)
         offsets = stable_and_end_offsets(settings, topic, list(range(partitions[topic])), 30)
