@@ -7,6 +7,7 @@ from __future__ import annotations
 from mysocial.config import Settings
 from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
+from mysocial.kafka.cluster import EmbeddedCluster
 from mysocial.kafka.reader import Record, read_topic
 from mysocial.post_comments import SRC_OFFSET
 from mysocial.v1 import events_pb2 as ev
@@ -79,3 +80,33 @@ def format_history(history: dict[str, list[str]]) -> str:
         f"\n  {post_id}:" + "".join(f"\n    {line}" for line in lines)
         for post_id, lines in history.items()
     )
+
+
+# What a broker logs when a transaction's markers can go astray: the coordinator skips
+# the marker of a partition without a leader (docs/OPERATIONS.md, "Hanging
+# transactions"), and the warnings of the transaction and replica machinery.
+BROKER_SIGNS = ("can be skipped", "couldn't find leader", "transaction", "txn", "marker")
+
+
+def broker_log_sizes(cluster: EmbeddedCluster) -> dict[int, int]:
+    """Where each node's log ends now: a scenario's evidence starts there (the cluster
+    serves the whole session)."""
+    return {
+        i: cluster.node(i).log_file.stat().st_size if cluster.node(i).log_file.exists() else 0
+        for i in cluster.node_ids
+    }
+
+
+def broker_signs(cluster: EmbeddedCluster, since: dict[int, int], limit: int = 15) -> str:
+    """The lines of each node's log since `since` that speak of transactions or markers."""
+    out = []
+    for i in cluster.node_ids:
+        path = cluster.node(i).log_file
+        if not path.exists():
+            continue
+        with open(path, "rb") as f:
+            f.seek(since.get(i, 0))
+            lines = f.read().decode(errors="replace").splitlines()
+        hits = [line[:400] for line in lines if any(s in line.lower() for s in BROKER_SIGNS)]
+        out += [f"\n  node {i}: {len(hits)} lines"] + [f"\n    {h}" for h in hits[:limit]]
+    return "".join(out)

@@ -32,7 +32,12 @@ from mysocial.kafka.reader import partition_lag, stable_and_end_offsets
 from mysocial.kafka.topics import PROCESSOR_GROUP
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
-from tests.support.evidence import format_history, post_history
+from tests.support.evidence import (
+    broker_log_sizes,
+    broker_signs,
+    format_history,
+    post_history,
+)
 from tests.support.helpers import auth, free_port, processor_settings
 from tests.support.services import ProcessorProc, Service
 from tests.support.supervisor import Supervisor, Watched
@@ -53,6 +58,8 @@ class Running:
     processor: ProcessorProc
     command: Service
     supervisor: Supervisor
+    cluster: EmbeddedCluster
+    logs_from: dict[int, int]  # each broker's log size when the scenario began
 
 
 @contextmanager
@@ -80,7 +87,9 @@ def system_on(cluster: EmbeddedCluster, tmp_path: Path) -> Iterator[Running]:
     ]
     with Supervisor(watched) as supervisor:
         try:
-            yield Running(settings, addr, processor, command, supervisor)
+            yield Running(
+                settings, addr, processor, command, supervisor, cluster, broker_log_sizes(cluster)
+            )
         finally:
             supervisor.__exit__()
             processor.terminate()
@@ -168,6 +177,7 @@ def verify(run: Running, workload: Workload, model: Model) -> dict[str, object]:
             ("open transactions (partition: stable, end)", open_transactions),
             ("behind (partition: committed, end)", lagging),
             ("history of the posts wrong", lambda s: format_history(post_history(s, wrong))),
+            ("brokers on transactions", lambda _: broker_signs(run.cluster, run.logs_from)),
         ):
             try:
                 evidence[what] = probe(run.settings)
