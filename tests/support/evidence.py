@@ -86,6 +86,9 @@ def format_history(history: dict[str, list[str]]) -> str:
 # the marker of a partition without a leader (docs/OPERATIONS.md, "Hanging
 # transactions"), and the warnings of the transaction and replica machinery.
 BROKER_SIGNS = ("can be skipped", "couldn't find leader", "transaction", "txn", "marker")
+# Lines that only name __transaction_state among the partitions they fetch, and thread
+# starts.
+BROKER_NOISE = ("[ReplicaFetcher", "Starting (kafka.", "Creating new marker queue")
 
 
 def broker_log_sizes(cluster: EmbeddedCluster) -> dict[int, int]:
@@ -107,6 +110,11 @@ def broker_signs(cluster: EmbeddedCluster, since: dict[int, int], limit: int = 1
         with open(path, "rb") as f:
             f.seek(since.get(i, 0))
             lines = f.read().decode(errors="replace").splitlines()
-        hits = [line[:400] for line in lines if any(s in line.lower() for s in BROKER_SIGNS)]
+        hits = [
+            line[:400]
+            for line in lines
+            if any(s in line.lower() for s in BROKER_SIGNS)
+            and not any(noise in line for noise in BROKER_NOISE)
+        ]
         out += [f"\n  node {i}: {len(hits)} lines"] + [f"\n    {h}" for h in hits[:limit]]
     return "".join(out)
