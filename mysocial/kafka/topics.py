@@ -351,20 +351,7 @@ def plan_replicas(settings: Settings, timeout: float = 30.0) -> dict[str, Any]:
     """The reassignment that gives this deployment's topics their replication factor."""
     admin = kafka_connection(settings).admin()
     names = {s.name for s in topic_specs(settings)}
-    deadline = time.monotonic() + timeout
-    while True:
-        md = admin.list_topics(timeout=timeout)
-        # A broker that has not caught up with topics created a moment ago shows them
-        # with an error or leaderless partitions: ask again (the plan would miss them).
-        settling = [
-            t
-            for name, t in md.topics.items()
-            if name in names
-            and (t.error is not None or any(pm.leader < 0 for pm in t.partitions.values()))
-        ]
-        if not settling or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)  # metadata propagation; bounded by the deadline
+    md = settled_metadata(admin, names, timeout)
     factor = Durability.from_settings(settings).factor_for(len(md.brokers))
     current = {
         s.name: {p: list(pm.replicas) for p, pm in md.topics[s.name].partitions.items()}
@@ -372,6 +359,38 @@ def plan_replicas(settings: Settings, timeout: float = 30.0) -> dict[str, Any]:
         if s.name in md.topics and md.topics[s.name].error is None
     }
     return reassignment_plan(current, list(md.brokers), factor)
+
+
+def settled_metadata(admin: AdminClient, names: set[str], timeout: float) -> Any:
+    """The fullest cluster metadata several reads agree on.
+
+    Each read asks whichever broker the client picks, and a broker that has not caught
+    up with the controller (just restarted, or topics created a moment ago) lists fewer
+    brokers, leaves new topics out, or shows them leaderless: a plan from that view
+    would leave partitions out or pick too low a factor. The fullest view wins, and once
+    three later reads show the same one, it is the cluster's (within the deadline).
+    """
+    deadline = time.monotonic() + timeout
+    best: Any = None
+    best_view: tuple[int, int] = (-1, -1)
+    agreeing = 0
+    while True:
+        md = admin.list_topics(timeout=timeout)
+        ready = [
+            n
+            for n in names
+            if n in md.topics
+            and md.topics[n].error is None
+            and all(pm.leader >= 0 for pm in md.topics[n].partitions.values())
+        ]
+        view = (len(md.brokers), len(ready))
+        if view > best_view:
+            best, best_view, agreeing = md, view, 0
+        elif view == best_view:
+            agreeing += 1
+        if agreeing >= 3 or time.monotonic() > deadline:
+            return best
+        time.sleep(0.2)  # metadata propagation; bounded by the deadline
 
 
 def main(argv: list[str] | None = None) -> int:
