@@ -445,7 +445,30 @@ async def run_until_stopped(
         log.info("shutdown_requested", signal=signal.Signals(signalled.result()).name)
         code = 0
     await stop()
+    await calls_finished()
     return code
+
+
+# The names grpc.aio gives each call's tasks (its server.pyx.pxi, grpcio 1.85).
+GRPC_CALL_TASKS = ("rpc_task", "HandleExceptions[")
+
+
+async def calls_finished(timeout: float = 2.0) -> None:
+    """Wait (bounded) for the calls the server's stop has just cancelled to end.
+
+    Why: stop() returns once gRPC's core is shut down, while each cancelled call's
+    task still has a step to run. If asyncio.run's exit cancels that task first,
+    grpc.aio logs it and also prints the traceback to stderr itself, outside logging,
+    so a stray non-JSON traceback ends the log of a clean shutdown (seen in CI with an
+    open health Watch). Tasks that are not gRPC calls are left to asyncio.run.
+    """
+    calls = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not asyncio.current_task() and task.get_name().startswith(GRPC_CALL_TASKS)
+    ]
+    if calls:
+        await asyncio.wait(calls, timeout=timeout)
 
 
 def monotonic_ms() -> float:

@@ -59,3 +59,54 @@ def test_library_records_are_single_json_events_and_shutdown_cancels_are_info() 
     assert cancelled["service"] == "demo" and cancelled["logger"] == "grpc._cython.cygrpc"
     # Any other exception keeps its level and its traceback, inside the one line.
     assert "ValueError: boom" in str(failed["exception"])
+
+
+# A real server with an open health Watch, stopped the way the services stop: grpc.aio
+# prints the traceback of a call that asyncio.run's exit cancels to stderr itself,
+# outside logging; without the wait for the cancelled calls CI saw that raw traceback.
+OPEN_WATCH = """
+import asyncio
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from mysocial import log
+from mysocial.rpc import run_until_stopped
+log.configure("info", "json", "demo")
+
+async def main() -> int:
+    server = aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await servicer.set("x", health_pb2.HealthCheckResponse.SERVING)
+    channel = aio.insecure_channel(f"127.0.0.1:{port}")
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="x"))
+    await watch.read()
+    failure = asyncio.get_running_loop().create_future()
+    failure.set_result(RuntimeError("reader failed"))
+    return await run_until_stopped(lambda: server.stop(0.1), failure)
+
+assert asyncio.run(main()) == 1  # a failure ends the service with 1
+"""
+
+
+def test_stopping_with_an_open_stream_leaves_only_json_lines() -> None:
+    # The race goes either way (about half the runs printed it without the wait):
+    # eight shutdowns, side by side, so the test cannot pass by luck.
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_WATCH],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    for child in children:
+        _, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        assert "Traceback" not in err, err
+        assert [json.loads(line)["event"] for line in err.splitlines()] == [
+            "shutdown_after_failure"
+        ]
