@@ -76,7 +76,9 @@ class ShutdownCancellation(logging.Filter):
     (the CancelledError asyncio.run uses to end leftover tasks reaches grpc's call
     scheduler, outside any handler): at a process's exit, an open Watch stream is
     expected, not an error. Such a record becomes one info line naming the call; any
-    other exception grpc logs keeps its level and traceback."""
+    other exception grpc logs keeps its level and traceback. (grpc also prints that
+    traceback to stderr itself, which no filter reaches: `rpc.run_until_stopped` lets
+    the cancelled calls end before the loop does, and this covers one that outlasts it.)"""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[0] if record.exc_info else None
