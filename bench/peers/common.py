@@ -154,6 +154,10 @@ class Timing:
     done_s: float
 
 
+class PeerExited(RuntimeError):
+    """A peer's process ended before it caught up (a crash of the peer itself)."""
+
+
 def wait_caught_up(
     procs: Sequence[subprocess.Popen[bytes]],
     started: float,
@@ -177,7 +181,7 @@ def wait_caught_up(
             return Timing(first[0], first[1], now)
         for proc, log in zip(procs, logs, strict=True):
             if proc.poll() is not None:
-                raise RuntimeError(f"peer exited with {proc.returncode}; {log}:\n{tail(log)}")
+                raise PeerExited(f"peer exited with {proc.returncode}; {log}:\n{tail(log)}")
         if now > timeout:
             raise TimeoutError(f"peer still {lag} records behind after {timeout}s; logs: {logs}")
         time.sleep(POLL_S)
@@ -305,7 +309,7 @@ def run_peer(
         extra = while_caught_up() if while_caught_up is not None else None
         for proc, log in zip(procs, logs, strict=True):
             if proc.poll() is not None:
-                raise RuntimeError(f"peer exited with {proc.returncode}; {log}:\n{tail(log)}")
+                raise PeerExited(f"peer exited with {proc.returncode}; {log}:\n{tail(log)}")
     finally:
         exit_codes = stop(procs)
     posts, mismatches = verify(settings, name)
