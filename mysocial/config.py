@@ -196,9 +196,10 @@ class Settings(KafkaSettings):
     processor_instance_id: str = _setting(
         "MYSOCIAL_PROCESSOR_INSTANCE_ID",
         "0",
-        "Stable identity of a processor instance: its transactional.id and state folder "
-        "derive from it. Give each concurrently running instance its own; a restarted "
-        "instance must reuse its id so its unfinished transaction is aborted at once.",
+        "Stable identity of a processor instance: its two transactional ids "
+        "(`<group>.<id>`, `<group>.<id>.txn1`) and its state folder derive from it. Give "
+        "each concurrently running instance its own; a restarted instance must reuse its "
+        "id so its unfinished transactions are aborted at once.",
     )
     processor_state_dir: str = _setting(
         "MYSOCIAL_PROCESSOR_STATE_DIR",

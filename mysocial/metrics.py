@@ -105,11 +105,12 @@ class ClientStats:
         self.counter = counter  # rxmsgs (consumer) or txmsgs (producer)
         self.lock = threading.Lock()
         self.totals: dict[str, int] = {}  # topic -> monotonic total
-        self.last: dict[tuple[str, int], int] = {}
+        self.last: dict[tuple[str, str, int], int] = {}  # (client, topic, partition)
         self.lag: dict[tuple[str, int], int] = {}
 
     def update(self, stats_json: str) -> None:
         stats = json.loads(stats_json)
+        client = str(stats.get("name", ""))  # several clients may report into one
         lag: dict[tuple[str, int], int] = {}
         with self.lock:
             for topic, t in (stats.get("topics") or {}).items():
@@ -119,12 +120,12 @@ class ClientStats:
                         continue
                     key = (topic, partition)
                     now = int(p.get(self.counter, 0))
-                    before = self.last.get(key, 0)
+                    before = self.last.get((client, *key), 0)
                     # A partition object created again starts from 0: count it afresh.
                     self.totals[topic] = self.totals.get(topic, 0) + (
                         now - before if now >= before else now
                     )
-                    self.last[key] = now
+                    self.last[(client, *key)] = now
                     if p.get("consumer_lag", -1) >= 0 and p.get("fetch_state") == "active":
                         lag[key] = int(p["consumer_lag"])
             self.lag = lag

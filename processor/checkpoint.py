@@ -122,10 +122,14 @@ class Transaction:
         consumer: Consumer,
         projections: Sequence[Projection],
         watchdog: Watchdog | None = None,
+        producers: Sequence[Producer] = (),
     ) -> None:
         self.ctx = ctx
         self.watchdog = watchdog
-        self.producer = ctx.producer
+        # Used in turn, one transaction each (processor/clients.py, PRODUCERS): the
+        # markers of a commit are still being written when the next transaction starts.
+        self.producers = list(producers) or [ctx.producer]
+        self.turn = self.producers.index(ctx.producer) if ctx.producer in self.producers else 0
         self.consumer = consumer
         self.projections = projections
         self.open = False
@@ -136,8 +140,41 @@ class Transaction:
         self.aborts = 0
         self.clock = TransactionClock()  # its metrics (processor/metrics.py)
 
+    @property
+    def producer(self) -> Producer:
+        """The producer of the open (or next) transaction."""
+        return self.ctx.producer
+
+    def _ended(self) -> None:
+        """The transaction is over: the next one goes through the next producer."""
+        self.open = False
+        self.ctx.positions.clear()
+        if len(self.producers) > 1:
+            self.turn = (self.turn + 1) % len(self.producers)
+            self.ctx.use(self.producers[self.turn])
+
     def _call(self, what: str, fn: Callable[[float], Any], deadline: float) -> Any:
         return call(what, fn, deadline, self.watchdog)
+
+    def init_producers(self) -> None:
+        """Register every transactional id: fences a predecessor's producers and ends
+        the transactions it left open."""
+        for producer in self.producers:
+            init = producer.init_transactions
+            call("init_transactions", init, time.monotonic() + 60, self.watchdog)
+
+    def poll(self) -> None:
+        """Serve every producer's callbacks (the idle one's errors and statistics too)."""
+        for producer in self.producers:
+            producer.poll(0)
+
+    def close(self) -> None:
+        """Flush what is left (nothing, after the last commit) before the process ends."""
+        for producer in self.producers:
+            try:  # a fenced or fatal producer refuses to flush; its callbacks may fail too
+                producer.flush(5)
+            except Exception as exc:
+                log.warning("producer_flush_on_close_failed", error=repr(exc))
 
     def begin(self) -> None:
         if not self.open:
@@ -174,8 +211,7 @@ class Transaction:
         except Abortable as exc:
             self.abort_and_rewind(str(exc))
             return
-        self.open = False
-        self.ctx.positions.clear()
+        self._ended()
         self.commits += 1
         self.clock.committed(began)
         # 5. Post-commit: the committed state goes to the local stores.
@@ -194,8 +230,7 @@ class Transaction:
             )
         except Abortable as exc:
             raise FatalProcessorError(f"abort failed: {exc}") from exc
-        self.open = False
-        self.ctx.positions.clear()
+        self._ended()
         self.clock.reset()
         for projection in self.projections:
             projection.abort()

@@ -69,10 +69,28 @@ def main_consumer(
     )
 
 
+# Transactional producers per instance, used in turn (processor/checkpoint.py): with one,
+# the next transaction's first records wait while the coordinator still writes the
+# markers of the commit that just returned (AddPartitionsToTxn answers
+# CONCURRENT_TRANSACTIONS and librdkafka retries after 20 ms; it has no KIP-890
+# transactions v2, which would not ask). The other producer's last transaction ended
+# one commit earlier, so its markers are done.
+PRODUCERS = 2
+
+
+def transactional_id(settings: Settings, index: int = 0) -> str:
+    """Stable per instance and producer: a restarted instance fences its zombie's."""
+    base = f"{group_id(settings)}.{settings.processor_instance_id}"
+    return base if index == 0 else f"{base}.txn{index}"
+
+
 def transactional_producer(
-    settings: Settings, on_error: OnError, on_stats: Callable[[str], None] | None = None
+    settings: Settings,
+    on_error: OnError,
+    on_stats: Callable[[str], None] | None = None,
+    index: int = 0,
 ) -> Producer:
-    """One transactional id per instance id: a restarted instance fences its zombie.
+    """The instance's transactional producer number `index` (transactional_id).
     on_stats: librdkafka's statistics every STATS_INTERVAL_MS (records written)."""
     stats: dict[str, Any] = (
         {"stats_cb": on_stats, "statistics.interval.ms": STATS_INTERVAL_MS} if on_stats else {}
@@ -82,7 +100,7 @@ def transactional_producer(
             {
                 **stats,
                 "error_cb": on_error,
-                "transactional.id": f"{group_id(settings)}.{settings.processor_instance_id}",
+                "transactional.id": transactional_id(settings, index),
                 "transaction.timeout.ms": settings.processor_transaction_timeout_ms,
                 "enable.idempotence": True,
                 "acks": "all",
@@ -97,6 +115,15 @@ def transactional_producer(
             }
         )
     )
+
+
+def transactional_producers(
+    settings: Settings, on_error: OnError, on_stats: Callable[[str], None] | None = None
+) -> list[Producer]:
+    """The instance's PRODUCERS transactional producers, in the order they take turns."""
+    return [
+        transactional_producer(settings, on_error, on_stats, index) for index in range(PRODUCERS)
+    ]
 
 
 def restore_consumer(settings: Settings) -> Consumer:

@@ -1,8 +1,9 @@
 """The processor's main loop: consume, hand records to projections, commit, exactly once.
 
-One consumer (group `mysocial.processor`, read_committed, range assignor) and one
-transactional producer per instance (processor/clients.py). The loop reads as the
-steps it takes; each step is a collaborator in its own module:
+One consumer (group `mysocial.processor`, read_committed, range assignor) and two
+transactional producers per instance, taking a transaction each in turn
+(processor/clients.py). The loop reads as the steps it takes; each step is a
+collaborator in its own module:
 
 - processor/tasks.py       tasks and their lifecycle (assign, restore, run, revoke);
 - processor/restore.py     replaying changelogs into local state, a chunk per pass;
@@ -31,7 +32,7 @@ from mysocial.kafka.reader import watermarks
 from mysocial.log import get_logger
 from mysocial.metrics import SERVING
 from processor import clients, metrics
-from processor.checkpoint import Transaction, call
+from processor.checkpoint import Transaction
 from processor.errors import FatalProcessorError, is_fatal
 from processor.flow import FlowControl
 from processor.membership import Membership, join_deadline_s
@@ -58,9 +59,10 @@ class Processor:
         self.group = Membership(join_deadline_s(settings.processor_session_timeout_ms))
         self.metrics = metrics.register(self)
         self.consumer = clients.main_consumer(settings, self._on_client_error, self._on_stats)
-        producer = clients.transactional_producer(
+        self.producers = clients.transactional_producers(
             settings, self._on_client_error, self.metrics.produced.update
         )
+        producer = self.producers[0]
         self.reader = ChangelogReader(clients.restore_consumer(settings))
         self.marks = clients.watermark_consumer(settings)
         ctx = Context(
@@ -80,7 +82,7 @@ class Processor:
         self.by_topic = {settings.topic(s): p for p in self.projections for s in p.sources}
         self.tasks = TaskManager(self.projections, ctx, self.consumer, self.reader)
         self.watchdog = Watchdog.for_settings(settings)
-        self.txn = Transaction(ctx, self.consumer, self.projections, self.watchdog)
+        self.txn = Transaction(ctx, self.consumer, self.projections, self.watchdog, self.producers)
         self.flow = FlowControl(self.consumer, ctx, self.posts_by_id.rekeyed_until)
         self.stats = StatsLog([self._counters, *(p.stats for p in self.projections)])
         self.assignment_epoch = 0  # bumped by every rebalance callback
@@ -95,9 +97,7 @@ class Processor:
         """Process until stop(); returns the process exit code."""
         self.watchdog.start()
         try:
-            producer = self.ctx.producer
-            init = producer.init_transactions
-            call("init_transactions", init, time.monotonic() + 60, self.watchdog)
+            self.txn.init_producers()  # fences and ends what a zombie left open
             self.consumer.subscribe(
                 list(self.by_topic),
                 on_assign=self._on_assign,
@@ -124,7 +124,7 @@ class Processor:
                     self.txn.begin()
                     self._process(msgs)
                     self.txn.clock.consumed(msgs)
-                self.ctx.producer.poll(0)
+                self.txn.poll()  # the producers' delivery, error and statistics callbacks
                 # 4. Timers (trending recomputes: scores decay without events).
                 self._punctuate()
                 # 5. Commit when the interval is up, or at once when the input is
@@ -251,9 +251,6 @@ class Processor:
         for consumer in (self.consumer, self.reader.consumer, self.marks):
             with contextlib.suppress(KafkaException, RuntimeError):
                 consumer.close()
-        try:  # a fenced or fatal producer refuses to flush; its callbacks may fail too
-            self.ctx.producer.flush(5)
-        except Exception as exc:
-            log.warning("producer_flush_on_close_failed", error=repr(exc))
+        self.txn.close()
         self.counts.shutdown()
         log.info("processor_stopped")

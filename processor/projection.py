@@ -48,6 +48,11 @@ class Context:
     # Next offsets consumed so far, committed or not (flow control reads them).
     consumed: Offsets = field(default_factory=dict)
 
+    def use(self, producer: Producer) -> None:
+        """The producer the next transaction writes through (the engine alternates)."""
+        self.producer = producer
+        self.output.producer = producer
+
     def run_of(self, msgs: list[Message], start: int, topic: str) -> list[Message]:
         """The records of `topic` from msgs[start] up to the first record of another
         topic (or an error), each noted as consumed (it commits with the transaction)."""
