@@ -283,9 +283,13 @@ def test_the_load_generator_waits_out_retry_info(kafka_bootstrap: str, tmp_path:
         )
         summary = loadgen.run(spec, progress=False)
         # One user: its 20 points (the seed post took 3), then about one a second; once
-        # refused, it sends nothing until its RetryInfo delay has passed.
+        # refused, it sends nothing until its RetryInfo delay has passed. Refusals are
+        # the calls already in flight when the first refusal came back (more on a slow
+        # machine: a CI run saw 10) and about one per refill; a client ignoring RetryInfo
+        # would collect ~370 of them and hold nothing back.
+        refused = summary["errors"].get("RESOURCE_EXHAUSTED", 0)
         assert summary["held_back_retry_info"] > 200, summary
-        assert summary["errors"].get("RESOURCE_EXHAUSTED", 0) <= 8, summary
+        assert refused <= summary["held_back_retry_info"] / 10, summary
         assert summary["accepted"] <= 20 + 6, summary
     finally:
         service.stop()
