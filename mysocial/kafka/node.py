@@ -10,6 +10,7 @@ quorum is all N (mysocial.kafka.cluster).
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import shutil
@@ -52,7 +53,9 @@ def fetch(quiet: bool = True) -> Path:
     """Download the broker jars with Maven unless cached; returns the jar folder."""
     target = libs_dir()
     stamp = target / ".complete"
-    if stamp.exists():
+    # The stamp names the pom it was fetched for: a dependency added there is fetched.
+    wanted = f"{kafka_version()} {hashlib.sha256(POM.read_bytes()).hexdigest()[:16]}\n"
+    if stamp.exists() and stamp.read_text() == wanted:
         return target
     if shutil.which("mvn") is None:
         raise BrokerError("Maven (mvn) is required to fetch the Kafka broker")
@@ -79,7 +82,7 @@ def fetch(quiet: bool = True) -> Path:
         raise BrokerError(f"Maven finished but {tmp} holds no kafka_2.13 jar")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-    stamp.write_text(kafka_version() + "\n")
+    stamp.write_text(wanted)
     return target
 
 

@@ -4,10 +4,16 @@ output can tell a lost event from a lost tombstone or a row written after it."""
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+from pathlib import Path
+
 from mysocial.config import Settings
 from mysocial.internal.v1 import state_pb2 as st
 from mysocial.kafka import topics
-from mysocial.kafka.cluster import EmbeddedCluster
+from mysocial.kafka.cluster import EmbeddedCluster, coordinator_partition
+from mysocial.kafka.node import java, libs_dir
 from mysocial.kafka.reader import Record, read_topic
 from mysocial.post_comments import SRC_OFFSET
 from mysocial.v1 import events_pb2 as ev
@@ -86,9 +92,15 @@ def format_history(history: dict[str, list[str]]) -> str:
 # the marker of a partition without a leader (docs/OPERATIONS.md, "Hanging
 # transactions"), and the warnings of the transaction and replica machinery.
 BROKER_SIGNS = ("can be skipped", "couldn't find leader", "transaction", "txn", "marker")
-# Lines that only name __transaction_state among the partitions they fetch, and thread
-# starts.
-BROKER_NOISE = ("[ReplicaFetcher", "Starting (kafka.", "Creating new marker queue")
+# Lines that only name __transaction_state among the partitions they fetch, thread
+# starts, and a coordinator's retries to reach a node that is down (a bounce makes
+# dozens, hiding what matters).
+BROKER_NOISE = (
+    "[ReplicaFetcher",
+    "Starting (kafka.",
+    "Creating new marker queue",
+    "could not be established",
+)
 
 
 def broker_log_sizes(cluster: EmbeddedCluster) -> dict[int, int]:
@@ -116,5 +128,99 @@ def broker_signs(cluster: EmbeddedCluster, since: dict[int, int], limit: int = 1
             if any(s in line.lower() for s in BROKER_SIGNS)
             and not any(noise in line for noise in BROKER_NOISE)
         ]
+        # A skipped marker first: the one line that explains a half-ended transaction.
+        hits.sort(key=lambda line: "can be skipped" not in line)
         out += [f"\n  node {i}: {len(hits)} lines"] + [f"\n    {h}" for h in hits[:limit]]
     return "".join(out)
+
+
+def _dump(files: list[Path], *flags: str) -> list[str]:
+    """Kafka's DumpLogSegments over segment files: batches with their producer id and
+    epoch, records, and control records (which transaction marker ended them)."""
+    if not files:
+        return []
+    cmd = [java(), "-cp", f"{libs_dir()}/*", "org.apache.kafka.tools.DumpLogSegments", *flags]
+    cmd += ["--files", ",".join(str(f) for f in sorted(files))]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        return [f"DumpLogSegments failed ({result.returncode}): {result.stderr[-600:]}"]
+    return result.stdout.splitlines()
+
+
+_BATCH = re.compile(
+    r"baseOffset: (\d+) lastOffset: (\d+) .*?producerId: (-?\d+) producerEpoch: (-?\d+)"
+)
+_MARKER = re.compile(r"endTxnMarker: (\w+) coordinatorEpoch: (\d+)")
+
+
+def _batches(lines: list[str]) -> list[tuple[int, int, str, str]]:
+    """(base offset, last offset, producer id, summary) per batch; a control batch's
+    summary names its marker."""
+    out: list[tuple[int, int, str, str]] = []
+    for line in lines:
+        if m := _BATCH.search(line):
+            base, last, pid, epoch = m.groups()
+            ts = re.search(r"CreateTime: (\d+)", line)
+            what = f"{base}-{last} pid {pid} epoch {epoch} t={ts.group(1) if ts else '?'}"
+            if "isTransactional: false" in line:
+                what += " non-transactional"
+            out.append((int(base), int(last), pid, what))
+        elif (marker := _MARKER.search(line)) and out:
+            base, last, pid, what = out[-1]
+            out[-1] = (
+                base,
+                last,
+                pid,
+                f"{what} {marker.group(1)} (coordinator epoch {marker.group(2)})",
+            )
+    return out
+
+
+def transactions_around(
+    cluster: EmbeddedCluster, topic: str, partition: int, offsets: list[int], limit: int = 12
+) -> str:
+    """Per node holding topic-partition: the batch of each offset and every later batch
+    of its producer (data and markers), so a record committed on one partition and
+    aborted on another shows which transaction each belonged to and how it ended."""
+    out = []
+    for i in cluster.node_ids:
+        folder = cluster.node(i).spec.data_dir / "logs" / f"{topic}-{partition}"
+        batches = _batches(_dump(list(folder.glob("*.log")), "--deep-iteration"))
+        pids = {pid for base, last, pid, _ in batches if any(base <= o <= last for o in offsets)}
+        first = min(offsets)
+        kept = [what for _, last, pid, what in batches if pid in pids and last >= first]
+        out.append(f"\n  node {i} {topic}-{partition} from {first}:")
+        out += [f"\n    {what}" for what in kept[:limit]]
+    return "".join(out)
+
+
+def transaction_log(cluster: EmbeddedCluster, transactional_ids: list[str], limit: int = 25) -> str:
+    """The coordinator's record of each transactional id (state, producer id and epoch,
+    partitions), as __transaction_state holds it on each node: its last transitions."""
+    out = []
+    partitions = len(cluster.partitions("__transaction_state"))
+    for txn_id in transactional_ids:
+        p = coordinator_partition(txn_id, partitions)
+        for i in cluster.node_ids:
+            folder = cluster.node(i).spec.data_dir / "logs" / f"__transaction_state-{p}"
+            lines = _dump(list(folder.glob("*.log")), "--transaction-log-decoder")
+            hits = [line for line in lines if f'"{txn_id}"' in line]
+            out.append(f"\n  {txn_id} on node {i}: {len(hits)} transitions")
+            out += [f"\n    {_transition(line)}" for line in hits[-limit:]]
+    return "".join(out)
+
+
+def _transition(line: str) -> str:
+    """One __transaction_state record, short."""
+    at = line.find("payload: ")
+    try:
+        data = json.loads(line[at + len("payload: ") :])["data"]
+    except (ValueError, KeyError):
+        return line[at:][:300]
+    parts = ",".join(
+        f"{t['topic'].split('.')[-1]}{t['partitionIds']}" for t in data["transactionPartitions"]
+    )
+    return (
+        f"{data['transactionStatus']} pid {data['producerId']} epoch {data['producerEpoch']} "
+        f"t={data['transactionLastUpdateTimestampMs']} {parts}"
+    )

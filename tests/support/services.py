@@ -91,6 +91,24 @@ class ProcessorProc:
         kept = [line[:600] for line in lines if "processor_stats" not in line]
         return f"{self.log_path.name}, last lines:\n" + "\n".join(kept[-n:])
 
+    def key_lines(self, n: int = 40) -> str:
+        """Every incarnation's starts, stops, aborts, retried transactional calls and
+        lost partitions: how the processor met a fault, which its last lines may miss."""
+        if not self.log_path.exists():
+            return "(no log)"
+        keys = (
+            "processor_started",
+            "processor_stopping",
+            "transaction_aborted",
+            "transaction_call_retry",
+            "partitions_lost",
+            "watchdog",
+            "Traceback",
+        )
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        kept = [line[:400] for line in lines if any(k in line for k in keys)]
+        return f"{self.log_path.name}, key lines ({len(kept)}):\n" + "\n".join(kept[-n:])
+
     def last_stats(self) -> str:
         """Its last periodic stats line: whether it was still consuming at the end."""
         if not self.log_path.exists():

@@ -11,6 +11,7 @@ transaction system tests and Jepsen's analyses of Kafka-compatible systems.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import threading
 import time
@@ -37,6 +38,8 @@ from tests.support.evidence import (
     broker_signs,
     format_history,
     post_history,
+    transaction_log,
+    transactions_around,
 )
 from tests.support.helpers import auth, free_port, processor_settings
 from tests.support.services import ProcessorProc, Service
@@ -166,6 +169,30 @@ def lagging(settings: Settings) -> dict[str, dict[int, tuple[int, int]]]:
     return out
 
 
+def transactional_ids(settings: Settings) -> list[str]:
+    """Instance a's transactional ids (processor/clients.py)."""
+    base = f"{settings.topic(PROCESSOR_GROUP)}.a"
+    return [base, f"{base}.txn1"]
+
+
+def batches_of(cluster: EmbeddedCluster, settings: Settings, post_ids: list[str]) -> str:
+    """The batches and transaction markers around the last output and changelog records
+    of the posts that came out wrong."""
+    out = []
+    history = post_history(settings, post_ids)
+    for name in (topics.POSTS_WITH_COUNTS, topics.PROCESSOR_CHANGELOG):
+        at: dict[int, list[int]] = {}
+        for lines in history.values():
+            for line in lines:
+                m = re.match(rf"{re.escape(name)}\[(\d+)\]@(\d+)", line)
+                if m:
+                    at.setdefault(int(m.group(1)), []).append(int(m.group(2)))
+        for partition, offsets in at.items():
+            topic = settings.topic(name)
+            out.append(transactions_around(cluster, topic, partition, offsets[-2:]))
+    return "".join(out)
+
+
 def verify(run: Running, workload: Workload, model: Model) -> dict[str, object]:
     try:
         check_exact(run.settings, model)
@@ -178,6 +205,8 @@ def verify(run: Running, workload: Workload, model: Model) -> dict[str, object]:
             ("behind (partition: committed, end)", lagging),
             ("history of the posts wrong", lambda s: format_history(post_history(s, wrong))),
             ("brokers on transactions", lambda _: broker_signs(run.cluster, run.logs_from)),
+            ("batches and markers", lambda s: batches_of(run.cluster, s, wrong)),
+            ("coordinator", lambda s: transaction_log(run.cluster, transactional_ids(s))),
         ):
             try:
                 evidence[what] = probe(run.settings)
@@ -187,6 +216,8 @@ def verify(run: Running, workload: Workload, model: Model) -> dict[str, object]:
             f"{exc}\n"
             + "".join(f"{k}: {v}\n" for k, v in evidence.items())
             + f"restarts: {run.supervisor.restarts}\n{run.processor.last_stats()}\n"
+            + run.processor.key_lines()
+            + "\n"
             + run.processor.last_lines()
         ) from None
     report: dict[str, object] = dict(check_acknowledged(run.settings, workload))
