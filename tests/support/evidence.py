@@ -103,6 +103,19 @@ BROKER_NOISE = (
 )
 
 
+# What can leave a transaction ended on some partitions and not others, first: a skipped
+# marker, markers cancelled, a fence or an abort; the routine lines after.
+BROKER_ALARMS = (
+    ("can be skipped",),
+    ("cancel", "permanently", "fence", "abort", "rollback", "hanging", "timed out"),
+)
+
+
+def _weight(line: str) -> int:
+    low = line.lower()
+    return next((i for i, words in enumerate(BROKER_ALARMS) if any(w in low for w in words)), 9)
+
+
 def broker_log_sizes(cluster: EmbeddedCluster) -> dict[int, int]:
     """Where each node's log ends now: a scenario's evidence starts there (the cluster
     serves the whole session)."""
@@ -112,7 +125,7 @@ def broker_log_sizes(cluster: EmbeddedCluster) -> dict[int, int]:
     }
 
 
-def broker_signs(cluster: EmbeddedCluster, since: dict[int, int], limit: int = 15) -> str:
+def broker_signs(cluster: EmbeddedCluster, since: dict[int, int], limit: int = 25) -> str:
     """The lines of each node's log since `since` that speak of transactions or markers."""
     out = []
     for i in cluster.node_ids:
@@ -128,8 +141,7 @@ def broker_signs(cluster: EmbeddedCluster, since: dict[int, int], limit: int = 1
             if any(s in line.lower() for s in BROKER_SIGNS)
             and not any(noise in line for noise in BROKER_NOISE)
         ]
-        # A skipped marker first: the one line that explains a half-ended transaction.
-        hits.sort(key=lambda line: "can be skipped" not in line)
+        hits.sort(key=_weight)
         out += [f"\n  node {i}: {len(hits)} lines"] + [f"\n    {h}" for h in hits[:limit]]
     return "".join(out)
 
