@@ -24,7 +24,16 @@ from bench.catchup import run_processors
 from bench.fanout import t3_fanout
 from bench.freshness import RunningSystem, capacity, knee, window
 from bench.grpc_load import run_ghz
-from bench.harness import RESULTS, broker, child_env, free_port, fresh_settings, machine
+from bench.harness import (
+    RESULTS,
+    broker,
+    child_env,
+    cpu_jiffies,
+    free_port,
+    fresh_settings,
+    machine,
+    steal_share,
+)
 from bench.memory import query_bytes_per_post
 from bench.overload import abuser_p99, t6_overload
 from bench.report import write_markdown
@@ -288,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = results_dir / "logs"
     logs.mkdir(exist_ok=True)
     began = time.perf_counter()
+    jiffies = cpu_jiffies()
     info = machine()
     log(f"machine: {info['cores']} cores, {info['memory_gib']} GiB, {info['cpu']}")
     results: dict[str, Any] = {"machine": info, "sizes": sizes.__dict__}
@@ -378,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "p99_ms",
         )
     results["suite_seconds"] = time.perf_counter() - began
+    results["machine"]["cpu_steal"] = steal_share(jiffies, cpu_jiffies())
     summary = summarize(results)
     (results_dir / "all.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (results_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

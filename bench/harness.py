@@ -146,6 +146,26 @@ class Child:
             return 0
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(stolen, total) CPU time of the whole machine so far, from /proc/stat: on a
+    virtual machine the hypervisor gives some of our cores' time to other guests
+    ("steal"), which slows every figure of a run alike; (0, 0) where unknown."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return 0, 0
+    if fields[0] != "cpu" or len(fields) < 9:
+        return 0, 0
+    counts = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return counts[7], sum(counts)
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU time stolen between two cpu_jiffies() readings."""
+    total = after[1] - before[1]
+    return round((after[0] - before[0]) / total, 4) if total > 0 else 0.0
+
+
 def machine() -> dict[str, Any]:
     """Cores, memory and versions of what a benchmark ran on."""
     import confluent_kafka

@@ -42,6 +42,11 @@ def verdict(key: str, value: float | None) -> str:
     return f"{op} {bound:g}: {'met' if ok else 'MISSED'}"
 
 
+def _pct(share: float | None) -> str:
+    """A share as a percentage; "n/a" for runs recorded before it was measured."""
+    return "n/a" if share is None else f"{share * 100:.1f} %"
+
+
 def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
     m = results["machine"]
     c = results["catchup"]
@@ -53,7 +58,8 @@ def write_markdown(results: dict[str, Any], summary: dict[str, Any], path: Path)
         f"{results['suite_seconds'] / 60:.1f} minutes. Machine: {m['cores']} cores ({m['cpu']}), "
         f"{m['memory_gib']} GiB RAM, {m['os']}; Python {m['python']}, Kafka {m['kafka']} "
         f"({m['java']}), librdkafka {m['librdkafka']}, grpcio {m['grpcio']}, protobuf "
-        f"{m['protobuf']}. Everything (broker, services, load drivers) ran on this machine. "
+        f"{m['protobuf']}. Everything (broker, services, load drivers) ran on this machine; "
+        f"CPU time stolen by its hypervisor over the run: {_pct(m.get('cpu_steal'))}. "
         f"Figures marked median are the median of {results['sizes']['trials']} trials.",
         "",
         "## Summary (bench/results/summary.json)",
@@ -275,10 +281,11 @@ def _breakdown_lines(windows: list[dict[str, Any]]) -> list[str]:
         "the processor; committed = event → its transaction committed; commit = the commit "
         "itself; applied = projection record → applied by the query service; written = "
         "applied → stream message written. p50 / p99 in ms, from histogram buckets. CPU in "
-        "cores over the window (load = the load generator and the probe).",
+        "cores over the window (load = the load generator and the probe); steal = the "
+        "share of the machine's CPU time its hypervisor gave to other guests.",
         "",
-        "| rate/s | " + " | ".join(names) + " | probe | CPU " + " / ".join(roles) + " |",
-        "|---" * (len(names) + 3) + "|",
+        "| rate/s | " + " | ".join(names) + " | probe | CPU " + " / ".join(roles) + " | steal |",
+        "|---" * (len(names) + 4) + "|",
     ]
     for w in rows:
         b = w["breakdown"]
@@ -286,6 +293,6 @@ def _breakdown_lines(windows: list[dict[str, Any]]) -> list[str]:
         cpu = " / ".join(f"{b['cpu_cores'].get(r, 0.0):.2f}" for r in roles)
         lines.append(
             f"| {w['rate']:.0f} | " + " | ".join(cells) + f" | {w['p50_ms']:.1f} / "
-            f"{w['p99_ms']:.1f} | {cpu} |"
+            f"{w['p99_ms']:.1f} | {cpu} | {_pct(b.get('cpu_steal'))} |"
         )
     return [*lines, ""]

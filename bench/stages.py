@@ -31,6 +31,7 @@ from typing import Any
 
 import psutil
 
+from bench.harness import cpu_jiffies, steal_share
 from client.top import Scrape, quantile, read
 
 STAGES: tuple[tuple[str, str, str, dict[str, str]], ...] = (
@@ -111,6 +112,7 @@ class Window:
         self.urls = urls
         self.began = time.monotonic()
         self.cpu = cpu_seconds()
+        self.jiffies = cpu_jiffies()
         self.scrape = read(urls, timeout=5.0)
 
     def finish(self) -> dict[str, Any]:
@@ -125,4 +127,5 @@ class Window:
             "seconds": round(seconds, 1),
             "stages": breakdown(self.scrape, scrape),
             "cpu_cores": {role: round(v, 3) for role, v in sorted(cores.items())},
+            "cpu_steal": steal_share(self.jiffies, cpu_jiffies()),
         }

@@ -82,6 +82,8 @@ def test_benchmark_suite_smoke_run(kafka_bootstrap: str) -> None:
         assert where["stages"][stage]["count"] > 0, stage
         assert 0 <= where["stages"][stage]["p50_ms"] <= where["stages"][stage]["p99_ms"], stage
     assert {"processor", "command", "query", "load"} <= set(where["cpu_cores"])
+    # The machine's stolen CPU, in the window and over the run: a share of its time.
+    assert 0 <= where["cpu_steal"] <= 1 and 0 <= results["machine"]["cpu_steal"] <= 1
     # T6 reports the service's own produce latency of the acknowledged commands beside
     # the load generator's figure.
     t6 = results["T6"]
