@@ -249,8 +249,10 @@ class EmbeddedCluster:
 
     def start_node(self, node_id: int, timeout: float = 90.0) -> None:
         """Start a stopped or killed node again on its own data folder and wait until the
-        cluster lists it as a live broker."""
+        cluster lists it as a live broker. A killed node is started only once the
+        controller has fenced it (wait_until_fenced says why)."""
         node = self.node(node_id)
+        self._fenced_before_start([node_id], timeout)
         node.launch()
         try:
             self.wait_for_brokers([node_id], timeout)
@@ -272,10 +274,52 @@ class EmbeddedCluster:
             if node.paused:
                 node.resume()
         down = [i for i in self.node_ids if not self.nodes[i].running]
+        self._fenced_before_start(down, timeout)
         for i in down:
             self.nodes[i].launch()
         self.wait_for_brokers(self.node_ids, timeout)
         self.wait_until_in_sync(timeout=timeout)
+
+    def wait_until_fenced(self, node_id: int, timeout: float = 60.0) -> None:
+        """Block until the controller has fenced a node that died: the metadata no longer
+        lists it as a live broker and it leads no partition (at most
+        broker.session.timeout.ms, 9 s, after a kill -9).
+
+        Why: started again sooner, the node comes back as the leader of its partitions
+        at the same leader epoch, with whatever its log holds beyond what the other
+        replicas have. Kafka 4.4's transaction coordinator then loads that unreplicated
+        tail: here it sent COMMIT markers for a transaction whose PrepareCommit no
+        other replica had; once the controller moved the leadership, the new
+        coordinator aborted the same transaction, which came out committed on some
+        partitions and aborted on others (docs/OPERATIONS.md, "Restarting a broker
+        that died")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                meta = self.admin().list_topics(timeout=5)
+                leads = [
+                    f"{name}-{p}"
+                    for name, topic in meta.topics.items()
+                    for p, pm in topic.partitions.items()
+                    if pm.leader == node_id
+                ]
+                if node_id not in meta.brokers and not leads:
+                    return
+                why = f"live brokers {sorted(meta.brokers)}, leads {leads[:5]}"
+            except (KafkaException, BrokerError) as exc:
+                why = str(exc)
+            if time.monotonic() > deadline:
+                raise BrokerError(f"node {node_id} not fenced after {timeout:.0f}s: {why}")
+            time.sleep(0.2)
+
+    def _fenced_before_start(self, node_ids: Sequence[int], timeout: float) -> None:
+        """wait_until_fenced for each node about to start, while the running nodes hold a
+        controller majority (without one nothing is fenced, and nothing moves)."""
+        if 2 * len(self.running_ids()) <= len(self.node_ids):
+            return
+        for node_id in node_ids:
+            if not self.node(node_id).running:
+                self.wait_until_fenced(node_id, timeout)
 
     # -- where things live ---------------------------------------------------------------
 

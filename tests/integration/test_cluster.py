@@ -231,6 +231,21 @@ def test_acks_all_write_survives_kill_9_of_a_node(kafka_cluster: EmbeddedCluster
     producer.flush(10)
 
 
+def test_a_killed_node_is_started_again_only_once_fenced(kafka_cluster: EmbeddedCluster) -> None:
+    """Started again before the controller fenced it, a killed leader would come back
+    leading at its old epoch with an unreplicated log tail (docs/OPERATIONS.md)."""
+    topic = one_partition_topic(kafka_cluster)
+    leader = kafka_cluster.leader_of(topic)
+    kafka_cluster.kill_node(leader)
+    assert leader in kafka_cluster.live_brokers()  # not fenced yet: its session lasts
+    kafka_cluster.wait_until_fenced(leader, timeout=60)
+    assert leader not in kafka_cluster.live_brokers()
+    assert kafka_cluster.leader_of(topic) not in (leader, -1)
+    kafka_cluster.start_node(leader)  # fenced already: starts at once
+    kafka_cluster.wait_until_in_sync([topic], timeout=60)
+    assert sorted(kafka_cluster.isr_of(topic)) == [1, 2, 3]
+
+
 def test_two_nodes_down_no_acknowledgement_then_recovery(kafka_cluster: EmbeddedCluster) -> None:
     topic = one_partition_topic(kafka_cluster)
     producer = acks_all_producer(

@@ -227,11 +227,10 @@ def _transition(line: str) -> str:
     at = line.find("payload: ")
     try:
         data = json.loads(line[at + len("payload: ") :])["data"]
-    except (ValueError, KeyError):
+        partitions = data.get("transactionPartitions") or []
+    except (ValueError, KeyError, TypeError, AttributeError):  # e.g. a tombstone
         return line[at:][:300]
-    parts = ",".join(
-        f"{t['topic'].split('.')[-1]}{t['partitionIds']}" for t in data["transactionPartitions"]
-    )
+    parts = ",".join(f"{t['topic'].split('.')[-1]}{t['partitionIds']}" for t in partitions)
     return (
         f"{data['transactionStatus']} pid {data['producerId']} epoch {data['producerEpoch']} "
         f"t={data['transactionLastUpdateTimestampMs']} {parts}"

@@ -242,7 +242,9 @@ def busiest_leader(cluster: EmbeddedCluster, settings: Settings) -> int:
 
 
 def bounce(cluster: EmbeddedCluster, node: int, down_s: float = 3.0) -> None:
-    """kill -9 a node, leave it down a moment, start it, wait until all is in sync."""
+    """kill -9 a node, leave it down a moment, start it once the controller fenced it
+    (start_node waits: sooner, Kafka's coordinator acts on its unreplicated log tail,
+    docs/OPERATIONS.md), wait until all is in sync."""
     cluster.kill_node(node)
     time.sleep(down_s)  # the fault's duration, not a wait for a condition
     cluster.start_node(node)
