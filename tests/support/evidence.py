@@ -208,7 +208,8 @@ def transactions_around(
 
 def transaction_log(cluster: EmbeddedCluster, transactional_ids: list[str], limit: int = 25) -> str:
     """The coordinator's record of each transactional id (state, producer id and epoch,
-    partitions), as __transaction_state holds it on each node: its last transitions."""
+    partitions), as __transaction_state holds it on each node: its aborts, fences and
+    epoch changes, and its last transitions."""
     out = []
     partitions = len(cluster.partitions("__transaction_state"))
     for txn_id in transactional_ids:
@@ -216,10 +217,43 @@ def transaction_log(cluster: EmbeddedCluster, transactional_ids: list[str], limi
         for i in cluster.node_ids:
             folder = cluster.node(i).spec.data_dir / "logs" / f"__transaction_state-{p}"
             lines = _dump(list(folder.glob("*.log")), "--transaction-log-decoder")
-            hits = [line for line in lines if f'"{txn_id}"' in line]
+            hits = [_transition(line) for line in lines if f'"{txn_id}"' in line]
             out.append(f"\n  {txn_id} on node {i}: {len(hits)} transitions")
-            out += [f"\n    {_transition(line)}" for line in hits[-limit:]]
+            out += [f"\n    {line}" for line in notable_transitions(hits, limit)]
     return "".join(out)
+
+
+_STATUS_EPOCH = re.compile(r"^(\w+) pid (-?\d+) epoch (-?\d+)")
+
+
+def notable_transitions(transitions: list[str], last: int = 25) -> list[str]:
+    """The transitions that tell how a transaction ended, from a long history: every
+    abort, fence and change of producer id or epoch, each with the transition before it
+    (the state it left), and the last `last`; runs left out are counted. The decisive
+    records of a failure can lie a hundred commits before the end of the log."""
+    keep = set(range(max(0, len(transitions) - last), len(transitions)))
+    before: tuple[str, str] | None = None
+    for i, line in enumerate(transitions):
+        m = _STATUS_EPOCH.match(line)
+        if m is None:  # a tombstone or a record the decoder could not read
+            keep.add(i)
+            continue
+        status, pid, epoch = m.groups()
+        changed = before is not None and before != (pid, epoch)
+        if changed or "Abort" in status or "Fence" in status or status == "Dead":
+            keep.update({i - 1, i} if i else {i})
+        before = (pid, epoch)
+    out: list[str] = []
+    skipped = 0
+    for i, line in enumerate(transitions):
+        if i not in keep:
+            skipped += 1
+            continue
+        if skipped:
+            out.append(f"... {skipped} transitions left out")
+            skipped = 0
+        out.append(line)
+    return out
 
 
 def _transition(line: str) -> str:
