@@ -11,7 +11,10 @@ transaction system tests and Jepsen's analyses of Kafka-compatible systems.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -385,6 +388,23 @@ def cluster_with_a_small_disk(tmp_path: Path) -> Iterator[tuple[EmbeddedCluster,
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
+def fill_to_within(disk: Path, filler: Path, room: int) -> None:
+    """Grow `filler` until `disk` has at most `room` bytes free. The broker writes to
+    the same disk meanwhile and may take the last bytes first (CI saw that race):
+    a full disk is what the scenario wants, so ENOSPC here ends the filling."""
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while (free := shutil.disk_usage(disk).free) > room:
+            try:
+                os.write(fd, bytes(min(1 << 20, free - room)))
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return
+    finally:
+        os.close(fd)
+
+
 def test_a_broker_whose_disk_fills_up(
     cluster_with_a_small_disk: tuple[EmbeddedCluster, Path], tmp_path: Path
 ) -> None:
@@ -396,11 +416,7 @@ def test_a_broker_whose_disk_fills_up(
     with system_on(cluster, tmp_path) as run:
 
         def fill() -> None:
-            free = subprocess.run(
-                ["df", "--output=avail", "-B1", str(small)], capture_output=True, text=True
-            ).stdout.split()[-1]
-            with open(filler, "wb") as f:  # leave 64 KiB: the workload fills the rest
-                f.write(b"\0" * max(0, int(free) - 64 * 1024))
+            fill_to_within(small, filler, 64 * 1024)  # the workload fills the rest
 
         def free_and_restart() -> None:
             filler.unlink()
