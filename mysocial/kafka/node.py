@@ -167,6 +167,24 @@ def replication_defaults(nodes: int) -> dict[str, str]:
     }
 
 
+SINGLE_NODE_SESSION_TIMEOUT_MS = 10 * 60 * 1000
+
+
+def liveness_defaults(nodes: int) -> dict[str, str]:
+    """How long the controller waits for a broker's heartbeat before fencing it. In a
+    cluster, fencing a stalled broker moves its leaders to the other replicas (Kafka's
+    default, 9 s). A single node has no other replica: after a stall past the timeout
+    (SIGSTOP, a VM freeze, a long pause) its own controller fenced it on resuming,
+    every partition was briefly without a leader, and the transaction coordinator
+    skipped the markers of the transaction it rolled back meanwhile, leaving it
+    hanging (docs/OPERATIONS.md, "Hanging transactions"; reproduced by
+    test_the_workload_through_a_kafka_outage[sigstop]). One node is therefore given a
+    session it cannot outlive by stalling."""
+    if nodes > 1:
+        return {}
+    return {"broker.session.timeout.ms": str(SINGLE_NODE_SESSION_TIMEOUT_MS)}
+
+
 def node_properties(
     spec: NodeSpec, voters: Sequence[NodeSpec], cluster_overrides: Mapping[str, str]
 ) -> str:
@@ -199,6 +217,7 @@ def node_properties(
         # Abort transactions of crashed producers soon after their timeout expires.
         "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         "num.partitions": "1",
+        **liveness_defaults(len(voters)),
         "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),
         # Index files are preallocated sparse and memory-mapped. With the default 10 MiB,
         # the first write to each index page faulted in a large zero-filled folio

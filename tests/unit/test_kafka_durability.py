@@ -116,6 +116,21 @@ def test_node_properties_form_one_quorum(tmp_path: Path) -> None:
     assert p["min.insync.replicas"] == "2"
     assert p["unclean.leader.election.enable"] == "false"
     assert p["num.io.threads"] == "4"
+    assert "broker.session.timeout.ms" not in p  # a stalled node is fenced: leaders move
+
+
+def test_a_single_node_is_not_fenced_for_a_stall(tmp_path: Path) -> None:
+    """Fencing the only node leaves its partitions leaderless, and the transaction
+    markers sent meanwhile are skipped: one node outlives any plausible stall."""
+    node = spec(1, tmp_path)
+    p = props(node_properties(node, [node], {}))
+    assert int(p["broker.session.timeout.ms"]) >= 5 * 60 * 1000
+    assert (
+        props(node_properties(node, [node], {"broker.session.timeout.ms": "9000"}))[
+            "broker.session.timeout.ms"
+        ]
+        == "9000"
+    )  # an operator's own choice wins
 
 
 def test_extra_listeners_and_node_overrides(tmp_path: Path) -> None:
