@@ -15,10 +15,11 @@ from command_service.commands import Limits, PreparedEvent
 from command_service.directory import Directory, Entry
 from command_service.publisher import Publisher, consistency_token
 from command_service.quota import Quotas
+from command_service.quota_hold import QuotaHold
 from media.library import MediaLibrary, media_proto
 from mysocial.auth import actor_from_metadata
 from mysocial.config import Settings
-from mysocial.errors import NotFound, PermissionDenied, ResourceExhausted
+from mysocial.errors import NotFound, PermissionDenied, QuotaExceeded, ResourceExhausted
 from mysocial.rpc import Ctx, current_trace, time_left, unary
 from mysocial.v1 import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pb2_grpc as cmd_grpc
@@ -47,6 +48,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     ) -> None:
         self._settings = settings
         self._quotas = quotas
+        self._hold = QuotaHold(settings.quota_hold_s)
         self._publisher = publisher
         self._directory = directory
         self._media = media
@@ -59,9 +61,10 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
         structlog.contextvars.bind_contextvars(user_id=actor)
         return actor
 
-    def _admit(self, context: Ctx, method: str) -> str:
-        """The acting user, once the worker has room and the user has quota: refused at
-        once otherwise (before any lookup or write), with RetryInfo."""
+    async def _admit(self, context: Ctx, method: str) -> str:
+        """The acting user, once the worker has room and the user has quota: refused
+        otherwise (before any lookup or write), with RetryInfo; at once when the worker
+        is at capacity, after a hold when the user is over quota (quota_hold.py)."""
         actor = self._actor(context)
         limit = self._settings.command_max_in_flight
         if limit and self._publisher.in_flight >= limit:
@@ -71,7 +74,10 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
                 reason="OVERLOADED",
                 retry_after_s=OVERLOAD_RETRY_S,
             )
-        self._quotas.charge(actor, method)
+        try:
+            self._quotas.charge(actor, method)
+        except QuotaExceeded as refusal:
+            await self._hold.refuse(refusal, time_left(context, self._settings.quota_hold_s))
         return actor
 
     async def _publish(self, prepared: PreparedEvent, context: Ctx) -> str:
@@ -96,7 +102,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     async def CreatePost(
         self, request: cmd.CreatePostRequest, context: Ctx
     ) -> cmd.CreatePostResponse:
-        actor = self._admit(context, "CreatePost")
+        actor = await self._admit(context, "CreatePost")
         commands.validate_create_post(request, self._limits)  # bad input first, then lookups
         media = await self._media.media_for_post(actor, request.media_ids)
         prepared = commands.create_post(actor, request, self._clock(), self._limits, media=media)
@@ -107,7 +113,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     async def DeletePost(
         self, request: cmd.DeletePostRequest, context: Ctx
     ) -> cmd.DeletePostResponse:
-        actor = self._admit(context, "DeletePost")
+        actor = await self._admit(context, "DeletePost")
         prepared = commands.delete_post(actor, request, self._clock())
         post = await self._live_post(prepared.post_id, context)
         if post.author != actor:
@@ -117,7 +123,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
 
     @unary
     async def LikePost(self, request: cmd.LikePostRequest, context: Ctx) -> cmd.LikePostResponse:
-        actor = self._admit(context, "LikePost")
+        actor = await self._admit(context, "LikePost")
         prepared = commands.like_post(actor, request, self._clock())
         await self._live_post(prepared.post_id, context)
         token = await self._publish(prepared, context)
@@ -127,7 +133,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     async def UnlikePost(
         self, request: cmd.UnlikePostRequest, context: Ctx
     ) -> cmd.UnlikePostResponse:
-        actor = self._admit(context, "UnlikePost")
+        actor = await self._admit(context, "UnlikePost")
         prepared = commands.unlike_post(actor, request, self._clock())
         await self._live_post(prepared.post_id, context)
         token = await self._publish(prepared, context)
@@ -137,7 +143,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     async def AddComment(
         self, request: cmd.AddCommentRequest, context: Ctx
     ) -> cmd.AddCommentResponse:
-        actor = self._admit(context, "AddComment")
+        actor = await self._admit(context, "AddComment")
         prepared = commands.add_comment(actor, request, self._clock(), self._limits)
         await self._live_post(prepared.post_id, context)
         token = await self._publish(prepared, context)
@@ -149,7 +155,7 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
     async def DeleteComment(
         self, request: cmd.DeleteCommentRequest, context: Ctx
     ) -> cmd.DeleteCommentResponse:
-        actor = self._admit(context, "DeleteComment")
+        actor = await self._admit(context, "DeleteComment")
         prepared = commands.delete_comment(actor, request, self._clock())
         post = await self._live_post(prepared.post_id, context)
         comment = await self._directory.comment(
@@ -174,6 +180,9 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
         self, request_iterator: AsyncIterator[cmd.UploadImageRequest], context: Ctx
     ) -> cmd.UploadImageResponse:
         actor = self._actor(context)  # before reading a byte: anonymous uploads cost nothing
-        self._quotas.charge_upload(actor)
+        try:
+            self._quotas.charge_upload(actor)
+        except QuotaExceeded as refusal:
+            await self._hold.refuse(refusal, time_left(context, self._settings.quota_hold_s))
         record = await self._media.upload(request_iterator, actor)
         return cmd.UploadImageResponse(media_id=record.media_id, media=media_proto(record))

@@ -106,6 +106,14 @@ class Settings(KafkaSettings):
     quota_refill_per_s: float = _setting(
         "MYSOCIAL_QUOTA_REFILL_PER_S", 1.0, "Points a user's write budget gets back per second."
     )
+    quota_hold_s: float = _setting(
+        "MYSOCIAL_QUOTA_HOLD_S",
+        1.0,
+        "A user's first refusal over quota is answered at once; one for a call sent "
+        "before the RetryInfo time it was given is held until the points are back, at "
+        "most this long (within the call's deadline), so a client that does not back off "
+        "sends one call per held call, not hundreds a second. 0: never hold.",
+    )
     upload_quota: int = _setting(
         "MYSOCIAL_UPLOAD_QUOTA", 30, "Uploads a user may make in a burst (0: no quota)."
     )

@@ -8,6 +8,8 @@ import asyncio
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,23 @@ class Outcomes:
         self.codes: Counter[str] = Counter()
         self.refusals: list[tuple[float | None, str, list[str]]] = []
         self.acked_event_ids: list[str] = []
+
+
+@contextmanager
+def command_service(
+    kafka_bootstrap: str, tmp_path: Path, **overrides: object
+) -> Iterator[tuple[Settings, Service]]:
+    """A command service of the test's own (topics provisioned), stopped afterwards."""
+    settings = make_settings(
+        kafka_bootstrap, processor_state_dir=str(tmp_path / "state"), **overrides
+    )
+    provision(settings)
+    service = command_service_on_free_port(settings, tmp_path / "command.log")
+    try:
+        service.start()
+        yield settings, service
+    finally:
+        service.stop()
 
 
 async def _like(stub: Any, post_id: str, user: str, rid: str, out: Outcomes) -> None:
@@ -96,17 +115,13 @@ def test_an_abusive_user_is_refused_across_workers_and_nothing_refused_is_writte
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     defaults = Settings()  # the shipped quota: 300 points, 1 back per second
-    settings = make_settings(
+    with command_service(
         kafka_bootstrap,
-        processor_state_dir=str(tmp_path / "state"),
+        tmp_path,
         command_workers=2,
         quota_points=defaults.quota_points,
         quota_refill_per_s=defaults.quota_refill_per_s,
-    )
-    provision(settings)
-    service = command_service_on_free_port(settings, tmp_path / "command.log")
-    try:
-        service.start()
+    ) as (settings, service):
         stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(service.addr))
         post_ids = [
             stub.CreatePost(cmd.CreatePostRequest(caption=f"p{i}"), metadata=auth(f"o{i}")).post_id
@@ -131,20 +146,51 @@ def test_an_abusive_user_is_refused_across_workers_and_nothing_refused_is_writte
             if e.actor_user_id == "abuser"
         )
         assert written["abuser"] == abuser.codes["OK"]
-    finally:
-        service.stop()
+
+
+def test_a_client_that_does_not_back_off_has_its_refusals_held(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """One call after another for 3 s, RetryInfo ignored: the first refusal comes at
+    once, the ones sent before its retry time come when the points are back, so the
+    client makes a few calls a second instead of hundreds (command_service/quota_hold.py)."""
+    with command_service(
+        kafka_bootstrap, tmp_path, quota_points=5, quota_refill_per_s=1.0, quota_hold_s=1.0
+    ) as (_, service):
+        stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(service.addr))
+        post_id = stub.CreatePost(cmd.CreatePostRequest(caption="p"), metadata=auth("o")).post_id
+        codes: Counter[str] = Counter()
+        refusals: list[tuple[float, float | None]] = []  # (seconds it took, RetryInfo)
+        began = time.monotonic()
+        while time.monotonic() - began < 3.0:
+            sent = time.monotonic()
+            try:
+                like = cmd.LikePostRequest(
+                    post_id=post_id, request_id=f"loop-{sum(codes.values())}"
+                )
+                stub.LikePost(like, metadata=auth("looper"), timeout=10)
+                codes["OK"] += 1
+            except grpc.RpcError as exc:
+                assert exc.code() == RESOURCE_EXHAUSTED, exc
+                codes["RESOURCE_EXHAUSTED"] += 1
+                refusals.append((time.monotonic() - sent, error_details(exc).retry_after_s))
+        lasted = time.monotonic() - began
+        # Its 5 points, then about one a second; refusals held up to the hold (1 s).
+        assert 5 <= codes["OK"] <= 5 + lasted + 2, (codes, lasted)
+        assert refusals and all(r is not None and 0 < r <= 1.0 for _, r in refusals), refusals
+        held = [took for took, _ in refusals if took >= 0.1]
+        assert held, refusals  # some were held (a call before its retry time)
+        # Without the hold this loop makes hundreds of calls in 3 s.
+        assert sum(codes.values()) <= 5 + 6 * lasted, (codes, refusals)
 
 
 def test_past_the_in_flight_bound_commands_are_refused_at_once(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(
-        kafka_bootstrap, processor_state_dir=str(tmp_path / "state"), command_max_in_flight=5
-    )
-    provision(settings)
-    service = command_service_on_free_port(settings, tmp_path / "command.log")
-    try:
-        service.start()
+    with command_service(kafka_bootstrap, tmp_path, command_max_in_flight=5) as (
+        settings,
+        service,
+    ):
         stub = cmd_grpc.CommandServiceStub(grpc.insecure_channel(service.addr))
         post_id = stub.CreatePost(cmd.CreatePostRequest(caption="busy"), metadata=auth("o")).post_id
         out = Outcomes()
@@ -163,8 +209,6 @@ def test_past_the_in_flight_bound_commands_are_refused_at_once(
             assert reason == "OVERLOADED" and retry_after == 0.5
         written = [e.event_id for _, e in events(settings, topics.LIKES)]
         assert sorted(written) == sorted(out.acked_event_ids)  # refused: never written
-    finally:
-        service.stop()
 
 
 def _query_service(settings: Settings, log: Path) -> Service:
@@ -261,16 +305,10 @@ def test_clients_may_ping_an_idle_stream_every_five_seconds(
 
 
 def test_the_load_generator_waits_out_retry_info(kafka_bootstrap: str, tmp_path: Path) -> None:
-    settings = make_settings(
-        kafka_bootstrap,
-        processor_state_dir=str(tmp_path / "state"),
-        quota_points=20,
-        quota_refill_per_s=1.0,
-    )
-    provision(settings)
-    service = command_service_on_free_port(settings, tmp_path / "command.log")
-    try:
-        service.start()
+    with command_service(kafka_bootstrap, tmp_path, quota_points=20, quota_refill_per_s=1.0) as (
+        _,
+        service,
+    ):
         spec = loadgen.LoadSpec(
             addr=service.addr,
             rate=100,
@@ -291,8 +329,6 @@ def test_the_load_generator_waits_out_retry_info(kafka_bootstrap: str, tmp_path:
         assert summary["held_back_retry_info"] > 200, summary
         assert refused <= summary["held_back_retry_info"] / 10, summary
         assert summary["accepted"] <= 20 + 6, summary
-    finally:
-        service.stop()
 
 
 def test_sigterm_during_overload_loses_nothing_acknowledged(
