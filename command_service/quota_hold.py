@@ -28,11 +28,20 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
+from prometheus_client import Gauge
+
 from mysocial.errors import QuotaExceeded
 
 MAX_HELD = 1000  # refusals one worker holds at once; past it they are answered at once
 MAX_USERS = 10_000  # users' quotas whose retry time a worker remembers (the most recent)
 MIN_RETRY_S = 0.001  # RetryInfo counts in ms: the least delay it can say
+
+HELD = Gauge(
+    "mysocial_command_quota_held_refusals",
+    "Refusals over quota the workers hold now, for calls sent before the RetryInfo time "
+    "their user was given (each answered when the points are back).",
+    multiprocess_mode="livesum",
+)
 
 
 class QuotaHold:
@@ -71,9 +80,11 @@ class QuotaHold:
         delay = self.delay_for(refusal, time_left_s)
         if delay > 0:
             self.held += 1
+            HELD.inc()
             try:
                 await asyncio.sleep(delay)
             finally:
                 self.held -= 1
+                HELD.dec()
             refusal.retry_after_s = max(MIN_RETRY_S, round(refusal.retry_after_s - delay, 3))
         raise refusal

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
 from command_service.quota_hold import MIN_RETRY_S, QuotaHold
 from mysocial.errors import QuotaExceeded
@@ -79,6 +80,8 @@ def test_past_its_cap_a_worker_answers_refusals_at_once() -> None:
         second = asyncio.ensure_future(hold.refuse(refusal(3.0), 30.0))
         await asyncio.sleep(0)  # both are now held
         held = hold.held
+        gauge = REGISTRY.get_sample_value("mysocial_command_quota_held_refusals")
+        assert gauge == 2  # what operators see (no other hold is open in this process)
         with pytest.raises(QuotaExceeded) as third:
             await hold.refuse(refusal(3.0), 30.0)  # raised without waiting
         for task in (first, second):  # a cancelled call (client gone) frees its place
