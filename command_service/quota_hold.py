@@ -62,9 +62,9 @@ class QuotaHold:
         self._retry_at: dict[str, float] = {}  # quota subject -> when its points are back
 
     def delay_for(self, refusal: QuotaExceeded, time_left_s: float) -> float:
-        """How long to hold this refusal: 0 for a user told nothing it is ignoring;
-        otherwise until its points are back, within the hold and the call's deadline
-        (0 when the worker already holds its share)."""
+        """How long to hold this refusal: 0 unless the call came before the retry time
+        an earlier refusal gave (or when the worker already holds its share); else
+        until the points are back, within the hold and the call's deadline."""
         now = self.clock()
         quota = refusal.subject  # a user's writes, or its uploads
         told = self._retry_at.pop(quota, 0.0)  # and put back last: the most recent stay

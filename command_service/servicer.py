@@ -74,11 +74,16 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
                 reason="OVERLOADED",
                 retry_after_s=OVERLOAD_RETRY_S,
             )
+        await self._within_quota(context, lambda: self._quotas.charge(actor, method))
+        return actor
+
+    async def _within_quota(self, context: Ctx, charge: Callable[[], None]) -> None:
+        """Spend a quota; past it the refusal is raised, held first when the user did
+        not wait as an earlier refusal told it to (quota_hold.py)."""
         try:
-            self._quotas.charge(actor, method)
+            charge()
         except QuotaExceeded as refusal:
             await self._hold.refuse(refusal, time_left(context, self._settings.quota_hold_s))
-        return actor
 
     async def _publish(self, prepared: PreparedEvent, context: Ctx) -> str:
         delivered = await self._publisher.publish(
@@ -180,9 +185,6 @@ class CommandServicer(cmd_grpc.CommandServiceServicer):
         self, request_iterator: AsyncIterator[cmd.UploadImageRequest], context: Ctx
     ) -> cmd.UploadImageResponse:
         actor = self._actor(context)  # before reading a byte: anonymous uploads cost nothing
-        try:
-            self._quotas.charge_upload(actor)
-        except QuotaExceeded as refusal:
-            await self._hold.refuse(refusal, time_left(context, self._settings.quota_hold_s))
+        await self._within_quota(context, lambda: self._quotas.charge_upload(actor))
         record = await self._media.upload(request_iterator, actor)
         return cmd.UploadImageResponse(media_id=record.media_id, media=media_proto(record))
