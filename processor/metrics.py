@@ -30,7 +30,7 @@ Processor = Any
 
 COMMIT_SECONDS = Histogram(
     "mysocial_processor_commit_seconds",
-    "Time a transaction's commit took (flush, offsets, commit).",
+    "Time a transaction's commit took (offsets, flush, commit).",
     buckets=LATENCY_BUCKETS,
 )
 COMMIT_EVENTS = Histogram(
