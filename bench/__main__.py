@@ -59,6 +59,7 @@ class Sizes:
     peers: bool
     t4_fixed_rate: float = 100.0  # issue 17's T4 point (likes/s offered)
     capacity_ceiling: float = 6400.0  # T5b stops doubling here
+    abuser_pairs: int = 4  # T6's abuser figure: pairs of windows alone / beside
 
 
 FULL = Sizes(
@@ -77,7 +78,7 @@ FULL = Sizes(
     True,
 )
 SMOKE = Sizes(
-    1, 1.0, 2_000, 100, 3_000, 20, 1.0, 6.0, (20.0,), (200, 1_000), 500, 1, True, 20.0, 80.0
+    1, 1.0, 2_000, 100, 3_000, 20, 1.0, 6.0, (20.0,), (200, 1_000), 500, 1, True, 20.0, 80.0, 1
 )
 
 
@@ -372,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
             system.stop()
         _save_partial(results_dir, results)
         results["T6"] = t6_overload(bootstrap, k, sizes.window_seconds, logs)
-        results["T6"]["abuser"] = abuser_p99(bootstrap, k, min(30.0, sizes.window_seconds), logs)
+        results["T6"]["abuser"] = abuser_p99(
+            bootstrap, k, min(15.0, sizes.window_seconds / 2), logs, sizes.abuser_pairs
+        )
         t6 = results["T6"]
         log(
             f"T6 goodput {t6['goodput_ratio']:.2f} x knee, p99 {t6['p99_ms']:.1f} ms, "

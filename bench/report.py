@@ -235,12 +235,29 @@ def _t6_lines(t6: dict[str, Any] | None) -> list[str]:
     abuser = t6.get("abuser")
     if abuser:
         lines.append(
-            f"| T6 | 50 users at {abuser['rate']:.0f}/s, then beside one user at 500/s | "
+            f"| T6 | 50 users at {abuser['rate']:.0f}/s, {_abuser_windows(abuser)} | "
             f"p99 {abuser['p99_alone_ms']:.1f} → {abuser['p99_with_abuser_ms']:.1f} ms = "
-            f"{abuser['p99_ratio']:.2f} (target ≤ 1.2); abuser accepted "
+            f"{abuser['p99_ratio']:.2f} (target ≤ 1.2){_pair_ratios(abuser)}; abuser accepted "
             f"{abuser['abuser']['accepted']}, refused {abuser['abuser']['errors']} |"
         )
     return lines
+
+
+def _abuser_windows(abuser: dict[str, Any]) -> str:
+    """How the abuser figure's windows ran (runs before 2026-12-02 had one of each)."""
+    if "pairs" not in abuser:
+        return "then beside one user at 500/s"
+    return (
+        f"without and beside one user at 500/s, {abuser['pairs']} pairs of "
+        f"{abuser['window_s']:.0f} s windows interleaved, each side's calls pooled"
+    )
+
+
+def _pair_ratios(abuser: dict[str, Any]) -> str:
+    ratios = abuser.get("pair_ratios")
+    if not ratios:
+        return ""
+    return " (pair by pair: " + ", ".join(f"{r:.2f}" for r in ratios) + ")"
 
 
 def _fixed_and_capacity_lines(results: dict[str, Any]) -> list[str]:

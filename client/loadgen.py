@@ -242,8 +242,10 @@ def _worker_main(spec: LoadSpec, index: int, out: Any) -> None:
     asyncio.run(_Worker(spec, index, out).run())
 
 
-def run(spec: LoadSpec, progress: bool = True) -> dict[str, Any]:
-    """Run the load; returns the summary (and prints progress if asked)."""
+def run(spec: LoadSpec, progress: bool = True, keep_latencies: bool = False) -> dict[str, Any]:
+    """Run the load; returns the summary (and prints progress if asked). With
+    keep_latencies, every acknowledged command's latency too (sorted, ms), so a caller
+    can pool several windows' calls before it takes a percentile."""
     ctx = multiprocessing.get_context("spawn")
     out: Any = ctx.Queue()
     procs = [ctx.Process(target=_worker_main, args=(spec, i, out)) for i in range(spec.workers)]
@@ -293,6 +295,7 @@ def run(spec: LoadSpec, progress: bool = True) -> dict[str, Any]:
             "max": lat[-1] if lat else float("nan"),
         },
         "wall_s": elapsed,
+        **({"latencies_ms": lat} if keep_latencies else {}),
     }
 
 
