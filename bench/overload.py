@@ -16,6 +16,7 @@ from the two cores the system shares, which is not what is being measured.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,8 +250,4 @@ def pooled_p99(windows: list[Window]) -> dict[str, Any]:
 
 
 def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for c in counts:
-        for k, v in c.items():
-            total[k] = total.get(k, 0) + v
-    return total
+    return dict(sum((Counter(c) for c in counts), Counter()))
