@@ -100,8 +100,9 @@ class Tailer:
                 "group.id": f"{settings.topic('mysocial.query')}.unused",
                 # The broker answers a waiting read_committed fetch when a commit
                 # marker moves the last stable offset (a bare transactional writer
-                # and this reader, 500 ms wait: visible 2.3 ms p50 after the commit
-                # returned), so the wait bounds only how often an idle tailer asks.
+                # and a read_committed consumer configured as this one, 500 ms wait:
+                # visible 2.3 ms p50 after the commit returned), so the wait bounds
+                # only how often an idle tailer asks.
                 # At 5 ms its 97-partition fetches cost the broker 0.02-0.07 more
                 # cores at 100 likes/s than at 200 ms, which in an interleaved A/B
                 # kept the probe's p50 equal or better (bench/NOTES.md, 2026-12-02).
