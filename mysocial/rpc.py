@@ -317,6 +317,16 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", CLIENT_PING_MIN_MS),  # received pings
     ("grpc.http2.max_ping_strikes", 2),
     ("grpc.max_concurrent_streams", 10_000),
+    # Calls gRPC's core has received but the event loop has not taken yet. Past
+    # max_pending_requests (default 1,000) the core drops them at random, all of them
+    # past the hard limit (3,000), and the client sees CANCELLED: no reason, no
+    # RetryInfo, and a client cannot tell it from its own cancellation. A burst of
+    # 3,000 commands on one worker, or a worker starved of CPU for a second, lost
+    # hundreds that way (tests/system/test_overload.py). Above our own bounds
+    # (MYSOCIAL_COMMAND_MAX_IN_FLIGHT, the stream caps), a call is taken and answered
+    # with a precise status instead; the core's limit stays as the last resort.
+    ("grpc.server.max_pending_requests", 5_000),
+    ("grpc.server.max_pending_requests_hard_limit", 10_000),
 ]
 
 
