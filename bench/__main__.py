@@ -33,6 +33,7 @@ from bench.harness import (
     fresh_settings,
     machine,
     steal_share,
+    use_topic_sizes,
 )
 from bench.memory import query_bytes_per_post
 from bench.overload import abuser_p99, t6_overload
@@ -60,6 +61,8 @@ class Sizes:
     t4_fixed_rate: float = 100.0  # issue 17's T4 point (likes/s offered)
     capacity_ceiling: float = 6400.0  # T5b stops doubling here
     abuser_pairs: int = 4  # T6's abuser figure: pairs of windows alone / beside
+    # (posts, likes/comments) partitions; None: production's (Settings' defaults)
+    topic_partitions: tuple[int, int] | None = None
 
 
 FULL = Sizes(
@@ -78,7 +81,23 @@ FULL = Sizes(
     True,
 )
 SMOKE = Sizes(
-    1, 1.0, 2_000, 100, 3_000, 20, 1.0, 6.0, (20.0,), (200, 1_000), 500, 1, True, 20.0, 80.0, 1
+    1,
+    1.0,
+    2_000,
+    100,
+    3_000,
+    20,
+    1.0,
+    6.0,
+    (20.0,),
+    (200, 1_000),
+    500,
+    1,
+    True,
+    20.0,
+    80.0,
+    1,
+    topic_partitions=(4, 6),  # the tests' sizes (tests/support/helpers.py)
 )
 
 
@@ -293,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
+    if sizes.topic_partitions:
+        use_topic_sizes(*sizes.topic_partitions)
     results_dir = RESULTS / "smoke" if args.smoke else RESULTS
     results_dir.mkdir(parents=True, exist_ok=True)
     logs = results_dir / "logs"

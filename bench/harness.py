@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -26,6 +27,26 @@ from mysocial.kafka.connection import login_settings
 from mysocial.kafka.topics import provision
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
+
+# Settings every benchmark's topics and services get before their own overrides:
+# production's partition counts unless the smoke run shrinks them (use_topic_sizes).
+_topic_sizes: dict[str, int] = {}
+_state_dirs: list[Path] = []
+
+
+def use_topic_sizes(posts_partitions: int, copartitions: int) -> None:
+    """Give the topics of every later fresh_settings these partition counts.
+
+    Why: the smoke run's figures mean nothing, and production's 32 + 48 partitions cost
+    its processors and peers most of their start-up (Quix Streams alone took ~50 s to
+    take 96 partitions with their changelogs, for 3,000 events)."""
+    _topic_sizes.update(posts_partitions=posts_partitions, copartitions=copartitions)
+
+
+@atexit.register
+def _remove_state_dirs() -> None:
+    for state in _state_dirs:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @contextmanager
@@ -54,9 +75,11 @@ def broker() -> Iterator[str]:
 
 
 def fresh_settings(bootstrap: str, **overrides: Any) -> Settings:
-    """Settings with a unique topic namespace and state folder; topics provisioned."""
+    """Settings with a unique topic namespace and state folder (removed when the
+    benchmark process ends); topics provisioned."""
     ns = f"bench{uuid.uuid4().hex[:8]}."
     state = Path(tempfile.mkdtemp(prefix="mysocial-bench-state-"))
+    _state_dirs.append(state)
     command_port, query_port = free_ports(2)
     # A cluster named by KAFKA_BOOTSTRAP_SERVERS keeps its TLS and SASL settings.
     env = Settings.from_env()
@@ -74,7 +97,7 @@ def fresh_settings(bootstrap: str, **overrides: Any) -> Settings:
         quota_points=0,  # the load generators send as one user; T6 measures quotas
         **login,
     )
-    settings = base.with_(**overrides)
+    settings = base.with_(**{**_topic_sizes, **overrides})
     provision(settings)
     return settings
 

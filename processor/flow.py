@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from mysocial.kafka import topics
 from mysocial.log import get_logger
@@ -27,6 +27,12 @@ log = get_logger("processor.flow")
 # Post events in flight (not yet read back by id) above which likes and comments wait:
 # a backlog being caught up, not live traffic.
 PAUSE_ENGAGEMENTS_BEHIND = 500
+# A posts partition whose end no fetch has told the consumer yet is asked of the broker
+# once it has been unknown this long, and again at most this often. Why: librdkafka
+# learns a partition's end only from fetch responses, and a smoke run of the benchmark
+# saw a posts partition report none for six minutes, which held every like and
+# comment back all that time (an unknown backlog holds them, below).
+QUERY_END_AFTER_S = 1.0
 
 Partition = tuple[str, int]
 
@@ -48,6 +54,8 @@ class FlowControl:
         self.engagement_held = True
         self.paused: set[Partition] = set()
         self.logged = 0.0
+        # posts partition -> (when its end was first unknown or last asked, the answer)
+        self.asked: dict[Partition, tuple[float, int]] = {}
 
     def reset(self) -> None:
         """A new assignment starts with nothing paused (librdkafka forgets pauses on
@@ -55,6 +63,7 @@ class FlowControl:
         self.paused = set()
         self.engagement_held = True
         self.logged = time.monotonic()
+        self.asked = {}
 
     def update(self, assigned: set[Partition], not_running: set[Partition]) -> None:
         held = self._hold_engagement(assigned)
@@ -80,6 +89,8 @@ class FlowControl:
             if topic == self.topic_posts:
                 position = consumed.get((topic, p))
                 _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                if high < 0:
+                    high = self._asked_end((topic, p))
                 if position is None or high < 0:
                     unknown = True
                     where = where or f"posts[{p}] not fetched yet"
@@ -100,3 +111,22 @@ class FlowControl:
                 log.info("engagement_still_paused", posts_behind=behind, reason=where)
             return held
         return behind >= PAUSE_ENGAGEMENTS_BEHIND
+
+    def _asked_end(self, tp: Partition) -> int:
+        """The end of a partition no fetch has reported, asked of the broker once it has
+        been unknown QUERY_END_AFTER_S and then at most that often; -1 until known."""
+        now = time.monotonic()
+        since, answer = self.asked.setdefault(tp, (now, -1))
+        if now - since < QUERY_END_AFTER_S:
+            return answer
+        try:
+            _, end = self.consumer.get_watermark_offsets(
+                TopicPartition(*tp), timeout=QUERY_END_AFTER_S, cached=False
+            )
+        except KafkaException as exc:  # the broker did not answer: still unknown
+            log.info("posts_end_not_known", partition=tp[1], error=str(exc))
+            end = -1
+        if end >= 0 > answer:  # once per partition: the fetches never told it
+            log.info("posts_end_asked", partition=tp[1], end=end)
+        self.asked[tp] = (now, end)
+        return end

@@ -310,7 +310,7 @@ def test_two_brokers_down_acknowledge_nothing_then_service_resumes(
         kafka_cluster.wait_until_in_sync(timeout=180)
         for i in range(10):
             settle_like(stub, workload, post.post_id, f"outage{i}", f"down-{i}")
-        verify(run, workload, drive(run, workload, workload.sent + 2500))
+        verify(run, workload, drive(run, workload, workload.sent + 1500))
 
 
 def settle_like(
@@ -344,7 +344,7 @@ def test_hard_bouncing_every_broker_in_turn(kafka_cluster: EmbeddedCluster, tmp_
             for i, node in enumerate(kafka_cluster.node_ids)
         ]
         workload = retrying(run, 103)
-        verify(run, workload, drive(run, workload, 6500, faults))
+        verify(run, workload, drive(run, workload, 5500, faults))
 
 
 def test_a_broker_stopped_for_thirty_seconds(
@@ -361,7 +361,7 @@ def test_a_broker_stopped_for_thirty_seconds(
             kafka_cluster.resume_node(node)
 
         workload = retrying(run, 104)
-        model = drive(run, workload, 5000, [(1500, stall)])
+        model = drive(run, workload, 4000, [(1500, stall)])
         kafka_cluster.wait_until_in_sync(timeout=120)
         verify(run, workload, model)
 

@@ -203,9 +203,11 @@ def test_slow_readers_stay_bounded_and_catch_up(system: System) -> None:
 
     watcher = threading.Thread(target=observer)
     watcher.start()
-    asyncio.run(like_many(system.command.addr, posts, 20_000))
+    # 200 likes per post: each stalled stream misses an update per post per commit,
+    # thousands of them; it must keep the latest state per post, not a queue of them.
+    asyncio.run(like_many(system.command.addr, posts, 10_000))
     assert wait_caught_up(system.settings, 120)
-    expected = 20_000 // 50
+    expected = 10_000 // 50
     wait_until(
         lambda: all(
             p.like_count == expected
