@@ -27,11 +27,13 @@ log = get_logger("processor.flow")
 # Post events in flight (not yet read back by id) above which likes and comments wait:
 # a backlog being caught up, not live traffic.
 PAUSE_ENGAGEMENTS_BEHIND = 500
-# A posts partition whose end no fetch has told the consumer yet is asked of the broker
-# once it has been unknown this long, and again at most this often. Why: librdkafka
-# learns a partition's end only from fetch responses, and a smoke run of the benchmark
-# saw a posts partition report none for six minutes, which held every like and
-# comment back all that time (an unknown backlog holds them, below).
+# While likes and comments are held, a posts partition whose end no fetch has told the
+# consumer yet is asked of the broker once it has been unknown this long, and again at
+# most this often. Why: librdkafka learns a partition's end only from fetch responses,
+# and a smoke run of the benchmark saw a posts partition report none for six minutes,
+# which held every like and comment back all that time (an unknown backlog holds
+# them, below). Once they flow, an unknown end counts as no backlog, as before: the
+# question blocks the loop for a round trip, and live traffic must not pay for it.
 QUERY_END_AFTER_S = 1.0
 
 Partition = tuple[str, int]
@@ -89,7 +91,7 @@ class FlowControl:
             if topic == self.topic_posts:
                 position = consumed.get((topic, p))
                 _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
-                if high < 0:
+                if high < 0 and self.engagement_held:  # released: an unknown end is 0
                     high = self._asked_end((topic, p))
                 if position is None or high < 0:
                     unknown = True
