@@ -174,11 +174,15 @@ class Readers:
             reader.first_after_mark = None
             reader.mark = at
 
-    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+    def wait_for(
+        self, condition: Callable[[], bool], timeout: float, what: str | Callable[[], str]
+    ) -> None:
+        """Wait for condition; `what` may be a callable that says what is still missing."""
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+                said = what() if callable(what) else what
+                raise AssertionError(f"timed out after {timeout}s waiting for {said}")
             time.sleep(0.05)
 
     def close(self) -> None:
