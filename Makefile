@@ -113,7 +113,8 @@ buf-breaking: node_modules/.installed
 bench: deps gen tools broker-fetch
 	$(BIN)/python -m bench
 
-# The same suite at tiny sizes (also run by `make test`, so the benchmark code cannot rot).
+# The same suite at tiny sizes, peers included (`make test` runs it without the peers, so
+# the benchmark code cannot rot; building the peers on a fresh clone takes minutes).
 bench-smoke: deps gen tools broker-fetch
 	$(BIN)/python -m bench --smoke
 

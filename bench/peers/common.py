@@ -338,6 +338,21 @@ def run_peer(
 Runner = Callable[..., dict[str, Any]]  # (settings, expected_input_events, timeout, **options)
 
 
+def miscounted_peers(catchup: dict[str, Any]) -> list[str]:
+    """The peer runs (of those that ran) whose counts differ from the backlog's truth, or
+    whose latency window (Flink's) lost a like it was sent."""
+    wrong: list[str] = [
+        name
+        for name in ("P1", "P2", "P3", "P3_latency")
+        if name in catchup
+        and not (catchup[name].get("correct") is True and catchup[name].get("mismatches") == 0)
+    ]
+    window = catchup.get("P3_latency", {}).get("latency")
+    if window and (window["missing"] or window["warmup"]["missing"]):
+        wrong.append("P3_latency window")
+    return wrong
+
+
 def main(
     name: str,
     runner: Runner,

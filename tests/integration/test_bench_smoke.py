@@ -1,9 +1,11 @@
-"""The benchmark suite at tiny sizes: every benchmark runs end to end in seconds, so the
-benchmark code cannot rot. Figures from this run mean nothing and are not reported.
+"""The benchmark suite at tiny sizes: every benchmark of this system runs end to end in
+about three minutes, so the benchmark code cannot rot. Figures from this run mean
+nothing and are not reported.
 
-The peers (bench/peers: Quix Streams, Kafka Streams, Flink) run here through the
-suite's own runners, which build them with Maven (cached under .cache/) and check
-their counts against the ground truth of the backlog; this test holds them to it.
+The peers (bench/peers: Quix Streams, Kafka Streams, Flink) are left out here: on a
+fresh clone their virtualenv and Maven builds alone took minutes of `make test`'s 40.
+`make bench-smoke` and `make bench` run them, and fail when a peer's counts differ
+from the backlog's ground truth (bench.peers.common.miscounted_peers).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import pytest
 from mysocial.config import PROJECT_ROOT
 
 
-# The suite builds the Java peers with Maven on a fresh checkout (about 100 s here):
-# more than the per-test default of pyproject.toml.
+# About 4 minutes here on a contended machine: more than the per-test default of
+# pyproject.toml.
 @pytest.mark.timeout(1500)
 def test_benchmark_suite_smoke_run(kafka_bootstrap: str) -> None:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke"],
+        [sys.executable, "-m", "bench", "--smoke", "--no-peers"],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -39,8 +41,6 @@ def test_benchmark_suite_smoke_run(kafka_bootstrap: str) -> None:
         "T1_ratio_B1",
         "T2_events_per_s",
         "T2_ratio_B3",
-        "T2_ratio_P1",
-        "T2_ratio_P2",
         "T3_ratio",
         "T4_p50_ms",
         "T4_p99_ms",
@@ -60,21 +60,11 @@ def test_benchmark_suite_smoke_run(kafka_bootstrap: str) -> None:
     ):
         assert isinstance(summary[key], int | float), key
     assert summary["machine"]["cores"] >= 1
-    # P3 (Flink) runs too; on a smoke-sized backlog it may end before a steady rate.
-    for key in ("T2_ratio_P3", "P3_p50_ms", "P3_p99_ms", "T4_p99_ratio_P3"):
-        assert key in summary, key
     results = json.loads((PROJECT_ROOT / "bench" / "results" / "smoke" / "all.json").read_text())
-    # Every peer counted the backlog exactly, and Flink's latency window saw every like.
-    catchup = results["catchup"]
-    for peer in ("P1", "P2", "P3", "P3_latency"):
-        assert catchup[peer]["correct"] is True, (peer, catchup[peer])
-        assert catchup[peer]["mismatches"] == 0, peer
-        assert catchup[peer]["posts_checked"] > 0, peer
-        assert catchup[peer]["events_per_s"] > 0, peer
-    window = catchup["P3_latency"]["latency"]
-    assert window["produced"] == window["acked"] == window["samples"] > 0, window
-    assert window["missing"] == 0 and window["warmup"]["missing"] == 0, window
-    assert 0 < window["p50_ms"] <= window["p99_ms"], window
+    # No peer ran, and the summary says so rather than inventing a ratio.
+    assert not {"P1", "P2", "P3", "P3_latency"} & set(results["catchup"])
+    for key in ("T2_ratio_P1", "T2_ratio_P2", "T2_ratio_P3", "P3_p99_ms", "T4_p99_ratio_P3"):
+        assert summary[key] is None, key
     # T4's window carries its per-stage breakdown: every stage the like passes was
     # observed by its service's histogram, and CPU is split by role.
     where = results["T4"]["breakdown"]

@@ -285,7 +285,7 @@ def test_two_brokers_down_acknowledge_nothing_then_service_resumes(
     request_id until answered, as a client does, and then counted once each."""
     with system_on(kafka_cluster, tmp_path) as run:
         workload = retrying(run, 102)
-        drive(run, workload, 1500)
+        drive(run, workload, 1000)
         post = next(p for p in workload.model.posts.values() if not p.deleted)
         down = kafka_cluster.node_ids[:2]
         for node in down:
@@ -310,7 +310,7 @@ def test_two_brokers_down_acknowledge_nothing_then_service_resumes(
         kafka_cluster.wait_until_in_sync(timeout=180)
         for i in range(10):
             settle_like(stub, workload, post.post_id, f"outage{i}", f"down-{i}")
-        verify(run, workload, drive(run, workload, workload.sent + 1500))
+        verify(run, workload, drive(run, workload, workload.sent + 1000))
 
 
 def settle_like(
@@ -340,11 +340,11 @@ def test_hard_bouncing_every_broker_in_turn(kafka_cluster: EmbeddedCluster, tmp_
     """Scenario 3: kill -9 and restart each broker in turn while the processor commits."""
     with system_on(kafka_cluster, tmp_path) as run:
         faults = [
-            (1500 + 1500 * i, lambda n=node: bounce(kafka_cluster, n))
+            (1000 + 1000 * i, lambda n=node: bounce(kafka_cluster, n))
             for i, node in enumerate(kafka_cluster.node_ids)
         ]
         workload = retrying(run, 103)
-        verify(run, workload, drive(run, workload, 5500, faults))
+        verify(run, workload, drive(run, workload, 4000, faults))
 
 
 def test_a_broker_stopped_for_thirty_seconds(
@@ -361,7 +361,7 @@ def test_a_broker_stopped_for_thirty_seconds(
             kafka_cluster.resume_node(node)
 
         workload = retrying(run, 104)
-        model = drive(run, workload, 4000, [(1500, stall)])
+        model = drive(run, workload, 3000, [(1000, stall)])
         kafka_cluster.wait_until_in_sync(timeout=120)
         verify(run, workload, model)
 
@@ -427,7 +427,7 @@ def test_a_broker_whose_disk_fills_up(
                 cluster.start_node(3)
 
         workload = retrying(run, 105)
-        model = drive(run, workload, 6000, [(1000, fill), (4500, free_and_restart)])
+        model = drive(run, workload, 5000, [(1000, fill), (3500, free_and_restart)])
         cluster.wait_until_in_sync(timeout=180)
         node_log = cluster.node(3).log_file.read_text(errors="replace")
         assert "No space left on device" in node_log  # the fault really happened
